@@ -1,0 +1,1 @@
+"""Workstation side: ImageNet EfficientNet backbones to multi-level TFLite feature models (needs TensorFlow)."""
