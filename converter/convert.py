@@ -89,8 +89,8 @@ def plan(req: ConvertRequest) -> _Plan:
     if req.precision not in PRECISIONS:
         raise ConvertError(f"unknown precision {req.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     size = req.input_size or spec.input_size
-    if not 32 <= size <= 1024 or size % 8:
-        raise ConvertError(f"input size {size} must be a multiple of 8 between 32 and 1024")
+    if not 32 <= size <= 1024:
+        raise ConvertError(f"input size {size} must be between 32 and 1024")
     pooled = req.pooled_taps if req.pooled_taps is not None else spec.pooled_taps
     for stage in (*pooled, *req.spatial_taps):
         if not 1 <= stage <= 7:

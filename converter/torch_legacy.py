@@ -90,11 +90,11 @@ def _read_storages(f: BinaryIO, keys: list[str], refs: dict[str, _StorageRef]) -
         dtype = np.dtype(refs[key].dtype)
         head = f.read(8)
         if len(head) != 8:
-            raise WeightsFileError("file is truncated (storage header missing)")
+            raise WeightsFileError(f"{f.name} is truncated (storage header missing): download it again")
         count = int.from_bytes(head, "little", signed=True)
         raw = f.read(count * dtype.itemsize)
         if len(raw) != count * dtype.itemsize:
-            raise WeightsFileError("file is truncated (storage data missing)")
+            raise WeightsFileError(f"{f.name} is truncated (storage data missing): download it again")
         data[key] = np.frombuffer(raw, dtype=dtype)
     return data
 

@@ -1,0 +1,37 @@
+"""Delegate selection on this machine (CPU only): explicit requests fail clearly, auto falls back and says why."""
+
+import logging
+
+import pytest
+
+from edge_agent.manifest import load_manifest
+from edge_agent.runtime import open_interpreter
+from edge_agent.runtime.delegates import DelegateError
+
+
+def test_cpu_with_threads(shipped_model):
+    handle = open_interpreter(shipped_model / load_manifest(shipped_model).model_file, "cpu", threads=1)
+    assert handle.delegate == "cpu"
+    handle.interpreter.invoke()
+
+
+def test_unknown_delegate(shipped_model):
+    with pytest.raises(DelegateError, match="unknown delegate 'tpu'.*cpu, gpu, edgetpu, auto"):
+        open_interpreter(shipped_model / "model.tflite", "tpu")
+
+
+def test_edgetpu_without_compiled_model_fails_clearly(shipped_model):
+    with pytest.raises(DelegateError, match="no Edge TPU-compiled model"):
+        open_interpreter(shipped_model / "model.tflite", "edgetpu")
+
+
+def test_gpu_unavailable_here_is_an_error_not_a_silent_cpu(shipped_model):
+    with pytest.raises(DelegateError, match="gpu"):
+        open_interpreter(shipped_model / "model.tflite", "gpu")
+
+
+def test_auto_falls_back_to_cpu_and_logs_why(shipped_model, caplog):
+    with caplog.at_level(logging.WARNING):
+        handle = open_interpreter(shipped_model / "model.tflite", "auto")
+    assert handle.delegate == "cpu"
+    assert "skipped" in caplog.text and "edgetpu" in caplog.text and "gpu" in caplog.text
