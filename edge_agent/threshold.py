@@ -1,0 +1,154 @@
+"""Label-free decision threshold from good images only.
+
+No defect is labelled on site, so the threshold must come from how the good images themselves score. Scoring
+the training images with the model fitted on them is optimistic (they sit inside the fitted Gaussian), so each
+original good image is scored by a model fitted WITHOUT it and without its augmented copies (leave-one-out):
+those scores are honest samples of how a new good part will score. The threshold is a high quantile of them,
+widened by a margin, and scaled by an operator sensitivity knob.
+
+The leave-one-out models see one image less than the final model, so their scores are, if anything, slightly
+higher than the final model's on new good parts: the resulting threshold errs towards fewer false rejects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.augment import group_indices
+from edge_agent.detectors.base import Detector, Features
+
+DEFAULT_SENSITIVITY = 0.5
+DEFAULT_QUANTILE = 0.99
+DEFAULT_MARGIN = 0.10
+
+
+def split_groups(features: Features, n_originals: int, factor: int) -> list[dict[str, np.ndarray]]:
+    """Split features computed on `edge_agent.augment.augment`'s output into one group per original image.
+
+    Row 0 of every group is the original; the other rows are its augmented copies.
+    """
+    n = len(next(iter(features.values())))
+    if n != n_originals * (factor + 1):
+        raise ValueError(
+            f"expected {n_originals} x ({factor} + 1) = {n_originals * (factor + 1)} samples in augment order, got {n}"
+        )
+    return [
+        {name: np.asarray(arr)[idx] for name, arr in features.items()} for idx in group_indices(n_originals, factor)
+    ]
+
+
+def leave_one_out_scores(
+    make_detector: Callable[[], Detector], features_by_group: Sequence[Mapping[str, np.ndarray]]
+) -> np.ndarray:
+    """Score of each group's ORIGINAL (row 0) under a detector fitted on all the other groups.
+
+    ``make_detector`` returns a fresh unfitted detector (e.g. ``lambda: make_detector("mahalanobis")``).
+    Returns shape (n_groups,). For the Gaussian detector this is n_groups fits of a few hundred dimensions on
+    about a hundred samples each: well under a second per fit on a camera-class CPU.
+    """
+    if len(features_by_group) < 2:
+        raise ValueError(f"leave-one-out needs at least 2 good images, got {len(features_by_group)}")
+    levels = set(features_by_group[0])
+    for i, group in enumerate(features_by_group):
+        if set(group) != levels:
+            raise ValueError(f"group {i} has levels {sorted(group)}, group 0 has {sorted(levels)}")
+    scores = np.empty(len(features_by_group), dtype=np.float64)
+    for i, held_out in enumerate(features_by_group):
+        train = {
+            name: np.concatenate([np.asarray(g[name]) for j, g in enumerate(features_by_group) if j != i])
+            for name in levels
+        }
+        detector = make_detector().fit(train)
+        scores[i] = detector.score_samples({name: np.asarray(held_out[name])[:1] for name in levels})[0]
+    return scores
+
+
+def sensitivity_factor(sensitivity: float) -> float:
+    """Multiplier 2 ** (1 - 2 s): 2x at s = 0, 1x at s = 0.5 (neutral), 0.5x at s = 1.
+
+    Log-symmetric around the neutral setting, so each step of the knob moves the threshold by the same ratio
+    in both directions and the threshold never reaches zero.
+    """
+    if not (0.0 <= float(sensitivity) <= 1.0):
+        raise ValueError(f"sensitivity must be within [0, 1], got {sensitivity}")
+    return float(2.0 ** (1.0 - 2.0 * float(sensitivity)))
+
+
+def calibrate_threshold(
+    loo_scores: np.ndarray | Sequence[float],
+    sensitivity: float = DEFAULT_SENSITIVITY,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+    override: float | None = None,
+) -> float:
+    """threshold = quantile(loo_scores, q) * (1 + margin) * 2 ** (1 - 2 * sensitivity); a part is anomalous when
+    its score is strictly above the threshold.
+
+    sensitivity (operator knob in [0, 1], default 0.5 = neutral): HIGHER sensitivity = LOWER threshold = more
+    parts rejected (fewer missed defects, more false rejects); 1.0 halves and 0.0 doubles the threshold.
+    quantile: share of good images expected below the threshold; with 5-50 images 0.99 is close to the maximum
+    leave-one-out score. margin: relative widening that absorbs the uncertainty of a quantile estimated from
+    so few scores. override: a fixed threshold set by the operator, returned as is (still validated).
+    Scores are distances (>= 0), so scaling them is meaningful.
+    """
+    if override is not None:
+        if not np.isfinite(override) or override < 0:
+            raise ValueError(f"threshold override must be a finite number >= 0, got {override}")
+        return float(override)
+    scores = np.asarray(loo_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("no leave-one-out scores to calibrate on")
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0):
+        raise ValueError("leave-one-out scores must be finite and >= 0 (distances)")
+    if not (0.0 < float(quantile) <= 1.0):
+        raise ValueError(f"quantile must be within (0, 1], got {quantile}")
+    if not (margin >= 0 and np.isfinite(margin)):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
+    return float(np.quantile(scores, quantile) * (1.0 + margin) * sensitivity_factor(sensitivity))
+
+
+def is_anomalous(scores: np.ndarray | Sequence[float], threshold: float) -> np.ndarray:
+    """Verdict per score: strictly above the threshold."""
+    return np.asarray(scores, dtype=np.float64) > float(threshold)
+
+
+@dataclass(frozen=True)
+class ThresholdReport:
+    """How a threshold splits scored samples, e.g. for the retrain log and the MQTT state message.
+
+    false_reject_rate: share of good samples flagged anomalous. detection_rate: share of anomalous samples
+    flagged (None when no anomalous samples were given: the normal case on site).
+    """
+
+    threshold: float
+    n_good: int
+    false_reject_rate: float
+    n_anomalous: int = 0
+    detection_rate: float | None = None
+
+    @classmethod
+    def from_scores(
+        cls,
+        threshold: float,
+        good_scores: np.ndarray | Sequence[float],
+        anomalous_scores: np.ndarray | Sequence[float] | None = None,
+    ) -> ThresholdReport:
+        good = np.asarray(good_scores, dtype=np.float64).ravel()
+        if good.size == 0:
+            raise ValueError("need at least one good score")
+        bad = None if anomalous_scores is None else np.asarray(anomalous_scores, dtype=np.float64).ravel()
+        return cls(
+            threshold=float(threshold),
+            n_good=int(good.size),
+            false_reject_rate=float(is_anomalous(good, threshold).mean()),
+            n_anomalous=0 if bad is None else int(bad.size),
+            detection_rate=None if bad is None or bad.size == 0 else float(is_anomalous(bad, threshold).mean()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,137 @@
+"""Image-space augmentation: layout, reproducibility, borders, policy validation, presets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.augment import PRESETS, AugmentationPolicy, augment, group_indices
+
+MVTEC_CATEGORIES = (
+    "bottle cable capsule carpet grid hazelnut leather metal_nut pill screw tile toothbrush transistor wood zipper"
+).split()
+
+
+def texture(seed: int, shape: tuple[int, ...] = (64, 64, 3)) -> np.ndarray:
+    """A bright random texture: any black pixel in an augmented copy can only come from a border."""
+    return np.random.default_rng(seed).integers(120, 220, size=shape, dtype=np.uint8)
+
+
+def test_layout_originals_first_and_count() -> None:
+    images = [texture(i) for i in range(3)]
+    policy = AugmentationPolicy(hflip=True, translate_px=4, brightness_add=5)
+    out = augment(images, policy, factor=4, seed=0)
+    assert len(out) == 3 * (4 + 1)
+    for original, returned in zip(images, out[:3]):
+        assert np.array_equal(original, returned)
+    assert all(o.shape == (64, 64, 3) and o.dtype == np.uint8 for o in out)
+    only_originals = augment(images, policy, factor=0)
+    assert len(only_originals) == 3 and all(np.array_equal(a, b) for a, b in zip(only_originals, images))
+    groups = group_indices(3, 4)
+    assert [g.tolist() for g in groups] == [[0, 3, 4, 5, 6], [1, 7, 8, 9, 10], [2, 11, 12, 13, 14]]
+
+
+def test_reproducible_with_seed() -> None:
+    images = [texture(0), texture(1)]
+    policy = PRESETS["screw"]
+    a = augment(images, policy, factor=5, seed=7)
+    b = augment(images, policy, factor=5, seed=7)
+    c = augment(images, policy, factor=5, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a[2:], c[2:]))
+
+
+def test_copies_differ_and_flips_are_exact() -> None:
+    img = texture(2)
+    out = augment([img], AugmentationPolicy(hflip=True, vflip=True), factor=20, seed=0)[1:]
+    variants = [img, img[:, ::-1], img[::-1], img[::-1, ::-1]]
+    assert all(any(np.array_equal(o, v) for v in variants) for o in out)
+    assert len({o.tobytes() for o in out}) > 1
+
+
+def test_reflect_border_leaves_no_black_corners() -> None:
+    img = texture(3)
+    policy = AugmentationPolicy(rotate_deg=30, translate_px=8, zoom=(0.8, 0.9))
+    for border in ("reflect", "replicate"):
+        out = augment([img], AugmentationPolicy(**{**policy.to_dict(), "border": border}), factor=10, seed=1)
+        assert min(int(o.min()) for o in out[1:]) >= 100, border
+    constant = augment([img], AugmentationPolicy(**{**policy.to_dict(), "border": "constant"}), factor=10, seed=1)
+    assert min(int(o.min()) for o in constant[1:]) == 0  # the contrast case the default avoids
+
+
+def test_rot90_on_non_square_keeps_shape_and_grayscale_works() -> None:
+    img = texture(4, (40, 64, 3))
+    out = augment([img], AugmentationPolicy(rot90=True), factor=8, seed=0)
+    assert all(o.shape == img.shape for o in out)
+    gray = texture(5, (32, 32))
+    out = augment([gray], AugmentationPolicy(rotate_deg=10, translate_px=3), factor=3)
+    assert all(o.shape == (32, 32) for o in out)
+    single = texture(6, (32, 32, 1))
+    assert all(o.shape == (32, 32, 1) for o in augment([single], AugmentationPolicy(rotate_deg=10), factor=2))
+
+
+def test_brightness_stays_in_range_and_changes_level() -> None:
+    img = np.full((16, 16, 3), 250, dtype=np.uint8)
+    out = augment([img], AugmentationPolicy(brightness_mul=(1.1, 1.2)), factor=3)
+    assert all(o.max() == 255 for o in out[1:])
+    dark = augment([img], AugmentationPolicy(brightness_add=50, brightness_mul=(0.5, 0.6)), factor=3)
+    assert all(o.mean() < 200 for o in dark[1:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"translate_px": -1}, "translate_px must be >= 0"),
+        ({"translate_px": 2.5}, "translate_px must be an integer"),
+        ({"rotate_deg": 200}, "rotate_deg"),
+        ({"zoom": (1.2, 0.9)}, "zoom must satisfy"),
+        ({"zoom": 1.1}, "zoom must be 0/None"),
+        ({"brightness_mul": (0, 1)}, "brightness_mul"),
+        ({"brightness_add": 300}, "brightness_add"),
+        ({"border": "wrap"}, "border must be one of"),
+        ({"hflip": "yes"}, "hflip must be true or false"),
+    ],
+)
+def test_policy_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentationPolicy(**kwargs)
+
+
+def test_policy_dict_round_trip_and_unknown_keys() -> None:
+    policy = AugmentationPolicy(hflip=True, zoom=[0.9, 1.1], brightness_mul=(0.9, 1.0), border="replicate")
+    assert policy.zoom == (0.9, 1.1)
+    data = json.loads(json.dumps(policy.to_dict()))
+    assert AugmentationPolicy.from_dict(data) == policy
+    assert AugmentationPolicy.from_dict({"zoom": 0, "brightness_mul": None}).zoom is None
+    with pytest.raises(ValueError, match="unknown augmentation keys.*'flip'"):
+        AugmentationPolicy.from_dict({"flip": True})
+    with pytest.raises(ValueError, match="factor"):
+        augment([texture(0)], policy, factor=-1)
+    with pytest.raises(ValueError, match="image 1 must be a uint8"):
+        augment([texture(0), np.zeros((4, 4), dtype=np.float32)], policy)
+
+
+def test_presets_cover_mvtec_and_generic() -> None:
+    assert set(PRESETS) == set(MVTEC_CATEGORIES) | {"object", "texture"}
+    for name, policy in PRESETS.items():
+        assert AugmentationPolicy.from_dict(policy.to_dict()) == policy, name
+    # Parts whose mirror image is a defect must not be flipped.
+    for name in ("metal_nut", "transistor", "capsule", "pill", "cable"):
+        assert not (PRESETS[name].hflip or PRESETS[name].vflip or PRESETS[name].rot90), name
+
+
+def test_on_real_bottle_image() -> None:
+    root = Path(os.environ.get("EDGE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = root / "mvtec_ad_bottle" / "train" / "good" / "000.png"
+    if not path.is_file():
+        pytest.skip(f"real image not found at {path}: set EDGE_DATA_DIR to the folder holding mvtec_ad_bottle")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    out = augment([img], PRESETS["bottle"], factor=3, seed=0)
+    assert len(out) == 4 and all(o.shape == img.shape for o in out)
+    # A rotated bottle keeps its overall brightness: the reflect border adds no black wedges.
+    assert all(abs(float(o.mean()) - float(img.mean())) < 0.1 * float(img.mean()) + 5 for o in out[1:])

@@ -1,0 +1,118 @@
+"""Label-free threshold: leave-one-out by group, calibration knobs, rates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.augment import group_indices
+from edge_agent.detectors import make_detector
+from edge_agent.threshold import (
+    ThresholdReport,
+    calibrate_threshold,
+    is_anomalous,
+    leave_one_out_scores,
+    sensitivity_factor,
+    split_groups,
+)
+
+DIMS = {"pooled/a": 8, "pooled/b": 12}
+
+
+def gaussian_groups(rng: np.random.Generator, n_groups: int, factor: int) -> list[dict[str, np.ndarray]]:
+    """Good originals from N(0, I); their 'augmented' copies are small perturbations of them."""
+    groups = []
+    for _ in range(n_groups):
+        group = {}
+        for name, d in DIMS.items():
+            original = rng.normal(size=(1, d))
+            copies = original + 0.3 * rng.normal(size=(factor, d))
+            group[name] = np.concatenate([original, copies])
+        groups.append(group)
+    return groups
+
+
+def fresh(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    return {name: rng.normal(size=(n, d)) + shift for name, d in DIMS.items()}
+
+
+def test_loo_threshold_separates_good_from_shifted() -> None:
+    rng = np.random.default_rng(0)
+    groups = gaussian_groups(rng, n_groups=30, factor=5)
+    loo = leave_one_out_scores(lambda: make_detector("mahalanobis"), groups)
+    assert loo.shape == (30,) and np.all(loo > 0)
+    threshold = calibrate_threshold(loo)
+
+    final = make_detector("mahalanobis").fit(
+        {k: np.concatenate([g[k] for g in groups]) for k in DIMS}
+    )
+    report = ThresholdReport.from_scores(
+        threshold, final.score_samples(fresh(rng, 2000)), final.score_samples(fresh(rng, 500, shift=1.5))
+    )
+    assert report.false_reject_rate <= 0.05
+    assert report.detection_rate >= 0.95
+    # The training originals themselves would have given a too-low (optimistic) threshold.
+    in_sample = final.score_samples({k: np.stack([g[k][0] for g in groups]) for k in DIMS})
+    assert np.median(in_sample) < np.median(loo)
+
+
+def test_loo_holds_out_the_whole_group() -> None:
+    rng = np.random.default_rng(1)
+    groups = gaussian_groups(rng, n_groups=5, factor=3)
+    loo = leave_one_out_scores(lambda: make_detector("knn"), groups)
+    # With k=1 KNN the held-out original would score 0 if any of its own rows were still in the training set.
+    assert np.all(loo > 0.5)
+    manual = make_detector("knn").fit({k: np.concatenate([g[k] for g in groups[1:]]) for k in DIMS})
+    assert loo[0] == pytest.approx(manual.score_samples({k: groups[0][k][:1] for k in DIMS})[0])
+
+
+def test_split_groups_follows_augment_order() -> None:
+    n, factor = 4, 2
+    rows = np.arange(n * (factor + 1), dtype=float)[:, None]
+    groups = split_groups({"pooled/a": rows}, n, factor)
+    assert [g["pooled/a"].ravel().tolist() for g in groups] == [
+        rows[idx].ravel().tolist() for idx in group_indices(n, factor)
+    ]
+    assert groups[2]["pooled/a"][0, 0] == 2.0  # row 0 of a group is its original
+    with pytest.raises(ValueError, match="augment order"):
+        split_groups({"pooled/a": rows[:-1]}, n, factor)
+
+
+def test_loo_errors() -> None:
+    rng = np.random.default_rng(2)
+    groups = gaussian_groups(rng, 2, 1)
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        leave_one_out_scores(lambda: make_detector(), groups[:1])
+    with pytest.raises(ValueError, match="group 1 has levels"):
+        leave_one_out_scores(lambda: make_detector(), [groups[0], {"pooled/a": groups[1]["pooled/a"]}])
+
+
+def test_calibration_knobs() -> None:
+    loo = np.array([1.0, 2.0, 3.0, 4.0])
+    assert calibrate_threshold(loo, quantile=1.0, margin=0.0) == pytest.approx(4.0)
+    assert calibrate_threshold(loo, quantile=1.0, margin=0.25) == pytest.approx(5.0)
+    ladder = [calibrate_threshold(loo, sensitivity=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert all(a > b for a, b in zip(ladder, ladder[1:]))  # higher sensitivity -> lower threshold
+    assert sensitivity_factor(0.0) == 2.0 and sensitivity_factor(0.5) == 1.0 and sensitivity_factor(1.0) == 0.5
+    assert calibrate_threshold(loo, override=7.5) == 7.5
+    for kwargs, message in [
+        ({"sensitivity": 1.5}, "sensitivity"),
+        ({"quantile": 0.0}, "quantile"),
+        ({"margin": -0.1}, "margin"),
+        ({"override": -1.0}, "override"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            calibrate_threshold(loo, **kwargs)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        calibrate_threshold([1.0, np.nan])
+    with pytest.raises(ValueError, match="no leave-one-out scores"):
+        calibrate_threshold([])
+
+
+def test_report_rates() -> None:
+    report = ThresholdReport.from_scores(2.0, [1.0, 2.0, 3.0, 0.5], [2.5, 1.0])
+    assert report.false_reject_rate == 0.25  # strictly above the threshold only
+    assert report.detection_rate == 0.5
+    assert report.to_dict()["n_good"] == 4
+    assert ThresholdReport.from_scores(2.0, [1.0]).detection_rate is None
+    assert is_anomalous([2.0, 2.0001], 2.0).tolist() == [False, True]
