@@ -1,0 +1,276 @@
+"""The agent's configuration: one TOML file, validated at start, every error naming the key.
+
+Why typed sections: a camera runs unattended for months, so a typo (``mqtt.hots``) or a string where a number
+belongs must stop the agent at start with a message that says what to fix, not surface as a crash at 3 a.m.
+Secrets never live here: ``password_env``/``password_file`` name where the password comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.augment import PRESETS, AugmentationPolicy
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, not TOML, or has a bad key or value."""
+
+
+@dataclass
+class DeviceConfig:
+    id: str = "edge-camera"
+    state_dir: str = "/var/lib/edge-agent"
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # empty: the shipped default model
+    delegate: str = "auto"
+    threads: int = 2
+    edgetpu_device: str = ""
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "folder"  # folder | opencv | picamera2
+    path: str = ""  # folder
+    watch: bool = False
+    loop: bool = False
+    uri: str = "0"  # opencv: device index, URL or file
+    width: int = 0  # 0: the source's own size
+    height: int = 0
+    reopen_min_s: float = 1.0
+    reopen_max_s: float = 30.0
+
+
+@dataclass
+class TriggerConfig:
+    mode: str = "continuous"  # continuous | mqtt
+    max_fps: float = 5.0
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "mahalanobis"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentationConfig:
+    preset: str = "object"
+    factor: int = 10
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # AugmentationPolicy fields replacing the preset's
+
+    def policy(self) -> AugmentationPolicy:
+        base = PRESETS[self.preset].to_dict()
+        return AugmentationPolicy.from_dict({**base, **self.overrides})
+
+
+@dataclass
+class ThresholdConfig:
+    sensitivity: float = 0.5
+    quantile: float = 0.99
+    margin: float = 0.10
+    override: float = -1.0  # < 0: calibrated from the good images
+
+
+@dataclass
+class RetrainConfig:
+    n_images: int = 10
+    timeout_s: float = 300.0
+    keep: int = 5  # fitted detectors kept for rollback
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 1883
+    topic_prefix: str = "edge-inspect"
+    username: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    keepalive: int = 30
+
+    def password(self) -> str | None:
+        """The broker password from the environment or a file (systemd credentials, docker secrets)."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"[mqtt] password_env names {self.password_env}, which is not set")
+            return value
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"[mqtt] password_file {self.password_file}: {exc.strerror}") from None
+        return None
+
+
+@dataclass
+class SpoolConfig:
+    max_messages: int = 100_000
+    on_full: str = "drop-oldest"
+
+
+@dataclass
+class AlertConfig:
+    snapshot: bool = True
+    heatmap: bool = True
+    jpeg_quality: int = 80
+    max_side: int = 640
+
+
+@dataclass
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.device.state_dir)
+
+
+_CHOICES = {
+    ("model", "delegate"): ("cpu", "gpu", "edgetpu", "auto"),
+    ("source", "kind"): ("folder", "opencv", "picamera2"),
+    ("trigger", "mode"): ("continuous", "mqtt"),
+    ("detector", "name"): ("mahalanobis", "mahalanobis-empirical", "knn", "padim"),
+    ("augmentation", "preset"): tuple(PRESETS),
+    ("spool", "on_full"): ("drop-oldest", "drop-newest"),
+}
+_RANGES = {
+    ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
+    ("threshold", "sensitivity"): (0, 1), ("threshold", "quantile"): (0.5, 1), ("threshold", "margin"): (0, 10),
+    ("retrain", "n_images"): (2, 10_000), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
+    ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
+    ("retrain", "timeout_s"): (1, 86_400), ("mqtt", "keepalive"): (5, 3600),
+}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    elif hint is dict or typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _section(cls: type, data: Any, name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"unknown key [{name}] {key}" + (f" (did you mean {close[0]}?)" if close else "")
+                              + f"; valid keys: {', '.join(sorted(known))}")
+        where = f"[{name}] {key}"
+        value = _check_type(value, hints[key], where)
+        if (name, key) in _CHOICES and value not in _CHOICES[(name, key)]:
+            raise ConfigError(f"{where} is {value!r}; choose one of: {', '.join(_CHOICES[(name, key)])}")
+        if (name, key) in _RANGES:
+            lo, hi = _RANGES[(name, key)]
+            if not lo <= value <= hi:
+                raise ConfigError(f"{where} is {value}; it must be between {lo} and {hi}")
+        values[key] = value
+    return cls(**values)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    hints = typing.get_type_hints(Config)
+    sections = {}
+    for name, value in data.items():
+        if name not in hints:
+            close = difflib.get_close_matches(name, hints, n=1)
+            raise ConfigError(f"unknown section [{name}]" + (f" (did you mean [{close[0]}]?)" if close else "")
+                              + f"; valid sections: {', '.join(hints)}")
+        sections[name] = _section(hints[name], value, name)
+    config = Config(**sections)
+    _cross_checks(config)
+    return config
+
+
+def _cross_checks(c: Config) -> None:
+    try:
+        c.augmentation.policy()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[augmentation] overrides: {exc}") from None
+    if c.source.kind == "folder" and not c.source.path:
+        raise ConfigError("[source] path is required when kind = \"folder\"")
+    if c.source.reopen_min_s <= 0 or c.source.reopen_max_s < c.source.reopen_min_s:
+        raise ConfigError("[source] needs 0 < reopen_min_s <= reopen_max_s")
+    if (c.source.width == 0) != (c.source.height == 0):
+        raise ConfigError("[source] width and height must be given together")
+    if c.mqtt.password_env and c.mqtt.password_file:
+        raise ConfigError("[mqtt] give password_env or password_file, not both")
+    if bool(c.mqtt.tls_cert) != bool(c.mqtt.tls_key):
+        raise ConfigError("[mqtt] tls_cert and tls_key must be given together")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(c.mqtt, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"[mqtt] {key} file not found: {path}")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Parse and validate a TOML file; ``None`` gives the defaults (which need a [source] path to run)."""
+    if path is None:
+        return Config(source=SourceConfig(path="."))
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def fit_settings(config: Config) -> "FitSettings":
+    """The few-shot fit as the configuration describes it."""
+    from edge_agent.fitting import FitSettings
+
+    t = config.threshold
+    return FitSettings(
+        detector=config.detector.name, detector_params=dict(config.detector.params),
+        policy=config.augmentation.policy(), factor=config.augmentation.factor, seed=config.augmentation.seed,
+        sensitivity=t.sensitivity, quantile=t.quantile, margin=t.margin,
+        threshold_override=t.override if t.override >= 0 else None,
+    )

@@ -1,0 +1,243 @@
+"""The paper's evaluation protocol on a data set in MVTec layout (Gutierrez et al. 2021, sec. 4).
+
+For each augmentation factor and training size N, M replicates draw N good training images without
+replacement (fixed seeds), fit every detector exactly as the camera does (`fitting.fit_features`, threshold
+included), and score the whole test split: image-level AUROC, and the false-reject and detection rates at
+the label-free threshold. Embeddings (originals and augmented copies) are cached on disk per model and
+image, so a rerun only refits detectors.
+
+Deviation from the camera's fit, on purpose: each training image's copies are drawn from a seed derived from
+that image's index, so the same copies serve every N and replicate and can be cached.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_agent.augment import AugmentationPolicy, augment
+from edge_agent.datasets import MVTecSet, load_mvtec
+from edge_agent.features import FeatureExtractor, Features
+from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.images import read_image
+from edge_agent.metrics import area_under_auc_percent, roc_auc
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingCache:
+    """Features per (model, key) in ``.npz`` files: cheap to reuse, safe to delete."""
+
+    def __init__(self, root: Path, model_id: str) -> None:
+        self.dir = root / model_id.replace("@", "-")
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
+
+    def get(self, key: str) -> Features | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {name.replace("__", "/"): z[name] for name in z.files}
+        except (OSError, ValueError):  # a file cut short by an interrupted run: recompute it
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, features: Features) -> None:
+        tmp = self._path(key).with_suffix(".tmp.npz")
+        np.savez(tmp, **{name.replace("/", "__"): v for name, v in features.items()})
+        tmp.replace(self._path(key))
+
+
+@dataclass
+class EvalSettings:
+    sizes: Sequence[int | str] = (5, 10, 20, 50, "max")
+    replicates: int = 5
+    factors: Sequence[int] = (0, 10)
+    detectors: Sequence[str] = ("mahalanobis", "mahalanobis-empirical", "knn", "padim")
+    policy: AugmentationPolicy = field(default_factory=AugmentationPolicy)
+    seed: int = 0
+    fit: FitSettings = field(default_factory=FitSettings)
+
+
+class _Embedder:
+    """Embeds data set images through the cache, with progress in the log."""
+
+    def __init__(self, extractor: FeatureExtractor, cache: EmbeddingCache, policy: AugmentationPolicy, seed: int):
+        self.extractor, self.cache, self.policy, self.seed = extractor, cache, policy, seed
+        self._policy_key = json.dumps(policy.to_dict(), sort_keys=True)
+
+    def originals(self, paths: list[Path], what: str) -> Features:
+        rows = []
+        for i, path in enumerate(paths, 1):
+            key = f"orig|{path.resolve()}|{path.stat().st_mtime_ns}"
+            feats = self.cache.get(key)
+            if feats is None:
+                feats = self.extractor.embed([read_image(path)])
+                self.cache.put(key, feats)
+            rows.append(feats)
+            if i % max(1, len(paths) // 5) == 0 or i == len(paths):
+                log.info("%s: %d/%d images embedded", what, i, len(paths))
+        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+    def copies(self, paths: list[Path], factor: int) -> list[Features]:
+        """``factor`` augmented copies of each image, seeded by the image's position in the training list."""
+        out = []
+        for i, path in enumerate(paths):
+            key = f"aug|{self._policy_key}|{factor}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
+            feats = self.cache.get(key)
+            if feats is None:
+                feats = self.extractor.embed(augment([read_image(path)], self.policy, factor, self.seed + i)[1:])
+                self.cache.put(key, feats)
+            out.append(feats)
+            if (i + 1) % max(1, len(paths) // 5) == 0 or i + 1 == len(paths):
+                log.info("augmented x%d: %d/%d training images embedded", factor, i + 1, len(paths))
+        return out
+
+
+def _resolve_sizes(sizes: Sequence[int | str], n_max: int) -> list[int]:
+    out = []
+    for s in sizes:
+        n = n_max if s == "max" else int(s)
+        if n > n_max:
+            log.warning("N=%d is more than the %d training images: skipped", n, n_max)
+        elif n >= 2 and n not in out:
+            out.append(n)
+    return sorted(out)
+
+
+def _train_features(orig: Features, copies: list[Features] | None, idx: np.ndarray) -> Features:
+    """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
+    if copies is None:
+        return {k: v[idx] for k, v in orig.items()}
+    return {k: np.concatenate([v[idx]] + [copies[i][k] for i in idx]) for k, v in orig.items()}
+
+
+def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path, settings: EvalSettings) -> list[dict]:
+    """One row per (factor, N, replicate, detector) with AUROC, threshold, false-reject and detection rates."""
+    embedder = _Embedder(extractor, EmbeddingCache(cache_dir, extractor.manifest.model_id), settings.policy, settings.seed)
+    test = embedder.originals(dataset.test, "test split")
+    train = embedder.originals(dataset.train, "training images")
+    has_spatial = any(k.startswith("spatial/") for k in test)
+    detectors = [d for d in settings.detectors if has_spatial or d != "padim"]
+    if len(detectors) < len(settings.detectors):
+        log.warning("model %s has no spatial outputs: padim skipped", extractor.manifest.model_id)
+    n_max = len(dataset.train)
+    sizes = _resolve_sizes(settings.sizes, n_max)
+    good, bad = dataset.test_labels == 0, dataset.test_labels == 1
+    rows = []
+    for factor in settings.factors:
+        copies = embedder.copies(dataset.train, factor) if factor > 0 else None
+        for n in sizes:
+            for rep in range(1 if n == n_max else settings.replicates):
+                rng = np.random.default_rng([settings.seed, n, rep])
+                idx = np.sort(rng.choice(n_max, size=n, replace=False))
+                feats = _train_features(train, copies, idx)
+                for name in detectors:
+                    fit = replace(settings.fit, detector=name, factor=factor, policy=settings.policy)
+                    t0 = time.perf_counter()
+                    result = fit_features(feats, n, fit)
+                    scores = result.detector.score_samples(test)
+                    rows.append({
+                        "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,
+                        "factor": factor, "n": n, "replicate": rep, "auroc": roc_auc(dataset.test_labels, scores),
+                        "threshold": result.threshold,
+                        "false_reject_rate": float(np.mean(scores[good] > result.threshold)),
+                        "detection_rate": float(np.mean(scores[bad] > result.threshold)),
+                        "fit_s": round(time.perf_counter() - t0, 3),
+                    })
+                log.info("factor %d, N=%d, replicate %d: %s", factor, n, rep,
+                         ", ".join(f"{r['detector']} {r['auroc']:.3f}" for r in rows[-len(detectors):]))
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and std over replicates per (detector, factor, N), plus each curve's area under AUC-percent."""
+    keys = sorted({(r["detector"], r["factor"]) for r in rows})
+    n_max = max(r["n"] for r in rows)
+    out = []
+    for det, factor in keys:
+        curve = []
+        for n in sorted({r["n"] for r in rows if (r["detector"], r["factor"]) == (det, factor)}):
+            sel = [r for r in rows if (r["detector"], r["factor"], r["n"]) == (det, factor, n)]
+            au = np.array([r["auroc"] for r in sel])
+            curve.append({
+                "detector": det, "factor": factor, "n": n, "replicates": len(sel),
+                "auroc_mean": float(au.mean()), "auroc_std": float(au.std()),
+                "false_reject_rate": float(np.mean([r["false_reject_rate"] for r in sel])),
+                "detection_rate": float(np.mean([r["detection_rate"] for r in sel])),
+            })
+        area = area_under_auc_percent(np.array([c["n"] for c in curve]) / n_max * 100, np.array([c["auroc_mean"] for c in curve]))
+        for c in curve:
+            c["area_auc_percent"] = area
+        out += curve
+    return out
+
+
+def markdown_table(summary: list[dict], title: str) -> str:
+    sizes = sorted({s["n"] for s in summary})
+    lines = [f"### {title}", "",
+             "| detector | factor | " + " | ".join(f"N={n}" for n in sizes) + " | area AUC-% | FRR @thr (N=max) | DR @thr (N=max) |",
+             "|---|---|" + "---|" * (len(sizes) + 3)]
+    for det, factor in sorted({(s["detector"], s["factor"]) for s in summary}):
+        cells = {s["n"]: s for s in summary if (s["detector"], s["factor"]) == (det, factor)}
+        last = cells[max(cells)]
+        lines.append(f"| {det} | {factor} | " + " | ".join(
+            f"{cells[n]['auroc_mean']:.3f} ± {cells[n]['auroc_std']:.3f}" if n in cells else "" for n in sizes)
+            + f" | {last['area_auc_percent']:.3f} | {last['false_reject_rate']:.2f} | {last['detection_rate']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path, title: str) -> bool:
+    """AUROC against N, one line per detector and factor; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'edge-inspect[eval]'): no plot written")
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for det, factor in sorted({(s["detector"], s["factor"]) for s in summary}):
+        c = sorted((s for s in summary if (s["detector"], s["factor"]) == (det, factor)), key=lambda s: s["n"])
+        ax.errorbar([s["n"] for s in c], [s["auroc_mean"] for s in c], yerr=[s["auroc_std"] for s in c],
+                    marker="o", capsize=3, linestyle="-" if factor else "--", label=f"{det}, x{factor}")
+    ax.set_xscale("log")
+    ax.set_xlabel("good training images N")
+    ax.set_ylabel("image AUROC")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def evaluate(data: Path, extractor: FeatureExtractor, out_dir: Path, cache_dir: Path, settings: EvalSettings) -> list[dict]:
+    """Run the protocol and write ``results.csv``, ``summary.csv``, ``summary.md`` and ``auroc_vs_n.png``."""
+    dataset = load_mvtec(data)
+    rows = run_protocol(dataset, extractor, cache_dir, settings)
+    summary = summarise(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in (("results.csv", rows), ("summary.csv", summary)):
+        with open(out_dir / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    title = f"{dataset.name} - {extractor.manifest.model_id}"
+    (out_dir / "summary.md").write_text(markdown_table(summary, title))
+    plot(summary, out_dir / "auroc_vs_n.png", title)
+    return summary

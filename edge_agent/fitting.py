@@ -1,0 +1,132 @@
+"""The few-shot fit: good images -> sanity checks -> augment -> embed -> detector -> label-free threshold.
+
+Why one function for every caller: `edge-agent fit`, a retrain at shift start and the evaluation protocol
+must produce the same detector from the same images, or the evaluation would measure something the camera
+never runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_agent.augment import AugmentationPolicy, augment, group_indices
+from edge_agent.detectors import Detector, make_detector
+from edge_agent.features import Features
+from edge_agent.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
+
+log = logging.getLogger(__name__)
+
+MIN_GOOD_IMAGES = 2
+DEFAULT_MAX_FOLDS = 10
+
+
+class FitError(ValueError):
+    """The good images cannot give a trustworthy model (too few, black, frozen, identical...)."""
+
+
+@dataclass
+class FitSettings:
+    detector: str = "mahalanobis"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    policy: AugmentationPolicy = field(default_factory=AugmentationPolicy)
+    factor: int = 10
+    seed: int = 0
+    sensitivity: float = 0.5
+    quantile: float = 0.99
+    margin: float = 0.10
+    threshold_override: float | None = None
+    max_folds: int | None = DEFAULT_MAX_FOLDS
+
+
+@dataclass
+class FitResult:
+    detector: Detector
+    threshold: float
+    loo_scores: np.ndarray
+    n_train: int
+    report: ThresholdReport
+    timings: dict[str, float]
+    fitted_at: str
+
+    def metadata(self, settings: FitSettings) -> dict[str, Any]:
+        """What a saved detector carries besides its arrays: enough to explain and reproduce the fit."""
+        return {
+            "threshold": self.threshold, "n_train": self.n_train, "fitted_at": self.fitted_at,
+            "detector": settings.detector, "detector_params": settings.detector_params,
+            "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
+            "sensitivity": settings.sensitivity, "quantile": settings.quantile, "margin": settings.margin,
+            "threshold_override": settings.threshold_override,
+            "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
+        }
+
+
+def check_good_images(images: Sequence[np.ndarray], min_images: int = MIN_GOOD_IMAGES) -> None:
+    """Refuse training frames that would teach the model nonsense: a covered lens, a frozen stream."""
+    if len(images) < min_images:
+        raise FitError(f"got {len(images)} good images, at least {min_images} are needed")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        log.info("good images come in %d different sizes; all are resized to the model input", len(shapes))
+    for i, im in enumerate(images):
+        if im.size == 0:
+            raise FitError(f"good image {i} is empty")
+        if float(im.max()) < 16:
+            raise FitError(f"good image {i} is black (max value {int(im.max())}): is the lens covered or the light off?")
+        if float(im.std()) < 1.0:
+            raise FitError(f"good image {i} is flat (std {im.std():.2f}): nothing in view?")
+    digests = {}
+    for i, im in enumerate(images):
+        key = (im.shape, hash(np.ascontiguousarray(im[::4, ::4]).tobytes()))
+        if key in digests and np.array_equal(images[digests[key]], im):
+            raise FitError(f"good images {digests[key]} and {i} are identical: is the camera stream frozen?")
+        digests[key] = i
+
+
+def augmented_features(
+    embed: Callable[[list[np.ndarray]], Features], images: Sequence[np.ndarray], policy: AugmentationPolicy,
+    factor: int, seed: int,
+) -> Features:
+    """Features of the originals and their augmented copies, in `augment`'s order."""
+    return embed(augment(list(images), policy, factor, seed))
+
+
+def fit_features(features: Features, n_originals: int, settings: FitSettings) -> FitResult:
+    """Detector and threshold from features laid out in `augment` order (originals, then copies)."""
+    groups_idx = group_indices(n_originals, settings.factor)
+    groups = [{k: v[idx] for k, v in features.items()} for idx in groups_idx]
+
+    def new_detector() -> Detector:
+        return make_detector(settings.detector, **settings.detector_params)
+
+    t0 = time.perf_counter()
+    detector = new_detector().fit(features)
+    t1 = time.perf_counter()
+    loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
+    t2 = time.perf_counter()
+    threshold = calibrate_threshold(loo, settings.sensitivity, settings.quantile, settings.margin,
+                                    settings.threshold_override)
+    report = ThresholdReport.from_scores(threshold, loo)
+    log.info("fitted %s on %d images (+%d copies each): threshold %.4g, leave-one-out false rejects %.0f%%",
+             settings.detector, n_originals, settings.factor, threshold, 100 * report.false_reject_rate)
+    return FitResult(detector, threshold, loo, n_originals, report,
+                     {"fit": round(t1 - t0, 4), "calibrate": round(t2 - t1, 4)},
+                     dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def fit_images(
+    embed: Callable[[list[np.ndarray]], Features], images: Sequence[np.ndarray], settings: FitSettings
+) -> FitResult:
+    """The whole few-shot fit from good RGB images."""
+    check_good_images(images)
+    t0 = time.perf_counter()
+    features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
+    embed_s = time.perf_counter() - t0
+    result = fit_features(features, len(images), settings)
+    result.timings = {"augment_embed": round(embed_s, 4), **result.timings}
+    return result

@@ -1,0 +1,349 @@
+"""MQTT side of the agent: verdicts, alerts and events through the durable spool; state, availability, commands.
+
+Topics, for ``p = <topic_prefix>/<device_id>`` (DESIGN.md, "MQTT contract"):
+
+======================  ==========================================  ========  ======  ========
+topic                   payload                                     QoS       retain  spooled
+======================  ==========================================  ========  ======  ========
+p/availability          ``online`` / ``offline`` (last will)        1         yes     no
+p/state                 JSON: model, threshold, delegate, fps ...   1         yes     no (latest re-sent)
+p/verdict               JSON, one per part, with ``seq``            1         no      yes
+p/alert                 JSON, anomalies only                        1         no      yes
+p/alert/image           raw JPEG bytes                              0         no      no
+p/<event name>          JSON (e.g. ``retrain/progress``)            1         no      yes
+p/cmd/<name>            JSON object or empty (to the device)        1         --      --
+p/cmd/<name>/result     ``{"ok", "result"|"error", "request_id"}``  1         no      no
+======================  ==========================================  ========  ======  ========
+
+Delivery of spooled messages is *at least once*, in order: ``publish_verdict`` only commits the message to the
+spool (so capture never waits on the network), and a sender thread hands a small window of them to paho while
+connected and acks each one in the spool only after its PUBACK. paho keeps un-acknowledged QoS 1 messages and
+resends them (DUP) after a reconnect, so an outage costs no duplicates within one process; a crash or a
+restart between a PUBACK and the ack sends that window again. Subscribers drop duplicates by ``seq``, which the
+spool persists and only ever increases, also across restarts.
+
+Commands arrive with a clean session: a command sent while the device is offline is not queued for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
+
+#: Spooled messages handed to paho before waiting for PUBACKs: enough to hide a round trip, small enough that
+#: paho's in-memory queue stays tiny during an outage (the spool, not RAM, holds the backlog).
+SEND_WINDOW = 20
+_POLL_S = 0.2
+#: The sender is woken by new messages and by connects; this only bounds how long a missed wake-up could cost.
+_IDLE_S = 1.0
+
+
+@dataclass
+class MqttSettings:
+    """Broker connection. Secrets are resolved by the caller (environment, files); this only uses them."""
+
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = 30
+    topic_prefix: str = "edge-inspect"
+    reconnect_min_s: float = 1
+    reconnect_max_s: float = 60
+    qos: int = 1
+
+
+def _to_json(obj: Any) -> bytes:
+    """Compact JSON; numpy scalars and arrays (anything with ``tolist``) become plain numbers and lists."""
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+    return json.dumps(obj, separators=(",", ":"), default=default).encode()
+
+
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """Log an exception from a paho callback: raised, it would end paho's network thread and all reconnects."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            callback(*args, **kwargs)
+        except Exception:
+            log.exception("MQTT: error in %s", callback.__name__)
+
+    return wrapper
+
+
+def _check_topic_level(what: str, value: str) -> None:
+    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
+        raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
+
+
+class Publisher:
+    """Connects to the broker in the background and publishes the agent's messages (see the module docstring).
+
+    Threads: paho's network thread (callbacks), a sender thread draining the spool, and a command thread that
+    runs ``on_command`` so a slow handler (a retrain) never stalls keepalives or deliveries. Commands run one
+    at a time, in arrival order. A Publisher is started once; make a new one to reconnect with new settings.
+    """
+
+    def __init__(self, settings: MqttSettings, device_id: str, spool: Spool,
+                 on_command: CommandHandler | None = None):
+        _check_topic_level("topic_prefix", settings.topic_prefix)
+        _check_topic_level("device_id", device_id)
+        self.settings = settings
+        self.device_id = device_id
+        self.spool = spool
+        self.on_command = on_command
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._state_lock = threading.Lock()
+        self._state: bytes | None = None
+        self._failing = False  # in a streak of failed connection attempts: log only its first one as WARNING
+        self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self.client_id = settings.client_id or f"{settings.topic_prefix}-{device_id}"
+        self._client = self._make_client()
+
+    def topic(self, name: str) -> str:
+        """``<prefix>/<device>/<name>``."""
+        return f"{self.settings.topic_prefix}/{self.device_id}/{name}"
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        client.max_inflight_messages_set(SEND_WINDOW)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls_ca or s.tls_cert:
+            # No tls_ca with a client certificate: trust the system's CA store.
+            client.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
+            client.tls_insecure_set(s.tls_insecure)
+        client.will_set(self.topic("availability"), b"offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; returns at once, also when the broker is down (paho keeps retrying)."""
+        if self._threads:
+            raise RuntimeError("Publisher.start() may be called only once")
+        s = self.settings
+        log.info("MQTT: connecting to %s:%d as %s", s.host, s.port, self.client_id)
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        self._client.loop_start()
+        self._threads = [threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)]
+        if self.on_command is not None:
+            self._threads.append(threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        """Drain what the spool can send within ``timeout``, say ``offline`` (retained), disconnect, join.
+
+        ``offline`` goes last so that it means "nothing more is coming"; what could not be sent stays in the
+        spool for the next start.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.spool) and self.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stopping.set()
+        self._wake.set()
+        self._commands.put(None)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.connected:
+            info = self._client.publish(self.topic("availability"), b"offline", qos=1, retain=True)
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        self._client.disconnect()
+        self._client.loop_stop()
+        log.info("MQTT: stopped (%d message(s) left in the spool)", len(self.spool))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": len(self.spool), "dropped": self.spool.dropped, "connected": self.connected}
+
+    # --- publishing ------------------------------------------------------------------------------------------
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        """Set ``verdict["seq"]`` to the next persisted sequence number, spool the verdict, return ``seq``.
+
+        Only local disk work: it never waits for the network, so capture keeps its pace during an outage.
+        """
+        seq = self.spool.next_sequence()
+        verdict["seq"] = seq
+        self._spool("verdict", verdict)
+        return seq
+
+    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
+        """Spool the alert JSON; send ``image_jpeg`` on ``alert/image`` (QoS 0) only if connected right now.
+
+        Images are too big to keep on the device's disk for an outage of unknown length, so an image made while
+        offline is dropped; and as it skips the spool it can arrive before its alert JSON.
+        """
+        self._spool("alert", alert)
+        if image_jpeg is not None and self.connected:
+            self._client.publish(self.topic("alert/image"), image_jpeg, qos=0)
+
+    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
+        """Spool a non-retained QoS 1 message on ``<prefix>/<device>/<name>`` (e.g. ``retrain/progress``)."""
+        self._spool(name, payload)
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        """Publish the retained state now if connected; the latest state is re-sent on every (re)connect."""
+        with self._state_lock:
+            self._state = _to_json(state)
+            if self.connected:
+                self._client.publish(self.topic("state"), self._state, qos=1, retain=True)
+
+    def _spool(self, name: str, payload: dict[str, Any]) -> None:
+        self.spool.put(self.topic(name), _to_json(payload), qos=self.settings.qos)
+        self._wake.set()
+
+    # --- paho callbacks (network thread) ---------------------------------------------------------------------
+
+    def _log_failure(self, msg: str, *args: Any) -> None:
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(level, msg + "; retrying with backoff %s-%s s", *args, self.settings.reconnect_min_s,
+                self.settings.reconnect_max_s)
+
+    @_guarded
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+        if reason_code.is_failure:
+            self._log_failure("MQTT: %s:%d refused the connection: %s", self.settings.host, self.settings.port,
+                              reason_code)
+            return
+        self._failing = False
+        log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+        client.publish(self.topic("availability"), b"online", qos=1, retain=True)
+        if self.on_command is not None:
+            client.subscribe(self.topic("cmd/+"), qos=1)
+        with self._state_lock:
+            self._connected.set()
+            if self._state is not None:
+                client.publish(self.topic("state"), self._state, qos=1, retain=True)
+        self._wake.set()
+
+    @_guarded
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._log_failure("MQTT: cannot reach %s:%d", self.settings.host, self.settings.port)
+
+    @_guarded
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping.is_set():
+            log.info("MQTT: disconnected (%s)", reason_code)
+        elif was_connected:
+            log.warning("MQTT: connection lost (%s); spooling until it is back", reason_code)
+
+    @_guarded
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            # A retained command would run again on every reconnect (a retrain at each network blip).
+            log.warning("MQTT: ignoring retained command on %s; publish commands without retain", message.topic)
+            return
+        self._commands.put(message)
+
+    # --- worker threads --------------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """Keep up to SEND_WINDOW spooled messages in paho's hands while connected; ack them in order on PUBACK."""
+        pending: deque[tuple[int, mqtt.MQTTMessageInfo]] = deque()
+        last_id = 0  # the newest spool id handed to paho
+        while not self._stopping.is_set():
+            try:
+                if self.connected and len(pending) < SEND_WINDOW:
+                    last_id = self._hand_over(pending, last_id)
+                if pending:
+                    pending[0][1].wait_for_publish(_POLL_S)
+                    done = []
+                    while pending and pending[0][1].is_published():
+                        done.append(pending.popleft()[0])
+                    self.spool.ack(done)
+                else:
+                    self._wake.wait(_IDLE_S)
+                    self._wake.clear()
+            except Exception:
+                log.exception("MQTT sender: unexpected error; resending from the oldest unsent message")
+                pending.clear()
+                last_id = 0
+                self._stopping.wait(1.0)
+
+    def _hand_over(self, pending: deque[tuple[int, mqtt.MQTTMessageInfo]], last_id: int) -> int:
+        """Publish the spooled messages after ``last_id`` that fit in the window; return the new ``last_id``."""
+        for item in self.spool.peek(len(pending) + SEND_WINDOW):
+            if item.id <= last_id or len(pending) >= SEND_WINDOW:
+                continue
+            info = self._client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # Lost the connection just now: paho may still send it, but we cannot track it; start over
+                # from the spool once reconnected (a possible duplicate, never a loss).
+                log.info("MQTT sender: publish failed (%s); will resend", mqtt.error_string(info.rc))
+                pending.clear()
+                return 0
+            pending.append((item.id, info))
+            last_id = item.id
+        return last_id
+
+    def _command_loop(self) -> None:
+        while (message := self._commands.get()) is not None:
+            name = message.topic.rsplit("/", 1)[-1]
+            reply = self._run_command(name, message.payload)
+            self._client.publish(self.topic(f"cmd/{name}/result"), _to_json(reply), qos=1)
+
+    def _run_command(self, name: str, payload: bytes) -> dict[str, Any]:
+        try:
+            args = json.loads(payload) if payload.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("MQTT command %r: payload is not JSON: %s", name, exc)
+            return {"ok": False, "error": f"payload is not JSON: {exc}"}
+        if not isinstance(args, dict):
+            return {"ok": False, "error": f"payload must be a JSON object, got {type(args).__name__}"}
+        reply: dict[str, Any]
+        try:
+            assert self.on_command is not None
+            reply = {"ok": True, "result": self.on_command(name, args)}
+        except Exception as exc:
+            log.exception("MQTT command %r failed", name)
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if "request_id" in args:
+            reply["request_id"] = args["request_id"]
+        return reply

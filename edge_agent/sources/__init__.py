@@ -1,0 +1,11 @@
+"""Frame sources behind one small interface (`FrameSource`): a folder, OpenCV capture, the Pi camera.
+
+``open_source(config)`` builds the one the configuration names; `ReopeningSource` wraps it so that a camera
+unplugged or a dropped stream is reopened with backoff while the agent keeps running.
+"""
+
+from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
+from edge_agent.sources.factory import open_source
+from edge_agent.sources.reopening import ReopeningSource
+
+__all__ = ["EndOfStream", "Frame", "FrameSource", "ReopeningSource", "SourceError", "open_source"]

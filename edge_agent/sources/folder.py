@@ -1,0 +1,48 @@
+"""Images from a folder, in name order; optionally watching for new files (a PLC or a line PC drops them)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edge_agent.images import ImageFolderError, list_images, read_image
+from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
+
+
+class FolderSource(FrameSource):
+    def __init__(self, path: str | Path, watch: bool = False, loop: bool = False, poll_s: float = 0.2) -> None:
+        self.path = Path(path)
+        self.watch, self.loop, self.poll_s = watch, loop, poll_s
+        self.name = f"folder:{self.path}"
+        self._seen: set[str] = set()
+        self._queue: list[Path] = []
+
+    def open(self) -> None:
+        if not self.path.is_dir():
+            raise SourceError(f"image folder not found: {self.path}")
+
+    def _refill(self) -> None:
+        try:
+            fresh = [p for p in list_images(self.path) if p.name not in self._seen]
+        except ImageFolderError as exc:
+            raise SourceError(str(exc)) from None
+        self._queue.extend(fresh)
+
+    def read(self) -> Frame:
+        while not self._queue:
+            self._refill()
+            if self._queue:
+                break
+            if self.loop and self._seen:
+                self._seen.clear()
+                continue
+            if not self.watch:
+                raise EndOfStream(f"no more images in {self.path}")
+            time.sleep(self.poll_s)
+        path = self._queue.pop(0)
+        self._seen.add(path.name)
+        try:
+            return Frame(read_image(path), path.name)
+        except ImageFolderError as exc:
+            # Reported (and so visible on MQTT) and skipped: it is already marked seen.
+            raise SourceError(str(exc)) from None

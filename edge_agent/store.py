@@ -1,0 +1,89 @@
+"""Fitted detectors on the device: each retrain saved beside the previous ones, one marked current.
+
+Why keep history: a retrain at shift start on a bad batch (wrong part, dirty lens) must be undoable with one
+command, without refitting. The ``current`` pointer is a small JSON file replaced atomically, so a power cut
+leaves either the old or the new detector in use, and every file is checked (format, checksum, and the feature
+model it was fitted for) before it is used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
+from edge_agent.fitting import FitResult, FitSettings
+from edge_agent.manifest import Manifest, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+_SUFFIX = ".edet"
+_POINTER = "current.json"
+
+
+class StoreError(ValueError):
+    """No fitted detector to use or to roll back to."""
+
+
+class DetectorStore:
+    def __init__(self, state_dir: str | Path, keep: int = 5) -> None:
+        self.dir = Path(state_dir) / "detectors"
+        self.keep = keep
+
+    def history(self) -> list[Path]:
+        """Saved detectors, oldest first (names start with a UTC timestamp)."""
+        return sorted(self.dir.glob(f"*{_SUFFIX}")) if self.dir.is_dir() else []
+
+    def current_path(self) -> Path | None:
+        pointer = self.dir / _POINTER
+        if not pointer.is_file():
+            return None
+        try:
+            name = json.loads(pointer.read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.error("%s is unreadable: no current detector", pointer)
+            return None
+        path = self.dir / name
+        return path if path.is_file() else None
+
+    def load_current(self, manifest: Manifest) -> LoadedDetector | None:
+        """The current detector if it was fitted for this feature model; ``None`` when unfitted."""
+        path = self.current_path()
+        if path is None:
+            return None
+        return load_detector(path, manifest.model_sha256, manifest.model_id)
+
+    def save(self, result: FitResult, settings: FitSettings, manifest: Manifest) -> Path:
+        """Write the new detector, point ``current`` at it, prune old ones beyond ``keep``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self.dir / f"{stamp}-{settings.detector}-n{result.n_train}{_SUFFIX}"
+        meta = {**result.metadata(settings), "model_sha256": manifest.model_sha256, "model_id": manifest.model_id}
+        save_detector(path, result.detector, meta)
+        self._point(path)
+        self._prune(path)
+        return path
+
+    def rollback(self, manifest: Manifest) -> Path:
+        """Make the newest detector older than the current one current again, if it loads for this model."""
+        current = self.current_path()
+        older = [p for p in self.history() if current is None or p.name < current.name]
+        for path in reversed(older):
+            try:
+                load_detector(path, manifest.model_sha256, manifest.model_id)
+            except DetectorFileError as exc:
+                log.warning("rollback skips %s: %s", path.name, exc)
+                continue
+            self._point(path)
+            return path
+        raise StoreError("no earlier detector fitted for this model to roll back to")
+
+    def _point(self, path: Path) -> None:
+        write_text_atomic(self.dir / _POINTER, json.dumps({"file": path.name}) + "\n")
+
+    def _prune(self, current: Path) -> None:
+        for old in self.history()[: -self.keep]:
+            if old != current:
+                old.unlink(missing_ok=True)
