@@ -85,6 +85,74 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def make_publisher(config: Config):
+    """MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false."""
+    if not config.mqtt.enabled:
+        from edge_agent.outputs import StdoutPublisher
+
+        return StdoutPublisher()
+    from edge_agent.publisher import MqttSettings, Publisher
+    from edge_agent.spool import Spool
+
+    m = config.mqtt
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    spool = Spool(config.state_dir / "spool.sqlite3", config.spool.max_messages, config.spool.on_full)
+    settings = MqttSettings(host=m.host, port=m.port, username=m.username or None, password=m.password(),
+                            tls_ca=m.tls_ca or None, tls_cert=m.tls_cert or None, tls_key=m.tls_key or None,
+                            keepalive=m.keepalive, topic_prefix=m.topic_prefix)
+    return Publisher(settings, config.device.id, spool)
+
+
+def build_agent(config: Config, model: Path | None = None, publisher=None, source=None):
+    from edge_agent.agent import Agent
+
+    publisher = publisher or make_publisher(config)
+    agent = Agent(config, open_extractor(config, model), publisher, source)
+    publisher.on_command = agent.handle_command
+    return agent
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    import signal
+
+    agent = build_agent(config, args.model)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    # The shift-start timer may also just signal the process: systemctl kill -s USR1 edge-agent
+    signal.signal(signal.SIGUSR1, lambda *_: agent.request_retrain())
+    n = agent.run(max_frames=args.max_frames)
+    log.info("stopped after %d inspections", n)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    path = config.state_dir / "state.json"
+    if not path.is_file():
+        raise ConfigError(f"no {path}: the agent has not run with this state_dir")
+    print(path.read_text().strip())
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
+    from edge_agent.remote import send_command
+
+    if not config.mqtt.enabled:
+        raise ConfigError("edge-agent retrain asks the running agent over MQTT: enable [mqtt] "
+                          "(or signal it: systemctl kill -s USR1 edge-agent)")
+    payload = {"n_images": args.n_images} if args.n_images else {}
+    if args.images:
+        payload["folder"] = str(args.images.resolve())
+    reply = send_command(config, "retrain", payload, timeout=args.timeout or config.retrain.timeout_s + 30)
+    print(json.dumps(reply))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from edge_agent.demo import run_demo
+
+    return run_demo(args.work, args.n_train, args.n_test, args.cell_type)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--config", type=Path, help="TOML configuration (default: built-in defaults)")
@@ -92,6 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="overrides [device] state_dir")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the inspection agent (the systemd service's command)")
+    s.add_argument("--max-frames", type=int, help="stop after this many inspections")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("retrain", help="ask the running agent to retrain (over MQTT), wait for the result")
+    s.add_argument("--images", type=Path, help="folder of good images on the device (default: next frames)")
+    s.add_argument("--n-images", type=int, help="how many good frames to take (default: [retrain] n_images)")
+    s.add_argument("--timeout", type=float)
+    s.set_defaults(func=cmd_retrain)
+
+    s = sub.add_parser("status", help="print the agent's last state (state.json in the state dir)")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("demo", help="real inspection with no camera and no broker: elpv solar cells, shipped model")
+    s.add_argument("--work", type=Path, default=Path("demo"), help="folder for the data set and state")
+    s.add_argument("--n-train", type=int, default=10)
+    s.add_argument("--n-test", type=int, default=40, help="good and defective cells each")
+    s.add_argument("--cell-type", default="mono", choices=("mono", "poly"))
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("fit", help="fit the detector on a folder of good images")
     s.add_argument("--images", type=Path, required=True)

@@ -9,6 +9,7 @@ outputs are mapped to levels by tensor name, never by position (converted models
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,6 +37,7 @@ class FeatureExtractor:
             edgetpu_path = verified_model_path(self.model_dir, self.manifest, edgetpu=True)
         self.runtime: RuntimeHandle = open_interpreter(model_path, delegate, threads, edgetpu_path, edgetpu_device)
         self._input_index, self._output_index = self._check_tensors()
+        self.last_timings: dict[str, float] = {}
 
     @property
     def delegate(self) -> str:
@@ -78,14 +80,20 @@ class FeatureExtractor:
         return (value.astype(np.float32) - q.zero_point) * q.scale
 
     def embed_one(self, image: np.ndarray) -> Features:
-        """Features of one image, each level without the batch axis."""
+        """Features of one image, each level without the batch axis; ``last_timings`` says where the time went."""
         spec = self.manifest.input
         q = spec.quantization
+        t0 = time.perf_counter()
         x = preprocess(image, (spec.height, spec.width), spec.dtype, q.scale if q else 0.0, q.zero_point if q else 0)
         it = self.runtime.interpreter
         it.set_tensor(self._input_index, x)
+        t1 = time.perf_counter()
         it.invoke()
-        return {o.level: self._dequantize(o, it.get_tensor(self._output_index[o.level])[0]) for o in self.manifest.outputs}
+        t2 = time.perf_counter()
+        out = {o.level: self._dequantize(o, it.get_tensor(self._output_index[o.level])[0]) for o in self.manifest.outputs}
+        self.last_timings = {"preprocess_ms": (t1 - t0) * 1e3, "invoke_ms": (t2 - t1) * 1e3,
+                             "outputs_ms": (time.perf_counter() - t2) * 1e3}
+        return out
 
     def iter_embed(self, images: Iterable[np.ndarray]) -> Iterator[Features]:
         for image in images:

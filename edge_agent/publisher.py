@@ -185,7 +185,9 @@ class Publisher:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.connected:
             info = self._client.publish(self.topic("availability"), b"offline", qos=1, retain=True)
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            # Not sent (the connection just dropped): the broker publishes the last will, also "offline".
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
         log.info("MQTT: stopped (%d message(s) left in the spool)", len(self.spool))
@@ -310,7 +312,9 @@ class Publisher:
     def _hand_over(self, pending: deque[tuple[int, mqtt.MQTTMessageInfo]], last_id: int) -> int:
         """Publish the spooled messages after ``last_id`` that fit in the window; return the new ``last_id``."""
         for item in self.spool.peek(len(pending) + SEND_WINDOW):
-            if item.id <= last_id or len(pending) >= SEND_WINDOW:
+            if len(pending) >= SEND_WINDOW:
+                break
+            if item.id <= last_id:
                 continue
             info = self._client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -326,10 +330,15 @@ class Publisher:
     def _command_loop(self) -> None:
         while (message := self._commands.get()) is not None:
             name = message.topic.rsplit("/", 1)[-1]
-            reply = self._run_command(name, message.payload)
-            self._client.publish(self.topic(f"cmd/{name}/result"), _to_json(reply), qos=1)
+            try:
+                reply = _to_json(self._run_command(name, message.payload))
+                self._client.publish(self.topic(f"cmd/{name}/result"), reply, qos=1)
+            except Exception:
+                log.exception("MQTT command %r: could not reply", name)
 
     def _run_command(self, name: str, payload: bytes) -> dict[str, Any]:
+        """Decode, run the handler, and build the reply; every failure becomes ``{"ok": false, "error": ...}``."""
+        assert self.on_command is not None
         try:
             args = json.loads(payload) if payload.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -339,8 +348,9 @@ class Publisher:
             return {"ok": False, "error": f"payload must be a JSON object, got {type(args).__name__}"}
         reply: dict[str, Any]
         try:
-            assert self.on_command is not None
-            reply = {"ok": True, "result": self.on_command(name, args)}
+            result = self.on_command(name, args)
+            _to_json(result)  # a result that cannot be sent is the handler's failure, reported as such
+            reply = {"ok": True, "result": result}
         except Exception as exc:
             log.exception("MQTT command %r failed", name)
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from edge_agent.detectors.base import Detector
 from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
 from edge_agent.fitting import FitResult, FitSettings
 from edge_agent.manifest import Manifest, write_text_atomic
@@ -56,12 +57,16 @@ class DetectorStore:
         return load_detector(path, manifest.model_sha256, manifest.model_id)
 
     def save(self, result: FitResult, settings: FitSettings, manifest: Manifest) -> Path:
-        """Write the new detector, point ``current`` at it, prune old ones beyond ``keep``."""
+        """Write a new fit beside the previous ones and make it current."""
+        meta = {**result.metadata(settings), "model_sha256": manifest.model_sha256, "model_id": manifest.model_id}
+        return self.save_loaded(result.detector, meta)
+
+    def save_loaded(self, detector: Detector, metadata: dict) -> Path:
+        """Write a detector with its metadata (e.g. a moved threshold), point ``current`` at it, prune old ones."""
         self.dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.dir / f"{stamp}-{settings.detector}-n{result.n_train}{_SUFFIX}"
-        meta = {**result.metadata(settings), "model_sha256": manifest.model_sha256, "model_id": manifest.model_id}
-        save_detector(path, result.detector, meta)
+        path = self.dir / f"{stamp}-{metadata.get('detector', 'detector')}-n{metadata.get('n_train', 0)}{_SUFFIX}"
+        save_detector(path, detector, metadata)
         self._point(path)
         self._prune(path)
         return path

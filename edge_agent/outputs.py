@@ -1,0 +1,52 @@
+"""Where verdicts go when MQTT is disabled: JSON lines on stdout, same interface as the MQTT publisher.
+
+Why: the demo and a bench test run the agent with no broker; the agent code stays the same and the verdicts
+are still visible (and machine-readable) instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, TextIO
+
+
+class StdoutPublisher:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self._seq = 0
+        self._lock = threading.Lock()
+        self.on_command = None
+
+    connected = False
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 5) -> None:
+        self.stream.flush()
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": 0, "dropped": 0, "connected": False}
+
+    def _write(self, kind: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self.stream.write(json.dumps({"topic": kind, **payload}, default=float) + "\n")
+            self.stream.flush()
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        self._write("verdict", {**verdict, "seq": seq})
+        return seq
+
+    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
+        self._write("alert", {**alert, "image_bytes": len(image_jpeg) if image_jpeg else 0})
+
+    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
+        self._write(name, payload)
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        self._write("state", state)

@@ -1,0 +1,42 @@
+"""The JPEG that goes with an alert: the frame, with the detector's heat map over it when there is one.
+
+Why: an operator looking at an alert on a phone must see at once where the defect is; a bare score does not
+say that, and a full-resolution frame is too large to send over a plant's Wi-Fi for every anomaly.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float | None = None, alpha: float = 0.45) -> np.ndarray:
+    """Heat map (any grid) stretched over the frame in the JET colour map; scaled to the threshold if given."""
+    if rgb.ndim == 2:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+    h, w = rgb.shape[:2]
+    hm = cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    top = float(threshold) * 1.5 if threshold else float(hm.max()) or 1.0
+    lo = float(hm.min())
+    norm = np.clip((hm - lo) / max(top - lo, 1e-6), 0, 1)
+    colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 80, max_side: int = 640) -> bytes:
+    """JPEG bytes of an RGB (or grayscale) image, shrunk so its longer side is at most ``max_side``."""
+    image = _fit(rgb, max_side)
+    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
