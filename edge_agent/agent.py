@@ -209,7 +209,7 @@ class Agent:
         settings = fit_settings(self.config)
         self._progress(job, "fitting", collected=len(images))
         try:
-            result = fit_images(lambda ims: self.extractor.embed(ims, progress="retrain"), images, settings)
+            result = fit_images(lambda ims: self.extractor.embed(ims, "retrain", self.notifier.watchdog), images, settings)
             path = self.store.save(result, settings, self.extractor.manifest)
             self._load_current()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -99,13 +99,19 @@ class FeatureExtractor:
         for image in images:
             yield self.embed_one(image)
 
-    def embed(self, images: Iterable[np.ndarray], progress: str | None = None) -> Features:
-        """Stacked features of many images; logs progress every tenth of the way when ``progress`` names the job."""
+    def embed(self, images: Iterable[np.ndarray], progress: str | None = None,
+              tick: Callable[[], None] | None = None) -> Features:
+        """Stacked features of many images; logs progress every tenth of the way when ``progress`` names the job.
+
+        ``tick`` is called after each image: the agent feeds the systemd watchdog with it during a long fit.
+        """
         images = list(images)
         rows: list[Features] = []
         step = max(1, len(images) // 10)
         for i, feats in enumerate(self.iter_embed(images), 1):
             rows.append(feats)
+            if tick is not None:
+                tick()
             if progress and (i % step == 0 or i == len(images)):
                 log.info("%s: embedded %d/%d images", progress, i, len(images))
         if not rows:

@@ -37,8 +37,9 @@ class FrameSource(ABC):
         """Acquire the device or stream; raises SourceError when it cannot."""
 
     @abstractmethod
-    def read(self) -> Frame:
-        """The next frame; raises SourceError on failure, EndOfStream when a finite source is done."""
+    def read(self) -> Frame | None:
+        """The next frame, or ``None`` when none is ready yet (so the caller's loop stays alive: the systemd
+        watchdog is fed from it); raises SourceError on failure, EndOfStream when a finite source is done."""
 
     def close(self) -> None:
         """Release the device; safe to call twice."""

@@ -28,17 +28,18 @@ class FolderSource(FrameSource):
             raise SourceError(str(exc)) from None
         self._queue.extend(fresh)
 
-    def read(self) -> Frame:
-        while not self._queue:
+    def read(self) -> Frame | None:
+        """The next image; ``None`` after one poll interval when a watched folder has nothing new."""
+        if not self._queue:
             self._refill()
-            if self._queue:
-                break
-            if self.loop and self._seen:
-                self._seen.clear()
-                continue
+        if not self._queue and self.loop and self._seen:
+            self._seen.clear()
+            self._refill()
+        if not self._queue:
             if not self.watch:
                 raise EndOfStream(f"no more images in {self.path}")
             time.sleep(self.poll_s)
+            return None
         path = self._queue.pop(0)
         self._seen.add(path.name)
         try:

@@ -2,17 +2,23 @@
 
 Why: a USB camera that is unplugged for a moment or an RTSP stream that drops must not end an agent that
 runs unattended; the failure must still be visible (the ``on_status`` callback goes to MQTT and the log).
+Why it never blocks for long: the agent's main loop feeds the systemd watchdog, so while the camera is away
+``read`` returns ``None`` after a short wait instead of sleeping through the backoff; a camera missing for an
+hour then means an hour of "source failed" on MQTT, not a restart loop that ends in a failed unit.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
-from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
+from edge_agent.sources.base import Frame, FrameSource, SourceError
 
 log = logging.getLogger(__name__)
+
+_MAX_WAIT_S = 0.5
 
 
 class ReopeningSource(FrameSource):
@@ -23,36 +29,48 @@ class ReopeningSource(FrameSource):
         self.on_status = on_status or (lambda status: None)
         self.stop = stop or threading.Event()
         self._open = False
+        self._delay = min_s
+        self._next_try = 0.0
         self.failures = 0
 
-    def open(self) -> None:
-        delay = self.min_s
-        while not self.stop.is_set():
-            try:
-                self.inner.open()
-            except SourceError as exc:
-                self.failures += 1
-                log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
-                self.on_status({"source": self.name, "status": "failed", "error": str(exc), "retry_in_s": delay})
-                self.stop.wait(delay)
-                delay = min(delay * 2, self.max_s)
-                continue
-            self._open = True
-            self.on_status({"source": self.name, "status": "open"})
-            return
-        raise EndOfStream("stopped")
+    def _fail(self, exc: SourceError, action: str) -> None:
+        self.failures += 1
+        self._next_try = time.monotonic() + self._delay
+        log.warning("%s: %s; %s in %.1f s", self.name, exc, action, self._delay)
+        self.on_status({"source": self.name, "status": "failed", "error": str(exc), "retry_in_s": self._delay})
+        self._delay = min(self._delay * 2, self.max_s)
 
-    def read(self) -> Frame:
-        while True:
+    def open(self) -> None:
+        """One attempt; on failure the next ``read`` calls retry on the backoff schedule."""
+        try:
+            self.inner.open()
+        except SourceError as exc:
+            self._fail(exc, "retrying")
+            return
+        self._open = True
+        self._delay = self.min_s
+        self.on_status({"source": self.name, "status": "open"})
+
+    def read(self) -> Frame | None:
+        if not self._open:
+            wait = self._next_try - time.monotonic()
+            if wait > 0:
+                self.stop.wait(min(wait, _MAX_WAIT_S))
+                return None
+            self.open()
             if not self._open:
-                self.open()
-            try:
-                return self.inner.read()
-            except SourceError as exc:
-                log.warning("%s: %s; reopening", self.name, exc)
-                self.on_status({"source": self.name, "status": "failed", "error": str(exc)})
-                self.inner.close()
-                self._open = False
+                return None
+        try:
+            return self.inner.read()
+        except SourceError as exc:
+            self.inner.close()
+            self._open = False
+            self._fail(exc, "reopening")
+            return None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     def close(self) -> None:
         self.inner.close()
