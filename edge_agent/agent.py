@@ -78,6 +78,8 @@ class Agent:
         self._source_state: dict[str, Any] = {"status": "closed"}
         self._frame_times: list[float] = []
         self.inspected = 0
+        # The longest the loop waits for anything: short enough to feed the watchdog on time.
+        self._tick = min(_TICK_S, self.notifier.watchdog_interval or _TICK_S)
         self._load_current()
 
     # ---- detector -------------------------------------------------------------------------------------
@@ -304,10 +306,10 @@ class Agent:
     def _next_frame(self) -> Frame | None:
         """A frame when one is due, ``None`` when there is nothing to do this tick."""
         if self._job is None and self.config.trigger.mode == "mqtt":
-            if not self._triggers.acquire(timeout=_TICK_S):
+            if not self._triggers.acquire(timeout=self._tick):
                 return None
         elif self._job is None and self._active is None:
-            self._wake.wait(_TICK_S)  # unfitted: no verdicts, so do not spend the CPU on frames
+            self._wake.wait(self._tick)  # unfitted: no verdicts, so do not spend the CPU on frames
             self._wake.clear()
             return None
         return self.source.read()

@@ -1,0 +1,293 @@
+"""Deployment: units verify, calendars parse, install is exact and idempotent, notify/watchdog, timer path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.mqtt_broker import MosquittoBroker
+
+SYSTEMD = ROOT / "systemd"
+UNITS = ("edge-agent.service", "edge-agent-retrain.service", "edge-agent-retrain.timer")
+AGENT_BIN = Path(sys.executable).parent / "edge-agent"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (apt-get install systemd)")
+    return path
+
+
+def _install(root: Path, *extra: str) -> str:
+    proc = subprocess.run(["bash", str(SYSTEMD / "install.sh"), "--root", str(root), "--no-pip", *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file outside the venv's own Python tree, with its content hash and mtime."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith("opt/edge-agent/venv/"):
+            out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+EXPECTED = {
+    "etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
+    "etc/systemd/system/edge-agent.service", "etc/systemd/system/edge-agent-retrain.service",
+    "etc/systemd/system/edge-agent-retrain.timer", "etc/udev/rules.d/60-edge-agent-coral.rules",
+}
+
+
+def test_install_lays_out_exactly_the_expected_files_and_is_idempotent(tmp_path):
+    root = tmp_path / "root"
+    first = _install(root)
+    assert "wrote" in first
+    tree = _tree(root)
+    assert set(tree) == EXPECTED
+    assert (root / "opt/edge-agent/venv/bin/python").exists()
+    assert "include-system-site-packages = true" in (root / "opt/edge-agent/venv/pyvenv.cfg").read_text()
+    assert oct((root / "etc/edge-agent/edge-agent.env").stat().st_mode & 0o777) == "0o640"
+    for unit in UNITS:
+        assert (root / "etc/systemd/system" / unit).read_bytes() == (SYSTEMD / unit).read_bytes()
+    (root / "etc/edge-agent/config.toml").write_text("# the operator's own settings\n")
+    second = _install(root)
+    assert "wrote" not in second and "created" not in second
+    after = _tree(root)
+    assert {k: v for k, v in after.items() if k != "etc/edge-agent/config.toml"} == \
+           {k: v for k, v in tree.items() if k != "etc/edge-agent/config.toml"}
+    assert (root / "etc/edge-agent/config.toml").read_text() == "# the operator's own settings\n"
+
+
+def test_uninstall_keeps_config_and_state_unless_purged(tmp_path):
+    root = tmp_path / "root"
+    _install(root)
+    (root / "var/lib/edge-agent/detectors").mkdir(parents=True)
+    (root / "var/lib/edge-agent/detectors/current.json").write_text("{}")
+    _install(root, "--uninstall")
+    assert set(_tree(root)) == {"etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
+                                "var/lib/edge-agent/detectors/current.json"}
+    assert not (root / "opt/edge-agent").exists()
+    _install(root, "--uninstall", "--purge")
+    assert _tree(root) == {}
+
+
+def test_example_config_is_valid():
+    from edge_agent.config import load_config
+
+    config = load_config(SYSTEMD / "config.example.toml")
+    assert config.source.kind == "picamera2" and config.mqtt.password_env == "EDGE_AGENT_MQTT_PASSWORD"
+
+
+def test_systemd_analyze_verify_accepts_every_unit(tmp_path):
+    """Verified as installed: ExecStart must exist, so /opt/edge-agent is bind-mounted from a test root in a
+    private mount namespace (nothing outside the test changes)."""
+    analyze = _need("systemd-analyze")
+    root = tmp_path / "root"
+    _install(root)
+    (root / "opt/edge-agent/venv/bin/edge-agent").symlink_to(AGENT_BIN)
+    units = " ".join(str(root / "etc/systemd/system" / u) for u in UNITS)
+    script = f"mkdir -p /opt/edge-agent && mount --bind {root}/opt/edge-agent /opt/edge-agent && {analyze} verify {units}"
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    if "Operation not permitted" in proc.stderr and "mount" in proc.stderr:
+        pytest.skip(f"no private mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stderr
+
+
+def test_verify_catches_a_broken_unit(tmp_path):
+    analyze = _need("systemd-analyze")
+    bad = tmp_path / "edge-agent-broken.service"
+    bad.write_text((SYSTEMD / "edge-agent.service").read_text().replace("Type=notify", "Type=notifyy"))
+    proc = subprocess.run([analyze, "verify", str(bad)], capture_output=True, text=True, timeout=60)
+    assert "notifyy" in proc.stderr
+
+
+def test_timer_calendars_parse():
+    analyze = _need("systemd-analyze")
+    lines = [ln.split("=", 1)[1] for ln in (SYSTEMD / "edge-agent-retrain.timer").read_text().splitlines()
+             if ln.startswith("OnCalendar=")]
+    assert len(lines) == 3
+    for expr in lines:
+        proc = subprocess.run([analyze, "calendar", expr], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and "Next elapse" in proc.stdout, proc.stderr
+    assert "Persistent=true" in (SYSTEMD / "edge-agent-retrain.timer").read_text()
+
+
+# ---- sd_notify and the watchdog ----------------------------------------------------------------------------
+
+class _NotifySocket:
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def pings_between(self, start: float, end: float) -> int:
+        return sum(1 for t, m in self.messages if m == "WATCHDOG=1" and start <= t <= end)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def _wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _agent_config(tmp_path: Path, broker: MosquittoBroker | None, frames: Path) -> Path:
+    frames.mkdir(parents=True, exist_ok=True)
+    mqtt = (f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n' if broker else "[mqtt]\nenabled = false\n")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[device]\nid = "cam-test"\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[source]\nkind = "folder"\npath = "{frames}"\nwatch = true\n'
+                   f'[model]\ndelegate = "cpu"\n[augmentation]\nfactor = 2\n[retrain]\nn_images = 3\ntimeout_s = 60\n'
+                   + mqtt)
+    return cfg
+
+
+def _copy(images: list[Path], dst: Path, prefix: str = "") -> None:
+    for p in images:
+        tmp = dst / f".{prefix}{p.name}.part"
+        tmp.write_bytes(p.read_bytes())
+        tmp.rename(dst / f"{prefix}{p.name}")  # appear whole, as a line PC should drop files
+
+
+def test_agent_sends_ready_then_watchdog_pings(tmp_path, bottle_dir):
+    notify = _NotifySocket(tmp_path / "notify.sock")
+    cfg = _agent_config(tmp_path, None, tmp_path / "frames")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+    proc = subprocess.Popen([str(AGENT_BIN), "--config", str(cfg), "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: any(m.startswith("READY=1") for _, m in notify.messages)), proc.stderr
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        assert notify.pings_between(t0, time.monotonic()) >= 5  # every 0.2 s while idle on a watched folder
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        notify.close()
+    assert any(m == "STOPPING=1" for _, m in notify.messages)
+
+
+def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_model, monkeypatch, bottle_dir):
+    """A camera read that hangs (a stand-in source whose read blocks) must starve the watchdog."""
+    from edge_agent.cli import build_agent
+    from edge_agent.config import load_config
+    from edge_agent.images import read_image
+    from edge_agent.outputs import StdoutPublisher
+    from edge_agent.sources.base import Frame, FrameSource
+
+    class HangingSource(FrameSource):
+        name = "hanging"
+
+        def __init__(self):
+            self.release = threading.Event()
+            self.hang = threading.Event()
+            self.image = read_image(bottle_dir / "test" / "good" / "000.png")
+
+        def open(self):
+            pass
+
+        def read(self):
+            if self.hang.is_set():
+                self.release.wait(30)
+                self.hang.clear()
+            time.sleep(0.05)
+            return Frame(self.image, "frame")
+
+    notify = _NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    config = load_config(_agent_config(tmp_path, None, tmp_path / "frames"))
+    source = HangingSource()
+    agent = build_agent(config, publisher=StdoutPublisher(open(os.devnull, "w")), source=source)
+    good = tmp_path / "good"
+    good.mkdir()
+    _copy(sorted((bottle_dir / "train" / "good").iterdir())[:3], good)
+    agent.request_retrain(folder=str(good))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        assert _wait(lambda: agent.fitted and agent.inspected > 3)
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        assert notify.pings_between(t0, time.monotonic()) >= 3
+        source.hang.set()
+        time.sleep(0.5)  # let the loop enter the hanging read
+        t1 = time.monotonic()
+        time.sleep(1.5)
+        assert notify.pings_between(t1, time.monotonic()) == 0
+        source.release.set()
+        t2 = time.monotonic()
+        time.sleep(1.0)
+        assert notify.pings_between(t2, time.monotonic()) >= 2
+    finally:
+        agent.stop()
+        source.release.set()
+        thread.join(20)
+        notify.close()
+
+
+def test_retrain_service_command_reaches_the_running_agent(tmp_path, bottle_dir):
+    """The timer's unit runs edge-agent retrain: run its ExecStart (paths mapped to this checkout) against a live
+    agent and broker; the agent retrains on the next good frames and the command exits 0."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    frames = tmp_path / "frames"
+    cfg = _agent_config(tmp_path, broker, frames)
+    agent = subprocess.Popen([str(AGENT_BIN), "--config", str(cfg), "run"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: (tmp_path / "state" / "state.json").exists())
+        exec_start = next(ln.split("=", 1)[1] for ln in (SYSTEMD / "edge-agent-retrain.service").read_text().splitlines()
+                          if ln.startswith("ExecStart="))
+        argv = [str(AGENT_BIN) if a == "/opt/edge-agent/venv/bin/edge-agent" else
+                str(cfg) if a == "/etc/edge-agent/config.toml" else a for a in shlex.split(exec_start)]
+        assert argv[-1] == "retrain"
+        service = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # the agent is now collecting: show it three good parts
+        _copy(sorted((bottle_dir / "train" / "good").iterdir())[:3], frames)
+        out, err = service.communicate(timeout=90)
+        assert service.returncode == 0, err
+        assert '"ok": true' in out and '"n_train": 3' in out
+        assert _wait(lambda: '"status": "running"' in (tmp_path / "state" / "state.json").read_text())
+    finally:
+        agent.terminate()
+        agent.wait(20)
+        broker.stop()
