@@ -1,0 +1,146 @@
+"""The agent's own costs, with no TensorFlow in the process: per-frame stages, fit, broker independence,
+steady-state memory and file descriptors, peak RSS.
+
+    python -m bench.agent --images DIR --train DIR [--broker HOST:PORT] [--frames 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import emit, open_fds, proc_status, timeit
+from edge_agent.cli import build_agent
+from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, fit_settings
+from edge_agent.fitting import fit_images
+from edge_agent.images import read_folder
+from edge_agent.sources.base import Frame, FrameSource
+
+
+class MemorySource(FrameSource):
+    """Decoded frames in a loop: measures the agent, not PNG decoding or a disk."""
+
+    name = "memory"
+
+    def __init__(self, images):
+        self._cycle = itertools.cycle(images)
+        self._n = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame:
+        self._n += 1
+        return Frame(next(self._cycle), f"frame{self._n}")
+
+
+class TimedPublisher:
+    """Wraps a publisher to time publish_verdict: what capture pays for publishing."""
+
+    def __init__(self, inner):
+        self.inner, self.times = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):
+        if name in ("inner", "times"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
+
+    def publish_verdict(self, verdict):
+        t0 = time.perf_counter()
+        seq = self.inner.publish_verdict(verdict)
+        self.times.append((time.perf_counter() - t0) * 1e3)
+        return seq
+
+
+def _config(state: Path, broker: str | None) -> Config:
+    host, _, port = (broker or "127.0.0.1:1").partition(":")
+    c = Config(device=DeviceConfig(id="bench", state_dir=str(state)), source=SourceConfig(kind="folder", path="."),
+               mqtt=MqttConfig(enabled=True, host=host, port=int(port)))
+    c.model.delegate, c.model.threads, c.trigger.max_fps = "cpu", 2, 10_000
+    return c
+
+
+def _agent(state: Path, broker: str | None, images):
+    from edge_agent.cli import make_publisher
+
+    config = _config(state, broker)
+    publisher = TimedPublisher(make_publisher(config))
+    agent = build_agent(config, publisher=publisher, source=MemorySource(images))
+    return agent, publisher, config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--broker", help="HOST:PORT of a running broker")
+    p.add_argument("--frames", type=int, default=5000)
+    args = p.parse_args()
+    _, images = read_folder(args.images)
+    _, train = read_folder(args.train)
+    train = train[:10]
+    with tempfile.TemporaryDirectory() as tmp:
+        agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images)
+        ex = agent.extractor
+        it = ex.runtime.interpreter
+        ex.embed_one(images[0])
+        invoke = timeit(it.invoke, 100)
+
+        # Fit: augment + embed + fit + calibrate, N=10, factor 10.
+        settings = fit_settings(config)
+        t0 = time.perf_counter()
+        result = fit_images(ex.embed, train, settings)
+        fit_s = time.perf_counter() - t0
+        agent.store.save(result, settings, ex.manifest)
+        agent._load_current()
+        emit({"kind": "fit", "n": 10, "factor": settings.factor, "fit_s": round(fit_s, 3),
+              "timings_s": result.timings, "invoke_median_ms": invoke["median_ms"],
+              "budget_s": round(1.2 * 110 * invoke["median_ms"] / 1e3 + 1, 3)})
+
+        # The real main loop (agent.run) over many frames: per-frame stages, fps, RSS and fd growth.
+        stages = {k: [] for k in ("preprocess_ms", "invoke_ms", "outputs_ms", "score", "publish", "inspect", "loop")}
+        marks = {}
+        original = agent.inspect
+        last = [None]
+
+        def instrumented(frame):
+            t0 = time.perf_counter()
+            v = original(frame)
+            t1 = time.perf_counter()
+            n = agent.inspected
+            if 100 <= n < 1100:
+                for k in ("preprocess_ms", "invoke_ms", "outputs_ms", "score"):
+                    stages[k].append(v["latency_ms"][k])
+                stages["publish"].append(publisher.times[-1])
+                stages["inspect"].append((t1 - t0) * 1e3)
+                if last[0] is not None:
+                    stages["loop"].append((t1 - last[0]) * 1e3)
+            last[0] = t1
+            if n in (500, args.frames):
+                marks[n] = (proc_status("VmRSS"), open_fds(), t1)
+            return v
+
+        agent.inspect = instrumented
+        agent.run(max_frames=args.frames)
+        med = {k: round(statistics.median(v), 3) for k, v in stages.items()}
+        emit({"kind": "frame", "broker": bool(args.broker), "invoke_bare_median_ms": invoke["median_ms"],
+              **{f"{k.removesuffix('_ms')}_median_ms": v for k, v in med.items()},
+              "loop_over_invoke": round(med["loop"] / invoke["median_ms"], 3)})
+        (rss0, fd0, t500), (rss1, fd1, t_end) = marks[500], marks[args.frames]
+        emit({"kind": "steady", "broker": bool(args.broker), "frames": args.frames,
+              "fps_after_500": round((args.frames - 500) / (t_end - t500), 1),
+              "rss_growth_mb": round((rss1 - rss0) / 1024, 2), "fd_growth": fd1 - fd0,
+              "rss_mb": round(rss1 / 1024, 1), "peak_rss_mb": round(proc_status("VmHWM") / 1024, 1),
+              "spool_left": len(publisher.inner.spool) if hasattr(publisher.inner, "spool") else 0})
+
+
+if __name__ == "__main__":
+    main()
