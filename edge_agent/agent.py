@@ -67,7 +67,8 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
         self.store = DetectorStore(config.state_dir, config.retrain.keep)
-        self.source = ReopeningSource(source or open_source(config.source), config.source.reopen_min_s,
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.source = ReopeningSource(source or open_source(config.source, config.state_dir), config.source.reopen_min_s,
                                       config.source.reopen_max_s, self._source_status, self.stop_event)
         self._jobs: queue.Queue[RetrainJob] = queue.Queue()
         self._job: RetrainJob | None = None
@@ -309,7 +310,9 @@ class Agent:
             if not self._triggers.acquire(timeout=self._tick):
                 return None
         elif self._job is None and self._active is None:
-            self._wake.wait(self._tick)  # unfitted: no verdicts, so do not spend the CPU on frames
+            # Unfitted: no verdicts, so take no frames, but keep (re)opening the source so its state is known.
+            if self.source.poll_open():
+                self._wake.wait(self._tick)
             self._wake.clear()
             return None
         return self.source.read()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edge_agent.config import SourceConfig
 from edge_agent.sources.base import FrameSource
 
 
-def open_source(config: SourceConfig) -> FrameSource:
-    """An unopened source; picamera2 and OpenCV devices are touched only by ``open()``."""
+def open_source(config: SourceConfig, state_dir: Path | None = None) -> FrameSource:
+    """An unopened source; picamera2 and OpenCV devices are touched only by ``open()``.
+
+    A watched folder keeps its cursor in ``state_dir`` so that a restart does not judge old files again.
+    """
     if config.kind == "folder":
         from edge_agent.sources.folder import FolderSource
 
-        return FolderSource(config.path, watch=config.watch, loop=config.loop)
+        cursor = state_dir / "folder_cursor" if state_dir is not None and config.watch else None
+        return FolderSource(config.path, watch=config.watch, loop=config.loop, cursor_file=cursor)
     if config.kind == "opencv":
         from edge_agent.sources.opencv import OpenCVSource
 

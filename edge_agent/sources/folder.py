@@ -6,16 +6,29 @@ import time
 from pathlib import Path
 
 from edge_agent.images import ImageFolderError, list_images, read_image
+from edge_agent.manifest import write_text_atomic
 from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
 
 
 class FolderSource(FrameSource):
-    def __init__(self, path: str | Path, watch: bool = False, loop: bool = False, poll_s: float = 0.2) -> None:
+    """Files are taken in name order, so name them so that new ones sort last (a timestamp or a counter).
+
+    With ``cursor_file`` (the agent keeps it in its state folder when watching) the name of the last file taken
+    survives a restart, and files already judged are not judged again; files that arrived while the agent was
+    down are still taken.
+    """
+
+    def __init__(self, path: str | Path, watch: bool = False, loop: bool = False, poll_s: float = 0.2,
+                 cursor_file: str | Path | None = None) -> None:
         self.path = Path(path)
         self.watch, self.loop, self.poll_s = watch, loop, poll_s
         self.name = f"folder:{self.path}"
         self._seen: set[str] = set()
         self._queue: list[Path] = []
+        self._cursor_file = Path(cursor_file) if cursor_file else None
+        self._cursor = ""
+        if self._cursor_file is not None and self._cursor_file.is_file():
+            self._cursor = self._cursor_file.read_text().strip()
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -23,7 +36,7 @@ class FolderSource(FrameSource):
 
     def _refill(self) -> None:
         try:
-            fresh = [p for p in list_images(self.path) if p.name not in self._seen]
+            fresh = [p for p in list_images(self.path) if p.name not in self._seen and p.name > self._cursor]
         except ImageFolderError as exc:
             raise SourceError(str(exc)) from None
         self._queue.extend(fresh)
@@ -42,6 +55,9 @@ class FolderSource(FrameSource):
             return None
         path = self._queue.pop(0)
         self._seen.add(path.name)
+        if self._cursor_file is not None:
+            self._cursor = path.name
+            write_text_atomic(self._cursor_file, path.name + "\n")
         try:
             return Frame(read_image(path), path.name)
         except ImageFolderError as exc:

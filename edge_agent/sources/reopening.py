@@ -51,15 +51,19 @@ class ReopeningSource(FrameSource):
         self._delay = self.min_s
         self.on_status({"source": self.name, "status": "open"})
 
-    def read(self) -> Frame | None:
+    def poll_open(self) -> bool:
+        """Retry opening when the backoff allows, without taking a frame; True when open."""
         if not self._open:
             wait = self._next_try - time.monotonic()
             if wait > 0:
                 self.stop.wait(min(wait, _MAX_WAIT_S))
-                return None
+                return False
             self.open()
-            if not self._open:
-                return None
+        return self._open
+
+    def read(self) -> Frame | None:
+        if not self.poll_open():
+            return None
         try:
             return self.inner.read()
         except SourceError as exc:

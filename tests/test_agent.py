@@ -1,0 +1,213 @@
+"""The agent end to end: real Mosquitto, the shipped TFLite model, real bottle images dropped into a folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_agent.cli import build_agent
+from edge_agent.config import config_from_dict
+from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, broker, subscriber, wait_until  # noqa: F401
+
+
+class Rig:
+    """Starts agents on a watched folder; the test drops images into it as a line PC would."""
+
+    def __init__(self, tmp_path: Path, broker: MosquittoBroker, bottle_dir: Path):
+        self.tmp, self.broker, self.bottle = tmp_path, broker, bottle_dir
+        self.frames = tmp_path / "frames"
+        self.frames.mkdir()
+        self.running: list[tuple] = []
+
+    def config(self, **sections):
+        data = {"device": {"id": DEVICE, "state_dir": str(self.tmp / "state")},
+                "model": {"delegate": "cpu"},
+                "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1},
+                "augmentation": {"preset": "bottle", "factor": 2},
+                "retrain": {"n_images": 3, "timeout_s": 30},
+                "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_prefix": PREFIX, "keepalive": 5}}
+        for name, values in sections.items():
+            data[name] = {**data.get(name, {}), **values}
+        return config_from_dict(data)
+
+    def start(self, **sections):
+        agent = build_agent(self.config(**sections))
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        self.running.append((agent, thread))
+        assert wait_until(lambda: agent.publisher.connected, 10), "agent did not connect to the broker"
+        return agent
+
+    def stop(self, agent):
+        agent.stop()
+        for a, t in self.running:
+            if a is agent:
+                t.join(20)
+                assert not t.is_alive()
+        self.running = [(a, t) for a, t in self.running if a is not agent]
+
+    def drop(self, kind: str, names: list[str], prefix: str = "") -> list[str]:
+        out = []
+        for name in names:
+            src = self.bottle / ("train" if kind == "train" else "test") / ("good" if kind == "train" else kind) / name
+            dst = self.frames / f"{prefix}{kind}_{name}"
+            tmp = self.frames / f".{dst.name}.part"
+            shutil.copyfile(src, tmp)
+            tmp.rename(dst)
+            out.append(dst.name)
+        return out
+
+    def good_folder(self, n: int = 5) -> Path:
+        folder = self.tmp / "good_parts"
+        folder.mkdir(exist_ok=True)
+        for p in sorted((self.bottle / "train" / "good").iterdir())[:n]:
+            shutil.copyfile(p, folder / p.name)
+        return folder
+
+
+@pytest.fixture
+def rig(tmp_path, broker, bottle_dir):
+    r = Rig(tmp_path, broker, bottle_dir)
+    yield r
+    for agent, thread in r.running:
+        agent.stop()
+        thread.join(20)
+
+
+def command(sub: Subscriber, name: str, payload, request_id: str, timeout: float = 60) -> dict:
+    body = payload if isinstance(payload, (bytes, str)) else json.dumps({**payload, "request_id": request_id})
+    sub.client.publish(f"{BASE}/cmd/{name}", body, qos=1)
+    assert wait_until(lambda: any(r.get("request_id") == request_id for r in sub.json_on(f"cmd/{name}/result")), timeout)
+    return next(r for r in sub.json_on(f"cmd/{name}/result") if r.get("request_id") == request_id)
+
+
+def retained_state(sub: Subscriber) -> dict:
+    return sub.json_on("state")[-1]
+
+
+def test_unfitted_agent_reports_state_and_publishes_no_verdicts(rig, subscriber):
+    rig.start()
+    assert wait_until(lambda: subscriber.on("availability") and subscriber.on("availability")[-1].payload == b"online")
+    assert wait_until(lambda: subscriber.json_on("state"))
+    assert retained_state(subscriber)["status"] == "unfitted"
+    rig.drop("good", ["000.png", "001.png"])
+    assert not wait_until(lambda: subscriber.on("verdict"), timeout=1.5)
+
+
+def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
+    rig.start()
+    reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(5)), "n_images": 5}, "r1")
+    assert reply["ok"], reply
+    assert reply["result"]["n_train"] == 5 and reply["result"]["threshold"] > 0
+    stages = [e["stage"] for e in subscriber.json_on("retrain/progress")]
+    assert stages[-2:] == ["fitting", "done"]
+    assert wait_until(lambda: retained_state(subscriber)["status"] == "running")
+    state = retained_state(subscriber)
+    assert state["n_train"] == 5 and state["delegate"] == "cpu" and state["model_id"].startswith("efficientnet-lite0")
+
+    good = rig.drop("good", ["000.png", "001.png", "002.png"], "a")
+    bad = rig.drop("broken_large", ["000.png", "001.png", "002.png"], "b")
+    assert wait_until(lambda: len(subscriber.verdict_seqs()) >= 6, 30)
+    verdicts = {v["frame"]: v for v in subscriber.json_on("verdict")}
+    assert [v["seq"] for v in subscriber.json_on("verdict")] == sorted(v["seq"] for v in subscriber.json_on("verdict"))
+    for v in verdicts.values():
+        assert v["schema"] == 1 and v["device"] == DEVICE and v["model_id"] == state["model_id"]
+        assert v["threshold"] == pytest.approx(reply["result"]["threshold"], rel=1e-4)
+        assert v["latency_ms"]["invoke_ms"] > 0 and v["latency_ms"]["total"] >= v["latency_ms"]["invoke_ms"]
+    assert all(verdicts[f]["verdict"] == "anomalous" for f in bad)
+    assert sum(verdicts[f]["verdict"] == "good" for f in good) >= 2
+    assert max(verdicts[f]["score"] for f in good) < min(verdicts[f]["score"] for f in bad)
+    assert wait_until(lambda: {a["frame"] for a in subscriber.json_on("alert")} >= set(bad), 10)
+    images = subscriber.on("alert/image")
+    assert images and images[0].payload[:2] == b"\xff\xd8"  # a JPEG
+    snapshot = cv2.imdecode(np.frombuffer(images[0].payload, np.uint8), cv2.IMREAD_COLOR)
+    assert snapshot is not None and max(snapshot.shape[:2]) <= 640
+
+
+def test_threshold_and_rollback_commands(rig, subscriber):
+    rig.start()
+    first = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")["result"]
+    lower = command(subscriber, "threshold", {"sensitivity": 1.0}, "t1")
+    assert lower["ok"] and lower["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
+    fixed = command(subscriber, "threshold", {"value": 1e6}, "t2")
+    assert fixed["ok"] and fixed["result"]["threshold"] == 1e6
+    rig.drop("broken_large", ["003.png"])
+    assert wait_until(lambda: subscriber.json_on("verdict"), 20)
+    assert subscriber.json_on("verdict")[0]["verdict"] == "good"  # nothing exceeds a huge fixed threshold
+    back = command(subscriber, "rollback", {}, "b1")
+    assert back["ok"] and back["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
+    for payload, rid, fragment in (({"value": "high"}, "e1", "number"), ({"sensitivity": 0.5, "value": 3}, "e2", "exactly one"),
+                                   ({"sensitivity": 3.0}, "e3", "sensitivity")):
+        bad = command(subscriber, "threshold", payload, rid)
+        assert not bad["ok"] and fragment in bad["error"], bad
+    assert "unknown command" in command(subscriber, "dance", {}, "u1")["error"]
+
+
+def test_failed_retrain_keeps_the_running_model(rig, subscriber):
+    agent = rig.start()
+    command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
+    before = agent.store.current_path()
+    black = rig.tmp / "black"
+    black.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(black / f"{i}.png"), np.zeros((64, 64, 3), np.uint8))
+    reply = command(subscriber, "retrain", {"folder": str(black)}, "r2")
+    assert not reply["ok"] and "black" in reply["error"] and "previous model kept" in reply["error"]
+    assert agent.store.current_path() == before and agent.fitted
+    assert subscriber.json_on("retrain/progress")[-1]["stage"] == "failed"
+    assert "n_images must be" in command(subscriber, "retrain", {"n_images": 1}, "r3")["error"]
+    assert "not found" in command(subscriber, "retrain", {"folder": "/nonexistent"}, "r4")["error"]
+
+
+def test_retrain_on_the_next_frames_from_the_source(rig, subscriber):
+    rig.start()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(command(subscriber, "retrain", {"n_images": 3}, "r1")))
+    t.start()
+    assert wait_until(lambda: any(e["stage"] == "collecting" for e in subscriber.json_on("retrain/progress")), 10)
+    rig.drop("train", ["000.png", "001.png", "002.png"])
+    t.join(60)
+    assert result["ok"] and result["result"]["n_train"] == 3
+    assert [e["collected"] for e in subscriber.json_on("retrain/progress") if e["stage"] == "collecting"] == [0, 1, 2, 3]
+
+
+def test_trigger_mode_inspects_one_frame_per_trigger(rig, subscriber):
+    rig.start(trigger={"mode": "mqtt"})
+    command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
+    rig.drop("good", ["004.png", "005.png"])
+    assert not wait_until(lambda: subscriber.on("verdict"), timeout=1.0)
+    assert command(subscriber, "trigger", {}, "g1")["ok"]
+    assert wait_until(lambda: len(subscriber.on("verdict")) == 1, 10)
+    assert not wait_until(lambda: len(subscriber.on("verdict")) > 1, timeout=1.0)
+    command(subscriber, "trigger", {}, "g2")
+    assert wait_until(lambda: len(subscriber.on("verdict")) == 2, 10)
+
+
+def test_missing_source_is_reported_and_reopened(rig, subscriber, tmp_path):
+    late = tmp_path / "late"
+    rig.start(source={"path": str(late)})
+    assert wait_until(lambda: any(e["status"] == "failed" and "not found" in e["error"]
+                                  for e in subscriber.json_on("source/status")), 10)
+    late.mkdir()
+    assert wait_until(lambda: subscriber.json_on("source/status")[-1]["status"] == "open", 10)
+
+
+def test_verdicts_made_during_an_outage_survive_an_agent_restart(rig, subscriber, broker):
+    agent = rig.start()
+    command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
+    broker.stop()
+    rig.drop("good", ["006.png", "007.png", "008.png"])
+    assert wait_until(lambda: agent.inspected == 3, 20)
+    rig.stop(agent)  # killed before it could send them: they wait in the spool on disk
+    broker.start()
+    rig.start()
+    assert subscriber.wait_for_seqs(3, 20) == [1, 2, 3]
+    rig.drop("good", ["009.png"])
+    assert subscriber.wait_for_seqs(4, 20) == [1, 2, 3, 4]
