@@ -140,7 +140,7 @@ def load_weights(model, sd: dict[str, np.ndarray], width: float, depth: float) -
     try:
         mapped = torch_to_keras_weights(sd, width, depth)
     except KeyError as exc:
-        raise ValueError(f"weights file lacks {exc.args[0]}: not an EfficientNet-Lite state dict of this size")
+        raise ValueError(f"weights file lacks {exc.args[0]}: not an EfficientNet-Lite state dict of this size") from None
     for layer in model.layers:
         if not layer.weights:
             continue

@@ -14,9 +14,12 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.augment import PRESETS, AugmentationPolicy
+
+if TYPE_CHECKING:
+    from edge_agent.fitting import FitSettings
 
 
 class ConfigError(ValueError):

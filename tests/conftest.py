@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real Mosquitto brokers and a recording subscriber, as fixtures for every test module.
+pytest_plugins = ("tests.mqtt_broker",)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = ROOT / "models" / "efficientnet-lite0-int8"
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
-from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, broker, subscriber, wait_until  # noqa: F401
+from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, wait_until
 
 
 class Rig:

@@ -15,20 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.publisher import MqttSettings, Publisher
 from edge_agent.spool import Spool
-from tests.mqtt_broker import (  # noqa: F401  (broker, subscriber: fixtures)
-    BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, broker, make_tls_files, require_mosquitto, subscriber, wait_until,
-)
+from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, make_tls_files, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttSettings:
