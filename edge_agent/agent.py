@@ -297,7 +297,7 @@ class Agent:
         image = None
         if a.snapshot:
             picture = frame.image
-            if a.heatmap and hasattr(active.detector, "heatmaps"):
+            if a.heatmap and active.detector.supports_heatmaps:
                 picture = overlay(frame.image, active.detector.heatmaps(batch)[0])
             image = jpeg(picture, a.jpeg_quality, a.max_side)
         alert = {k: verdict[k] for k in ("schema", "device", "seq", "frame", "captured_at", "score", "threshold", "model_id")}

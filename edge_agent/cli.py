@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", default="5,10,20,50,max")
     s.add_argument("--replicates", type=int, default=5)
     s.add_argument("--factors", default="0,10")
-    s.add_argument("--detectors", default="mahalanobis,mahalanobis-empirical,knn,padim")
+    s.add_argument("--detectors", default="mahalanobis,mahalanobis-empirical,knn,padim,patch-knn,combined")
     s.add_argument("--preset", default="object", help="augmentation preset (an MVTec category, object, texture)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_evaluate)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.augment import PRESETS, AugmentationPolicy
+from edge_agent.detectors import DETECTOR_NAMES
 
 if TYPE_CHECKING:
     from edge_agent.fitting import FitSettings
@@ -158,7 +159,7 @@ _CHOICES = {
     ("model", "delegate"): ("cpu", "gpu", "edgetpu", "auto"),
     ("source", "kind"): ("folder", "opencv", "picamera2"),
     ("trigger", "mode"): ("continuous", "mqtt"),
-    ("detector", "name"): ("mahalanobis", "mahalanobis-empirical", "knn", "padim"),
+    ("detector", "name"): DETECTOR_NAMES,
     ("augmentation", "preset"): tuple(PRESETS),
     ("spool", "on_full"): ("drop-oldest", "drop-newest"),
 }

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_agent.augment import AugmentationPolicy, augment
 from edge_agent.datasets import MVTecSet, load_mvtec
+from edge_agent.detectors import make_detector
 from edge_agent.features import FeatureExtractor, Features
 from edge_agent.fitting import FitSettings, fit_features
 from edge_agent.images import read_image
@@ -65,7 +66,7 @@ class EvalSettings:
     sizes: Sequence[int | str] = (5, 10, 20, 50, "max")
     replicates: int = 5
     factors: Sequence[int] = (0, 10)
-    detectors: Sequence[str] = ("mahalanobis", "mahalanobis-empirical", "knn", "padim")
+    detectors: Sequence[str] = ("mahalanobis", "mahalanobis-empirical", "knn", "padim", "patch-knn", "combined")
     policy: AugmentationPolicy = field(default_factory=AugmentationPolicy)
     seed: int = 0
     fit: FitSettings = field(default_factory=FitSettings)
@@ -106,6 +107,12 @@ class _Embedder:
         return out
 
 
+def _reads_spatial(name: str) -> bool:
+    detector = make_detector(name)
+    parts = [make_detector(p) for p in getattr(detector, "parts", ())] or [detector]
+    return any(p.level_prefix == "spatial/" for p in parts)
+
+
 def _resolve_sizes(sizes: Sequence[int | str], n_max: int) -> list[int]:
     out = []
     for s in sizes:
@@ -130,9 +137,10 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
     test = embedder.originals(dataset.test, "test split")
     train = embedder.originals(dataset.train, "training images")
     has_spatial = any(k.startswith("spatial/") for k in test)
-    detectors = [d for d in settings.detectors if has_spatial or d != "padim"]
+    detectors = [d for d in settings.detectors if has_spatial or not _reads_spatial(d)]
     if len(detectors) < len(settings.detectors):
-        log.warning("model %s has no spatial outputs: padim skipped", extractor.manifest.model_id)
+        log.warning("model %s has no spatial outputs: %s skipped", extractor.manifest.model_id,
+                    ", ".join(sorted(set(settings.detectors) - set(detectors))))
     n_max = len(dataset.train)
     sizes = _resolve_sizes(settings.sizes, n_max)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1

@@ -105,9 +105,13 @@ def fit_features(features: Features, n_originals: int, settings: FitSettings) ->
         return make_detector(settings.detector, **settings.detector_params)
 
     t0 = time.perf_counter()
-    detector = new_detector().fit(features)
+    detector = new_detector()
+    detector.fit(features, groups=groups_idx) if detector.needs_groups else detector.fit(features)
     t1 = time.perf_counter()
-    loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
+    # A detector that held images out while fitting (the combined one) already has their scores.
+    loo = getattr(detector, "oof_scores_", None)
+    if loo is None:
+        loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
     t2 = time.perf_counter()
     threshold = calibrate_threshold(loo, settings.sensitivity, settings.quantile, settings.margin,
                                     settings.threshold_override)

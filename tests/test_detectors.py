@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -45,7 +44,7 @@ def rng() -> np.random.Generator:
 
 
 def test_registry_names_and_unknown_name() -> None:
-    assert set(DETECTOR_NAMES) == {"mahalanobis", "mahalanobis-empirical", "knn", "padim"}
+    assert set(DETECTOR_NAMES) == {"mahalanobis", "mahalanobis-empirical", "knn", "padim", "patch-knn", "combined"}
     assert isinstance(make_detector(), MahalanobisDetector)
     assert make_detector("mahalanobis").covariance == "ledoit-wolf"
     assert make_detector("mahalanobis-empirical").covariance == "empirical"
@@ -219,13 +218,12 @@ def test_padim_channel_subset_is_seeded_and_memory_reported(rng: np.random.Gener
     assert unblurred.std() > a.heatmaps(feats).std()  # blurring smooths the map
 
 
-def test_padim_fit_is_fast_at_camera_scale(rng: np.random.Generator) -> None:
+def test_padim_at_camera_scale_keeps_one_gaussian_per_location(rng: np.random.Generator) -> None:
+    """Shapes and memory at the shipped model's size (its fit time is measured by bench/, not here)."""
     feats = {
         "spatial/stage3": rng.normal(size=(110, 28, 28, 40)).astype(np.float32),
         "spatial/stage4": rng.normal(size=(110, 14, 14, 80)).astype(np.float32),
     }
-    start = time.perf_counter()
     det = PadimDetector(n_channels=100).fit(feats)
-    elapsed = time.perf_counter() - start
     assert det.precisions_.shape == (784, 100, 100)
-    assert elapsed < 15.0, f"PaDiM fit took {elapsed:.1f} s"
+    assert det.nbytes_ < 40e6

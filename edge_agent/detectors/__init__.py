@@ -1,7 +1,8 @@
 """Anomaly detectors behind one scikit-learn-like interface (`Detector`), created by name.
 
 Names: ``mahalanobis`` (Ledoit-Wolf Gaussian, the paper's method and the default), ``mahalanobis-empirical``
-(the same with the empirical covariance, for comparison), ``knn`` and ``padim``.
+(the same with the empirical covariance, for comparison), ``knn``, ``padim``, ``patch-knn`` (a patch memory
+with a greedy coreset, PatchCore-style) and ``combined`` (the Gaussian and the patch memory behind one score).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from edge_agent.detectors.base import Detector
+from edge_agent.detectors.combined import CombinedDetector
 from edge_agent.detectors.knn import KNNDetector
 from edge_agent.detectors.mahalanobis import MahalanobisDetector
 from edge_agent.detectors.padim import PadimDetector, upsample_heatmap
+from edge_agent.detectors.patch_memory import PatchMemoryDetector
 
 DEFAULT_DETECTOR = "mahalanobis"
 
@@ -21,6 +24,8 @@ _REGISTRY: dict[str, tuple[type[Detector], dict[str, Any]]] = {
     "mahalanobis-empirical": (MahalanobisDetector, {"covariance": "empirical"}),
     "knn": (KNNDetector, {}),
     "padim": (PadimDetector, {}),
+    "patch-knn": (PatchMemoryDetector, {}),
+    "combined": (CombinedDetector, {}),
 }
 
 DETECTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -49,6 +54,8 @@ __all__ = [
     "KNNDetector",
     "MahalanobisDetector",
     "PadimDetector",
+    "PatchMemoryDetector",
+    "CombinedDetector",
     "make_detector",
     "upsample_heatmap",
 ]

@@ -115,6 +115,10 @@ class Detector(ABC):
     level_prefix: ClassVar[str]
     #: Constructor parameter names, in signature order.
     param_names: ClassVar[tuple[str, ...]]
+    #: Whether ``heatmaps(features) -> (n, h, w)`` shows where in the image the score comes from.
+    supports_heatmaps: ClassVar[bool] = False
+    #: Whether ``fit`` takes ``groups`` (index arrays: an original and its augmented copies) to hold out together.
+    needs_groups: ClassVar[bool] = False
 
     levels_: tuple[str, ...]
     shapes_: dict[str, tuple[int, ...]]

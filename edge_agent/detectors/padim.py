@@ -79,6 +79,7 @@ class PadimDetector(Detector):
     """
 
     level_prefix = SPATIAL
+    supports_heatmaps = True
     param_names = ("n_channels", "seed", "levels", "sigma")
 
     def __init__(
