@@ -68,10 +68,12 @@ def _config(state: Path, broker: str | None) -> Config:
     return c
 
 
-def _agent(state: Path, broker: str | None, images):
+def _agent(state: Path, broker: str | None, images, model: Path | None):
     from edge_agent.cli import make_publisher
 
     config = _config(state, broker)
+    if model is not None:
+        config.model.path = str(model)
     publisher = TimedPublisher(make_publisher(config))
     agent = build_agent(config, publisher=publisher, source=MemorySource(images))
     return agent, publisher, config
@@ -83,12 +85,18 @@ def main() -> None:
     p.add_argument("--train", type=Path, required=True)
     p.add_argument("--broker", help="HOST:PORT of a running broker")
     p.add_argument("--frames", type=int, default=5000)
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
+    p.add_argument("--frame-size", type=int, help="deliver frames already at this size (a camera ISP's scaled stream)")
     args = p.parse_args()
     _, images = read_folder(args.images)
+    if args.frame_size:
+        from edge_agent.preprocess import resize_rgb
+
+        images = [resize_rgb(im, (args.frame_size, args.frame_size)) for im in images]
     _, train = read_folder(args.train)
     train = train[:10]
     with tempfile.TemporaryDirectory() as tmp:
-        agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images)
+        agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images, args.model)
         ex = agent.extractor
         it = ex.runtime.interpreter
         ex.embed_one(images[0])
@@ -131,7 +139,8 @@ def main() -> None:
         agent.inspect = instrumented
         agent.run(max_frames=args.frames)
         med = {k: round(statistics.median(v), 3) for k, v in stages.items()}
-        emit({"kind": "frame", "broker": bool(args.broker), "invoke_bare_median_ms": invoke["median_ms"],
+        emit({"kind": "frame", "broker": bool(args.broker), "model": ex.manifest.name,
+              "frame_px": int(images[0].shape[0]), "invoke_bare_median_ms": invoke["median_ms"],
               **{f"{k.removesuffix('_ms')}_median_ms": v for k, v in med.items()},
               "loop_over_invoke": round(med["loop"] / invoke["median_ms"], 3)})
         (rss0, fd0, t500), (rss1, fd1, t_end) = marks[500], marks[args.frames]

@@ -1,0 +1,67 @@
+"""The reference: the paper's stack as a notebook would run it. Keras EfficientNet-B4 float32 features (pooled
+blocks 4, 6, 7 at 380x380) + scikit-learn LedoitWolf + Mahalanobis, per frame and for the N=10 x11 fit.
+
+    python -m bench.paper_stack --images DIR --train DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench.common import emit, proc_status, timeit  # noqa: E402
+from edge_agent.augment import PRESETS, augment  # noqa: E402
+from edge_agent.images import read_folder  # noqa: E402
+from edge_agent.preprocess import resize_rgb  # noqa: E402
+
+
+def main() -> None:
+    import tensorflow as tf
+    from sklearn.covariance import LedoitWolf
+
+    from converter.backbones import get_backbone
+    from converter.feature_model import build_backbone, build_feature_model
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--repeat", type=int, default=20)
+    args = p.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    spec = get_backbone("efficientnet-b4")
+    model = build_feature_model(build_backbone(spec, 380, None), spec.pooled_taps, ())  # random weights: same compute
+    _, images = read_folder(args.images)
+    _, train = read_folder(args.train)
+
+    def embed(image):
+        x = resize_rgb(image, (380, 380)).astype(np.float32)[None]
+        out = model([x], training=False)
+        return {k: np.asarray(v)[0] for k, v in out.items()}
+
+    t0 = time.perf_counter()
+    feats = [embed(im) for im in augment(train[:10], PRESETS["object"], 10, 0)]
+    models = {}
+    for level in feats[0]:
+        X = np.stack([f[level] for f in feats])
+        models[level] = LedoitWolf().fit(X)
+    fit_s = time.perf_counter() - t0
+
+    frame = iter(images * 100)
+
+    def per_frame():
+        f = embed(next(frame))
+        return sum(float(np.sqrt(m.mahalanobis(f[level][None])[0])) for level, m in models.items())
+
+    t = timeit(per_frame, args.repeat)
+    emit({"kind": "paper_stack", "backbone": "efficientnet-b4", "precision": "keras-float32", "fit_s": round(fit_s, 2),
+          "frame": t, "peak_rss_mb": round(proc_status("VmHWM") / 1024, 1)})
+
+
+if __name__ == "__main__":
+    main()
