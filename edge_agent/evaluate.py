@@ -107,8 +107,28 @@ class _Embedder:
         return out
 
 
-def _reads_spatial(name: str) -> bool:
-    detector = make_detector(name)
+def parse_detector_spec(spec: str) -> tuple[str, dict]:
+    """``"patch-knn:coreset_ratio=1.0,seed=3"`` -> ("patch-knn", {"coreset_ratio": 1.0, "seed": 3}).
+
+    Lets one evaluation compare settings of the same detector (e.g. exact search against a coreset).
+    """
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"detector parameter {item!r} in {spec!r} must be key=value")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    make_detector(name, **params)  # fails early, naming the detector or parameter
+    return name, params
+
+
+def _reads_spatial(spec: str) -> bool:
+    name, params = parse_detector_spec(spec)
+    detector = make_detector(name, **params)
     parts = [make_detector(p) for p in getattr(detector, "parts", ())] or [detector]
     return any(p.level_prefix == "spatial/" for p in parts)
 
@@ -153,7 +173,8 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                 idx = np.sort(rng.choice(n_max, size=n, replace=False))
                 feats = _train_features(train, copies, idx)
                 for name in detectors:
-                    fit = replace(settings.fit, detector=name, factor=factor, policy=settings.policy)
+                    det, params = parse_detector_spec(name)
+                    fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
                     t0 = time.perf_counter()
                     result = fit_features(feats, n, fit)
                     scores = result.detector.score_samples(test)
