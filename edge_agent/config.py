@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.augment import PRESETS, AugmentationPolicy
-from edge_agent.detectors import DETECTOR_NAMES
+from edge_agent.detectors import DETECTOR_NAMES, make_detector
 
 if TYPE_CHECKING:
     from edge_agent.fitting import FitSettings
@@ -234,6 +234,10 @@ def _cross_checks(c: Config) -> None:
         c.augmentation.policy()
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"[augmentation] overrides: {exc}") from None
+    try:
+        make_detector(c.detector.name, **c.detector.params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[detector] params for {c.detector.name}: {exc}") from None
     if c.source.kind == "folder" and not c.source.path:
         raise ConfigError("[source] path is required when kind = \"folder\"")
     if c.source.reopen_min_s <= 0 or c.source.reopen_max_s < c.source.reopen_min_s:
@@ -256,9 +260,13 @@ def load_config(path: str | Path | None) -> Config:
         return Config(source=SourceConfig(path="."))
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (TOML must be): {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     try:

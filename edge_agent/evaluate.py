@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,7 @@ from edge_agent.augment import AugmentationPolicy, augment
 from edge_agent.datasets import MVTecSet, load_mvtec
 from edge_agent.detectors import make_detector
 from edge_agent.features import FeatureExtractor, Features
-from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.fitting import FitError, FitSettings, check_fold_sizes, fit_features
 from edge_agent.images import read_image
 from edge_agent.metrics import area_under_auc_percent, roc_auc
 
@@ -51,7 +52,7 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {name.replace("__", "/"): z[name] for name in z.files}
-        except (OSError, ValueError):  # a file cut short by an interrupted run: recompute it
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # cut short by an interrupted run: recompute
             path.unlink(missing_ok=True)
             return None
 
@@ -133,13 +134,19 @@ def _reads_spatial(spec: str) -> bool:
     return any(p.level_prefix == "spatial/" for p in parts)
 
 
-def _resolve_sizes(sizes: Sequence[int | str], n_max: int) -> list[int]:
+def _resolve_sizes(sizes: Sequence[int | str], n_max: int, factor: int, max_folds: int | None) -> list[int]:
     out = []
     for s in sizes:
         n = n_max if s == "max" else int(s)
         if n > n_max:
             log.warning("N=%d is more than the %d training images: skipped", n, n_max)
-        elif n >= 2 and n not in out:
+            continue
+        try:
+            check_fold_sizes(n, factor, max_folds)
+        except FitError as exc:
+            log.warning("N=%d skipped for factor %d: %s", n, factor, exc)
+            continue
+        if n not in out:
             out.append(n)
     return sorted(out)
 
@@ -162,12 +169,11 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
         log.warning("model %s has no spatial outputs: %s skipped", extractor.manifest.model_id,
                     ", ".join(sorted(set(settings.detectors) - set(detectors))))
     n_max = len(dataset.train)
-    sizes = _resolve_sizes(settings.sizes, n_max)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
     rows = []
     for factor in settings.factors:
         copies = embedder.copies(dataset.train, factor) if factor > 0 else None
-        for n in sizes:
+        for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds):
             for rep in range(1 if n == n_max else settings.replicates):
                 rng = np.random.default_rng([settings.seed, n, rep])
                 idx = np.sort(rng.choice(n_max, size=n, replace=False))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_agent.augment import AugmentationPolicy, augment, group_indices
+from edge_agent.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.detectors import Detector, make_detector
 from edge_agent.features import Features
 from edge_agent.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
@@ -34,7 +34,7 @@ class FitError(ValueError):
 class FitSettings:
     detector: str = "mahalanobis"
     detector_params: dict[str, Any] = field(default_factory=dict)
-    policy: AugmentationPolicy = field(default_factory=AugmentationPolicy)
+    policy: AugmentationPolicy = field(default_factory=lambda: PRESETS["object"])
     factor: int = 10
     seed: int = 0
     sensitivity: float = 0.5
@@ -88,6 +88,15 @@ def check_good_images(images: Sequence[np.ndarray], min_images: int = MIN_GOOD_I
         digests[key] = i
 
 
+def check_fold_sizes(n_originals: int, factor: int, max_folds: int | None) -> None:
+    """Every leave-one-out fit needs at least 2 samples: refuse, before any fitting, N and factor that leave fewer."""
+    n_folds = n_originals if max_folds is None else min(n_originals, max_folds)
+    held_out = -(-n_originals // max(n_folds, 1))
+    if (n_originals - held_out) * (factor + 1) < 2:
+        raise FitError(f"{n_originals} good images with augmentation factor {factor} leave a single sample to fit "
+                       f"on when one is held out for the threshold: give at least 3 good images, or augment")
+
+
 def augmented_features(
     embed: Callable[[list[np.ndarray]], Features], images: Sequence[np.ndarray], policy: AugmentationPolicy,
     factor: int, seed: int,
@@ -98,6 +107,7 @@ def augmented_features(
 
 def fit_features(features: Features, n_originals: int, settings: FitSettings) -> FitResult:
     """Detector and threshold from features laid out in `augment` order (originals, then copies)."""
+    check_fold_sizes(n_originals, settings.factor, settings.max_folds)
     groups_idx = group_indices(n_originals, settings.factor)
     groups = [{k: v[idx] for k, v in features.items()} for idx in groups_idx]
 

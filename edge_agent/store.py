@@ -44,6 +44,8 @@ class DetectorStore:
         try:
             name = json.loads(pointer.read_text())["file"]
         except (OSError, ValueError, KeyError, TypeError):
+            name = None
+        if not isinstance(name, str) or "/" in name:
             log.error("%s is unreadable: no current detector", pointer)
             return None
         path = self.dir / name

@@ -29,14 +29,21 @@ class FolderSource(FrameSource):
         self._cursor = ""
         if self._cursor_file is not None and self._cursor_file.is_file():
             self._cursor = self._cursor_file.read_text().strip()
+        self._failures: dict[str, int] = {}
+
+    #: In a watched folder a file that cannot be decoded is tried again on later polls (it may still be
+    #: being copied in); in a plain folder it is skipped at once.
+    max_tries = 3
 
     def open(self) -> None:
         if not self.path.is_dir():
             raise SourceError(f"image folder not found: {self.path}")
+        if self._cursor and not self._seen:  # judged before a restart: skip them once
+            self._seen.update(p.name for p in list_images(self.path) if p.name <= self._cursor)
 
     def _refill(self) -> None:
         try:
-            fresh = [p for p in list_images(self.path) if p.name not in self._seen and p.name > self._cursor]
+            fresh = [p for p in list_images(self.path) if p.name not in self._seen]
         except ImageFolderError as exc:
             raise SourceError(str(exc)) from None
         self._queue.extend(fresh)
@@ -54,12 +61,18 @@ class FolderSource(FrameSource):
             time.sleep(self.poll_s)
             return None
         path = self._queue.pop(0)
+        try:
+            image = read_image(path)
+        except ImageFolderError as exc:
+            tries = self._failures[path.name] = self._failures.get(path.name, 0) + 1
+            limit = self.max_tries if self.watch else 1
+            if tries >= limit:
+                self._seen.add(path.name)
+                raise SourceError(f"{exc}: skipped" + (f" after {tries} tries" if tries > 1 else "")) from None
+            raise SourceError(f"{exc} (try {tries} of {limit}; still being copied?)") from None
         self._seen.add(path.name)
+        self._failures.pop(path.name, None)
         if self._cursor_file is not None:
             self._cursor = path.name
             write_text_atomic(self._cursor_file, path.name + "\n")
-        try:
-            return Frame(read_image(path), path.name)
-        except ImageFolderError as exc:
-            # Reported (and so visible on MQTT) and skipped: it is already marked seen.
-            raise SourceError(str(exc)) from None
+        return Frame(image, path.name)

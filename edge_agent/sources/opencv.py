@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 
 from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
@@ -14,7 +16,8 @@ class OpenCVSource(FrameSource):
         self.name = f"opencv:{uri}"
         self._cap: cv2.VideoCapture | None = None
         self._count = 0
-        self._is_file = isinstance(self.uri, str) and "://" not in self.uri
+        # Only a real video file ends; a camera by index or /dev path, a stream or a pipeline is reopened.
+        self._is_file = isinstance(self.uri, str) and not self.uri.startswith("/dev/") and Path(self.uri).is_file()
 
     def open(self) -> None:
         self.close()

@@ -48,7 +48,6 @@ class ReopeningSource(FrameSource):
             self._fail(exc, "retrying")
             return
         self._open = True
-        self._delay = self.min_s
         self.on_status({"source": self.name, "status": "open"})
 
     def poll_open(self) -> bool:
@@ -65,12 +64,15 @@ class ReopeningSource(FrameSource):
         if not self.poll_open():
             return None
         try:
-            return self.inner.read()
+            frame = self.inner.read()
         except SourceError as exc:
             self.inner.close()
             self._open = False
             self._fail(exc, "reopening")
             return None
+        if frame is not None:
+            self._delay = self.min_s  # a camera that opens but gives no frame keeps backing off
+        return frame
 
     @property
     def is_open(self) -> bool:

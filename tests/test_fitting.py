@@ -1,0 +1,222 @@
+"""The few-shot fit: sanity checks on the good images, then the real shipped int8 model on real MVTec bottles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.augment import PRESETS
+from edge_agent.detectors import make_detector
+from edge_agent.features import FeatureExtractor
+from edge_agent.fitting import (
+    FitError,
+    FitResult,
+    FitSettings,
+    check_good_images,
+    fit_features,
+    fit_images,
+)
+from edge_agent.images import list_images, read_image
+from edge_agent.metrics import roc_auc
+from edge_agent.threshold import calibrate_threshold
+
+
+def textured(seed: int, shape=(32, 32, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+# ---- check_good_images -------------------------------------------------------------------------------------
+
+
+def test_good_images_pass():
+    check_good_images([textured(0), textured(1), textured(2, (20, 40, 3))])
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_images(n):
+    with pytest.raises(FitError, match=f"got {n} good images, at least 2 are needed"):
+        check_good_images([textured(i) for i in range(n)])
+
+
+def test_min_images_is_configurable():
+    with pytest.raises(FitError, match="got 3 good images, at least 5"):
+        check_good_images([textured(i) for i in range(3)], min_images=5)
+
+
+def test_black_image_is_named_by_index():
+    dark = (textured(9) // 32).astype(np.uint8)  # noise, but never above 7: a covered lens
+    with pytest.raises(FitError, match=r"good image 1 is black \(max value 7\)"):
+        check_good_images([textured(0), dark, textured(2)])
+
+
+def test_flat_image_is_named_by_index():
+    grey = np.full((32, 32, 3), 128, np.uint8)
+    with pytest.raises(FitError, match=r"good image 2 is flat \(std 0.00\)"):
+        check_good_images([textured(0), textured(1), grey])
+
+
+def test_dim_but_not_black_image_passes():
+    dim = np.clip(textured(3) // 8 + 10, 0, 255).astype(np.uint8)  # max 41: dark, but something is in view
+    check_good_images([textured(0), dim])
+
+
+def test_identical_images_are_named_by_index():
+    a = textured(0)
+    with pytest.raises(FitError, match=r"good images 0 and 2 are identical"):
+        check_good_images([a, textured(1), a.copy(), textured(3)])
+
+
+def test_images_identical_on_the_subsampled_grid_but_not_elsewhere_pass():
+    a = textured(0)
+    b = a.copy()
+    b[1, 1, 0] ^= 0xFF  # off the every-4th-pixel grid the quick digest looks at
+    check_good_images([a, b])
+
+
+# ---- the real model on real images -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extractor(shipped_model):
+    return FeatureExtractor(shipped_model)
+
+
+@pytest.fixture(scope="module")
+def bottle_images(bottle_dir):
+    def first(sub, n):
+        paths = list_images(bottle_dir / sub)[:n]
+        assert len(paths) == n, f"{bottle_dir / sub} holds fewer than {n} images"
+        return [read_image(p) for p in paths]
+
+    return {"train": first("train/good", 5), "good": first("test/good", 5), "broken": first("test/broken_large", 5)}
+
+
+@pytest.fixture(scope="module")
+def bottle_fit(extractor, bottle_images):
+    calls = []
+
+    def embed(images):
+        calls.append(len(images))
+        return extractor.embed(images)
+
+    settings = FitSettings(factor=2, policy=PRESETS["bottle"], seed=3)
+    return fit_images(embed, bottle_images["train"], settings), settings, calls
+
+
+def test_fit_images_on_real_bottles(bottle_fit):
+    result, settings, calls = bottle_fit
+    assert isinstance(result, FitResult)
+    assert calls == [15]  # 5 originals + 2 augmented copies each, embedded in one call
+    assert result.n_train == 5
+    assert result.threshold > 0 and np.isfinite(result.threshold)
+    assert result.loo_scores.shape == (5,)
+    assert np.all(result.loo_scores > 0)
+    assert result.threshold == pytest.approx(calibrate_threshold(result.loo_scores, settings.sensitivity,
+                                                                 settings.quantile, settings.margin))
+    assert result.threshold > result.loo_scores.max()  # quantile 0.99 widened by a 10 % margin
+    assert set(result.timings) == {"augment_embed", "fit", "calibrate"}
+    meta = result.metadata(settings)
+    assert meta["n_train"] == 5 and meta["factor"] == 2 and meta["augmentation"] == PRESETS["bottle"].to_dict()
+    assert len(meta["loo_scores"]) == 5
+
+
+def test_real_defects_score_above_real_good_bottles(bottle_fit, extractor, bottle_images):
+    result, _, _ = bottle_fit
+    good = result.detector.score_samples(extractor.embed(bottle_images["good"]))
+    broken = result.detector.score_samples(extractor.embed(bottle_images["broken"]))
+    labels = np.r_[np.zeros(5), np.ones(5)]
+    auroc = roc_auc(labels, np.r_[good, broken])
+    assert auroc >= 0.9, (good, broken)
+    assert np.median(broken) > np.median(good)
+    assert np.mean(broken > result.threshold) >= 0.6  # most large breaks are caught at the label-free threshold
+
+
+def test_fit_images_is_reproducible(extractor, bottle_images):
+    settings = FitSettings(factor=1, policy=PRESETS["bottle"], seed=11)
+    a = fit_images(extractor.embed, bottle_images["train"][:3], settings)
+    b = fit_images(extractor.embed, bottle_images["train"][:3], settings)
+    np.testing.assert_allclose(a.loo_scores, b.loo_scores, rtol=1e-10)
+    assert a.threshold == pytest.approx(b.threshold, rel=1e-10)
+
+
+def test_fit_images_refuses_bad_frames_before_embedding(extractor, bottle_images):
+    calls = []
+    black = np.zeros_like(bottle_images["train"][0])
+    with pytest.raises(FitError, match="good image 1 is black"):
+        fit_images(lambda ims: calls.append(ims) or extractor.embed(ims), [bottle_images["train"][0], black],
+                   FitSettings(factor=0))
+    assert calls == []
+
+
+def test_threshold_override_is_used_as_is(extractor, bottle_images):
+    result = fit_images(extractor.embed, bottle_images["train"][:3], FitSettings(factor=0, threshold_override=42.0))
+    assert result.threshold == 42.0
+    assert result.loo_scores.shape == (3,)
+
+
+def test_two_images_without_augmentation_is_a_clear_fit_error(extractor, bottle_images):
+    with pytest.raises(FitError, match="good images"):
+        fit_images(extractor.embed, bottle_images["train"][:2], FitSettings(factor=0))
+
+
+def test_two_images_with_augmentation_fit(extractor, bottle_images):
+    result = fit_images(extractor.embed, bottle_images["train"][:2], FitSettings(factor=2, policy=PRESETS["bottle"]))
+    assert result.loo_scores.shape == (2,) and result.threshold > 0
+
+
+# ---- fit_features ------------------------------------------------------------------------------------------
+
+
+def synthetic(n: int, factor: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Features in `augment` order: n originals, then ``factor`` jittered copies of each."""
+    rng = np.random.default_rng(seed)
+    orig = {"pooled/a": rng.normal(size=(n, 5)), "pooled/b": rng.normal(size=(n, 3))}
+    copies = {k: np.repeat(v, factor, axis=0) + 0.05 * rng.normal(size=(n * factor, v.shape[1]))
+              for k, v in orig.items()}
+    return {k: np.concatenate([orig[k], copies[k]]) for k in orig}
+
+
+def test_fit_features_with_two_folds_gives_one_score_per_image():
+    n, factor = 7, 2
+    feats = synthetic(n, factor)
+    result = fit_features(feats, n, FitSettings(factor=factor, max_folds=2))
+    assert result.loo_scores.shape == (n,)
+    assert np.all(np.isfinite(result.loo_scores)) and np.all(result.loo_scores > 0)
+    # Fold f holds out images f, f + 2, ...: each original scored by a detector fitted on the other fold only,
+    # its own copies excluded.
+    expected = np.empty(n)
+    for fold in range(2):
+        held = np.arange(n) % 2 == fold
+        rows = np.r_[np.flatnonzero(~held), n + np.concatenate([i * factor + np.arange(factor)
+                                                               for i in np.flatnonzero(~held)])]
+        det = make_detector("mahalanobis").fit({k: v[rows] for k, v in feats.items()})
+        expected[held] = det.score_samples({k: v[:n][held] for k, v in feats.items()})
+    np.testing.assert_allclose(result.loo_scores, expected, rtol=1e-9)
+
+
+def test_fit_features_without_a_fold_limit_is_leave_one_out():
+    n = 5
+    feats = synthetic(n, 0, seed=4)
+    result = fit_features(feats, n, FitSettings(factor=0, max_folds=None, detector="knn"))
+    for i in range(n):
+        rest = np.arange(n) != i
+        det = make_detector("knn").fit({k: v[rest] for k, v in feats.items()})
+        assert result.loo_scores[i] == pytest.approx(det.score_samples({k: v[i:i + 1] for k, v in feats.items()})[0])
+    # The final detector is fitted on everything: an original scores lower than when it was held out.
+    full = result.detector.score_samples(feats)
+    assert np.all(full[:n] < result.loo_scores)
+
+
+def test_fit_features_passes_detector_params():
+    n = 6
+    feats = synthetic(n, 0, seed=5)
+    result = fit_features(feats, n, FitSettings(factor=0, detector="knn", detector_params={"k": 2}))
+    assert result.detector.k == 2
+
+
+def test_sensitivity_moves_the_threshold():
+    feats = synthetic(6, 1, seed=6)
+    low = fit_features(feats, 6, FitSettings(factor=1, sensitivity=0.0)).threshold
+    mid = fit_features(feats, 6, FitSettings(factor=1, sensitivity=0.5)).threshold
+    high = fit_features(feats, 6, FitSettings(factor=1, sensitivity=1.0)).threshold
+    assert low == pytest.approx(2 * mid) and high == pytest.approx(mid / 2)

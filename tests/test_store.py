@@ -1,0 +1,181 @@
+"""DetectorStore: each fit saved beside the previous ones, a ``current`` pointer, rollback, pruning, and refusal of
+a detector fitted for another feature model. Real fitted detectors, the shipped model's real manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from edge_agent.detectors import MahalanobisDetector
+from edge_agent.detectors.persistence import DetectorFileError
+from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.manifest import load_manifest
+from edge_agent.store import DetectorStore, StoreError
+
+
+@pytest.fixture(scope="module")
+def manifest(shipped_model):
+    return load_manifest(shipped_model)
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(0)
+    return {"pooled/a": rng.normal(size=(24, 6)), "pooled/b": rng.normal(size=(24, 3))}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    rng = np.random.default_rng(1)
+    return {"pooled/a": rng.normal(size=(5, 6)) * 3, "pooled/b": rng.normal(size=(5, 3))}
+
+
+def fitted(features, shift: float = 0.0) -> MahalanobisDetector:
+    return MahalanobisDetector().fit({k: v + shift for k, v in features.items()})
+
+
+def meta(manifest, threshold: float, **extra) -> dict:
+    return {"model_sha256": manifest.model_sha256, "model_id": manifest.model_id, "detector": "mahalanobis",
+            "n_train": 24, "threshold": threshold, **extra}
+
+
+def test_empty_store(tmp_path, manifest):
+    store = DetectorStore(tmp_path)
+    assert store.history() == []
+    assert store.current_path() is None
+    assert store.load_current(manifest) is None
+    with pytest.raises(StoreError, match="no earlier detector"):
+        store.rollback(manifest)
+
+
+def test_save_makes_it_current_and_loads_back(tmp_path, manifest, features, probe):
+    store = DetectorStore(tmp_path)
+    det = fitted(features)
+    path = store.save_loaded(det, meta(manifest, 2.5))
+    assert path.parent == tmp_path / "detectors"
+    assert path.name.endswith("-mahalanobis-n24.edet")
+    assert store.history() == [path]
+    assert store.current_path() == path
+    assert json.loads((tmp_path / "detectors" / "current.json").read_text()) == {"file": path.name}
+    loaded = store.load_current(manifest)
+    assert loaded is not None
+    assert loaded.metadata["threshold"] == 2.5 and loaded.metadata["model_id"] == manifest.model_id
+    np.testing.assert_allclose(loaded.detector.score_samples(probe), det.score_samples(probe), rtol=1e-12)
+
+
+def test_save_of_a_real_fit_result(tmp_path, manifest, features):
+    settings = FitSettings(factor=0, max_folds=4)
+    result = fit_features(features, 24, settings)
+    store = DetectorStore(tmp_path)
+    path = store.save(result, settings, manifest)
+    loaded = store.load_current(manifest)
+    assert store.current_path() == path
+    assert loaded.metadata["threshold"] == pytest.approx(result.threshold)
+    assert loaded.metadata["n_train"] == 24 and loaded.metadata["model_sha256"] == manifest.model_sha256
+    assert len(loaded.metadata["loo_scores"]) == 24
+
+
+def test_newer_saves_become_current(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    paths = [store.save_loaded(fitted(features, i), meta(manifest, float(i))) for i in range(3)]
+    assert store.history() == paths  # oldest first
+    assert len(set(paths)) == 3
+    assert store.current_path() == paths[-1]
+    assert store.load_current(manifest).metadata["threshold"] == 2.0
+
+
+def test_rollback_goes_to_the_previous_file_then_refuses(tmp_path, manifest, features, probe):
+    store = DetectorStore(tmp_path)
+    first_det = fitted(features)
+    first = store.save_loaded(first_det, meta(manifest, 1.0))
+    second = store.save_loaded(fitted(features, 5.0), meta(manifest, 2.0))
+    assert store.rollback(manifest) == first
+    assert store.current_path() == first
+    loaded = store.load_current(manifest)
+    assert loaded.metadata["threshold"] == 1.0
+    np.testing.assert_allclose(loaded.detector.score_samples(probe), first_det.score_samples(probe))
+    assert second.is_file()  # rollback keeps the newer file
+    with pytest.raises(StoreError, match="no earlier detector fitted for this model"):
+        store.rollback(manifest)
+    assert store.current_path() == first  # a refused rollback changes nothing
+
+
+def test_save_after_rollback_is_current(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    store.save_loaded(fitted(features), meta(manifest, 1.0))
+    store.save_loaded(fitted(features), meta(manifest, 2.0))
+    store.rollback(manifest)
+    third = store.save_loaded(fitted(features), meta(manifest, 3.0))
+    assert store.current_path() == third
+    assert store.load_current(manifest).metadata["threshold"] == 3.0
+
+
+def test_rollback_skips_a_detector_for_another_model(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    other = store.save_loaded(fitted(features), meta(manifest, 1.0, model_sha256="0" * 64, model_id="other@000"))
+    good = store.save_loaded(fitted(features), meta(manifest, 2.0))
+    store.save_loaded(fitted(features), meta(manifest, 3.0))
+    assert store.rollback(manifest) == good
+    with pytest.raises(StoreError):
+        store.rollback(manifest)  # only `other` is older, and it is for another model
+    assert other.is_file() and store.current_path() == good
+
+
+def test_prune_keeps_the_newest(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path, keep=3)
+    paths = [store.save_loaded(fitted(features), meta(manifest, float(i))) for i in range(5)]
+    assert store.history() == paths[-3:]
+    assert not paths[0].exists() and not paths[1].exists()
+    assert store.current_path() == paths[-1]
+    assert sorted(p.name for p in store.dir.iterdir()) == sorted([p.name for p in paths[-3:]] + ["current.json"])
+
+
+def test_keep_one_leaves_nothing_to_roll_back_to(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path, keep=1)
+    store.save_loaded(fitted(features), meta(manifest, 1.0))
+    last = store.save_loaded(fitted(features), meta(manifest, 2.0))
+    assert store.history() == [last]
+    with pytest.raises(StoreError):
+        store.rollback(manifest)
+
+
+def test_detector_for_another_model_is_refused(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    store.save_loaded(fitted(features), meta(manifest, 1.0))
+    other = dataclasses.replace(manifest, model_sha256="f" * 64)
+    with pytest.raises(DetectorFileError, match=r"was fitted for model .*but the loaded feature model is .*refit"):
+        store.load_current(other)
+    assert store.load_current(manifest) is not None
+
+
+def test_corrupted_detector_file_is_refused(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    path = store.save_loaded(fitted(features), meta(manifest, 1.0))
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DetectorFileError, match="corrupted"):
+        store.load_current(manifest)
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    [
+        "",
+        '{"file": "2026',  # cut short by a power cut
+        "not json",
+        '["a.edet"]',
+        '{"other": "a.edet"}',
+        '{"file": "19990101T000000000000Z-gone-n5.edet"}',  # names a file that is not there
+        '{"file": 5}',
+    ],
+)
+def test_unusable_pointer_means_no_current_detector(tmp_path, manifest, features, pointer):
+    store = DetectorStore(tmp_path)
+    store.save_loaded(fitted(features), meta(manifest, 1.0))
+    (store.dir / "current.json").write_text(pointer)
+    assert store.current_path() is None
+    assert store.load_current(manifest) is None
