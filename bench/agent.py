@@ -87,7 +87,22 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
     p.add_argument("--frame-size", type=int, help="deliver frames already at this size (a camera ISP's scaled stream)")
+    p.add_argument("--outage-at", type=int, help="start a local mosquitto, and stop it at this frame: frame rate "
+                   "with the broker up against the rate while it is gone, in one run")
     args = p.parse_args()
+    broker = None
+    if args.outage_at:
+        import shutil
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        args.broker = f"127.0.0.1:{port}"
     _, images = read_folder(args.images)
     if args.frame_size:
         from edge_agent.preprocess import resize_rgb
@@ -132,8 +147,10 @@ def main() -> None:
                 if last[0] is not None:
                     stages["loop"].append((t1 - last[0]) * 1e3)
             last[0] = t1
-            if n in (500, args.frames):
+            if n in (500, args.frames, args.outage_at, (args.outage_at or 0) + 200):
                 marks[n] = (proc_status("VmRSS"), open_fds(), t1)
+            if broker is not None and n == args.outage_at:
+                broker.terminate()
             return v
 
         agent.inspect = instrumented
@@ -144,6 +161,15 @@ def main() -> None:
               **{f"{k.removesuffix('_ms')}_median_ms": v for k, v in med.items()},
               "loop_over_invoke": round(med["loop"] / invoke["median_ms"], 3)})
         (rss0, fd0, t500), (rss1, fd1, t_end) = marks[500], marks[args.frames]
+        if broker is not None:
+            t_out, t_after = marks[args.outage_at][2], marks[args.outage_at + 200][2]
+            up, down = publisher.times[500:args.outage_at], publisher.times[args.outage_at + 200:]
+            emit({"kind": "outage", "fps_broker_up": round((args.outage_at - 500) / (t_out - t500), 1),
+                  "fps_broker_gone": round((args.frames - args.outage_at - 200) / (t_end - t_after), 1),
+                  "publish_up_median_ms": round(statistics.median(up), 3),
+                  "publish_gone_median_ms": round(statistics.median(down), 3),
+                  "spool_left": len(publisher.inner.spool)})
+            broker.wait(10)
         emit({"kind": "steady", "broker": bool(args.broker), "frames": args.frames,
               "fps_after_500": round((args.frames - 500) / (t_end - t500), 1),
               "rss_growth_mb": round((rss1 - rss0) / 1024, 2), "fd_growth": fd1 - fd0,

@@ -93,7 +93,8 @@ def main() -> int:
     finally:
         broker.terminate()
         broker.wait(10)
-    agent_nobroker = _run(["-m", "bench.agent", "--images", images, "--train", train, "--frames", "2000"])
+    agent_nobroker = _run(["-m", "bench.agent", "--images", images, "--train", train, "--frames", "3000",
+                           "--outage-at", "1500"])
     variants = _run(["-m", "bench.agent", "--images", images, "--train", train, "--frames", "1500", "--frame-size", "224"])
     variants += _run(["-m", "bench.agent", "--images", images, "--train", train, "--frames", "1500",
                       "--model", str(models[("efficientnet-lite2", "int8")])])
@@ -129,7 +130,7 @@ def render(rows, agent, agent_nobroker, variants, b4_agent, paper, args) -> str:
                          f"{r2['min_ms']} / {r2['median_ms']} | {r2['peak_rss_mb']} |")
     ratio = lambda b: _get(rows, backbone=b, precision="int8", threads=2)["median_ms"] / _get(rows, backbone=b, precision="fp32", threads=2)["median_ms"]
     fit, frame, steady = (_get(agent, kind=k) for k in ("fit", "frame", "steady"))
-    steady_nb = _get(agent_nobroker, kind="steady")
+    outage = _get(agent_nobroker, kind="outage")
     b4 = _get(b4_agent, kind="b4_frame")
     ps = _get(paper, kind="paper_stack")
     stage_total = frame["loop_median_ms"]
@@ -157,8 +158,11 @@ def render(rows, agent, agent_nobroker, variants, b4_agent, paper, args) -> str:
     row("Lite2 int8 / fp32 invoke <= 0.6", f"{ratio('efficientnet-lite2'):.2f}", ratio("efficientnet-lite2") <= 0.6)
     e2e = stage_total / frame["invoke_median_ms"]
     row("end-to-end frame / invoke <= 1.15", f"{stage_total} / {frame['invoke_median_ms']} ms = {e2e:.2f}", e2e <= 1.15)
-    row("no broker does not lower the frame rate", f"{steady_nb['fps_after_500']} fps without vs {steady['fps_after_500']} fps with",
-        steady_nb["fps_after_500"] >= 0.9 * steady["fps_after_500"])
+    row("a broker that goes away does not lower the frame rate (one run, broker stopped mid-way)",
+        f"{outage['fps_broker_gone']} fps while gone vs {outage['fps_broker_up']} fps while up "
+        f"(publish {outage['publish_gone_median_ms']} vs {outage['publish_up_median_ms']} ms; "
+        f"{outage['spool_left']} verdicts waiting in the spool)",
+        outage["fps_broker_gone"] >= 0.9 * outage["fps_broker_up"])
     budget = 1.2 * 110 * fit["invoke_median_ms"] / 1e3 + 1
     row("fit N=10 x10 <= 1.2 x 110 invokes + 1 s", f"{fit['fit_s']} s (budget {budget:.2f} s; {fit['timings_s']})", fit["fit_s"] <= budget)
     row("agent peak RSS < 300 MB", f"{steady['peak_rss_mb']} MB", steady["peak_rss_mb"] < 300)
