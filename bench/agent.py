@@ -18,6 +18,7 @@ from edge_agent.cli import build_agent
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, fit_settings
 from edge_agent.fitting import fit_images
 from edge_agent.images import read_folder
+from edge_agent.outputs import RecordingPublisher
 from edge_agent.sources.base import Frame, FrameSource
 
 
@@ -38,28 +39,6 @@ class MemorySource(FrameSource):
         return Frame(next(self._cycle), f"frame{self._n}")
 
 
-class TimedPublisher:
-    """Wraps a publisher to time publish_verdict: what capture pays for publishing."""
-
-    def __init__(self, inner):
-        self.inner, self.times = inner, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __setattr__(self, name, value):
-        if name in ("inner", "times"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.inner, name, value)
-
-    def publish_verdict(self, verdict):
-        t0 = time.perf_counter()
-        seq = self.inner.publish_verdict(verdict)
-        self.times.append((time.perf_counter() - t0) * 1e3)
-        return seq
-
-
 def _config(state: Path, broker: str | None) -> Config:
     host, _, port = (broker or "127.0.0.1:1").partition(":")
     c = Config(device=DeviceConfig(id="bench", state_dir=str(state)), source=SourceConfig(kind="folder", path="."),
@@ -74,7 +53,7 @@ def _agent(state: Path, broker: str | None, images, model: Path | None):
     config = _config(state, broker)
     if model is not None:
         config.model.path = str(model)
-    publisher = TimedPublisher(make_publisher(config))
+    publisher = RecordingPublisher(make_publisher(config))
     agent = build_agent(config, publisher=publisher, source=MemorySource(images))
     return agent, publisher, config
 
@@ -142,7 +121,7 @@ def main() -> None:
             if 100 <= n < 1100:
                 for k in ("preprocess_ms", "invoke_ms", "outputs_ms", "score"):
                     stages[k].append(v["latency_ms"][k])
-                stages["publish"].append(publisher.times[-1])
+                stages["publish"].append(publisher.publish_ms[-1])
                 stages["inspect"].append((t1 - t0) * 1e3)
                 if last[0] is not None:
                     stages["loop"].append((t1 - last[0]) * 1e3)
@@ -163,7 +142,7 @@ def main() -> None:
         (rss0, fd0, t500), (rss1, fd1, t_end) = marks[500], marks[args.frames]
         if broker is not None:
             t_out, t_after = marks[args.outage_at][2], marks[args.outage_at + 200][2]
-            up, down = publisher.times[500:args.outage_at], publisher.times[args.outage_at + 200:]
+            up, down = publisher.publish_ms[500:args.outage_at], publisher.publish_ms[args.outage_at + 200:]
             emit({"kind": "outage", "fps_broker_up": round((args.outage_at - 500) / (t_out - t500), 1),
                   "fps_broker_gone": round((args.frames - args.outage_at - 200) / (t_end - t_after), 1),
                   "publish_up_median_ms": round(statistics.median(up), 3),

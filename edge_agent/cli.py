@@ -150,7 +150,7 @@ def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.demo import run_demo
 
-    return run_demo(args.work, args.n_train, args.n_test, args.cell_type)
+    return run_demo(args.work, args.n_train, args.n_test, args.cell_type, args.broker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=int, default=10)
     s.add_argument("--n-test", type=int, default=40, help="good and defective cells each")
     s.add_argument("--cell-type", default="mono", choices=("mono", "poly"))
+    s.add_argument("--broker", help="HOST:PORT: also publish the verdicts over MQTT")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("fit", help="fit the detector on a folder of good images")

@@ -53,9 +53,9 @@ def load_mvtec(root: str | Path) -> MVTecSet:
 def write_elpv(out_dir: str | Path, cell_type: str, n_train: int = 100, seed: int = 0) -> Path:
     """The ``elpv-dataset`` solar cells of one type (mono/poly) in MVTec layout.
 
-    Good = defect probability 0 (``n_train`` of them for training, the rest for testing); defective = the
-    cells annotated defective with probability 2/3 or 1. Cells at 1/3 are left out as too ambiguous to
-    call either way. Files are hard-linked (or copied) from the installed package, not re-encoded.
+    Good = defect probability 0 (``n_train`` of them for training, the rest for testing); defective = defect
+    probability 1. Cells at 1/3 and 2/3 are left out as the annotators' own doubt. Files are hard-linked (or
+    copied) from the installed package, not re-encoded.
     """
     import os
     import shutil
@@ -68,7 +68,7 @@ def write_elpv(out_dir: str | Path, cell_type: str, n_train: int = 100, seed: in
     if not rows:
         raise ValueError(f"unknown elpv cell type {cell_type!r}: mono or poly")
     good = [p for p, prob in rows if prob == 0]
-    bad = [p for p, prob in rows if prob > 0.5]
+    bad = [p for p, prob in rows if prob == 1]
     order = np.random.default_rng(seed).permutation(len(good))
     split = {"train/good": [good[i] for i in order[:n_train]], "test/good": [good[i] for i in order[n_train:]],
              "test/defective": bad}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,9 @@ import numpy as np
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig
 from edge_agent.datasets import load_mvtec, write_elpv
 from edge_agent.metrics import roc_auc
-from edge_agent.outputs import StdoutPublisher
+from edge_agent.outputs import RecordingPublisher, StdoutPublisher
 
 log = logging.getLogger(__name__)
-
-
-class _Recording(StdoutPublisher):
-    def __init__(self) -> None:
-        super().__init__()
-        self.verdicts: list[dict] = []
-
-    def publish_verdict(self, verdict: dict) -> int:
-        self.verdicts.append(verdict)
-        return super().publish_verdict(verdict)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -40,8 +31,9 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono") -> int:
-    from edge_agent.cli import build_agent
+def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono", broker: str | None = None) -> int:
+    """With ``broker`` (HOST:PORT) the verdicts also go to MQTT under edge-inspect/demo-camera/."""
+    from edge_agent.cli import build_agent, make_publisher
 
     dataset = load_mvtec(write_elpv(work / "data", cell_type))
     rng = np.random.default_rng(0)
@@ -59,11 +51,13 @@ def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "
         label, p = picks[i]
         _link(p, line_dir / f"{i:04d}_{label}_{p.name}")
 
+    host, _, port = (broker or "").partition(":")
+    mqtt = MqttConfig(enabled=True, host=host, port=int(port or 1883)) if broker else MqttConfig(enabled=False)
     config = Config(device=DeviceConfig(id="demo-camera", state_dir=str(work / "state")),
-                    source=SourceConfig(kind="folder", path=str(line_dir)), mqtt=MqttConfig(enabled=False))
+                    source=SourceConfig(kind="folder", path=str(line_dir)), mqtt=mqtt)
     config.trigger.max_fps = 1000
     shutil.rmtree(config.state_dir, ignore_errors=True)
-    publisher = _Recording()
+    publisher = RecordingPublisher(make_publisher(config), echo=sys.stdout) if broker else RecordingPublisher(StdoutPublisher())
     agent = build_agent(config, publisher=publisher)
     agent.request_retrain(n_images=n_train, folder=str(train_dir))
     agent.run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 
@@ -50,3 +51,29 @@ class StdoutPublisher:
 
     def publish_state(self, state: dict[str, Any]) -> None:
         self._write("state", state)
+
+
+class RecordingPublisher:
+    """Wraps a publisher and keeps every verdict and how long publishing it took (the demo's summary, the
+    benchmarks' publish cost); with ``echo`` the verdicts are also printed as JSON lines."""
+
+    def __init__(self, inner: Any, echo: TextIO | None = None) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "echo", echo)
+        object.__setattr__(self, "verdicts", [])
+        object.__setattr__(self, "publish_ms", [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.inner, name, value)  # e.g. on_command, set by the agent's builder
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        t0 = time.perf_counter()
+        seq = self.inner.publish_verdict(verdict)
+        self.publish_ms.append((time.perf_counter() - t0) * 1e3)
+        self.verdicts.append({**verdict, "seq": seq})
+        if self.echo is not None:
+            self.echo.write(json.dumps({"topic": "verdict", **verdict, "seq": seq}, default=float) + "\n")
+        return seq

@@ -171,7 +171,8 @@ class Subscriber:
     """Records everything under ``test/cam1/#``; it also sends commands as an operator's tool would."""
 
     def __init__(self, broker: MosquittoBroker, username: str | None = None, password: str | None = None,
-                 tls_ca: Path | None = None):
+                 tls_ca: Path | None = None, base: str = BASE):
+        self.base = base
         self.messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -182,7 +183,7 @@ class Subscriber:
             self.client.username_pw_set(username, password)
         if tls_ca:
             self.client.tls_set(ca_certs=str(tls_ca))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{BASE}/#", qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.base}/#", qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port, keepalive=5)
@@ -195,7 +196,7 @@ class Subscriber:
 
     def on(self, suffix: str) -> list[mqtt.MQTTMessage]:
         with self._lock:
-            return [m for m in self.messages if m.topic == f"{BASE}/{suffix}"]
+            return [m for m in self.messages if m.topic == f"{self.base}/{suffix}"]
 
     def json_on(self, suffix: str) -> list[dict]:
         return [json.loads(m.payload) for m in self.on(suffix)]

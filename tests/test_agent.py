@@ -210,3 +210,109 @@ def test_verdicts_made_during_an_outage_survive_an_agent_restart(rig, subscriber
     assert subscriber.wait_for_seqs(3, 20) == [1, 2, 3]
     rig.drop("good", ["009.png"])
     assert subscriber.wait_for_seqs(4, 20) == [1, 2, 3, 4]
+
+
+# ---- long streams: a broker outage and an agent killed mid-stream -------------------------------------------
+
+def _many_frames(rig: Rig, n: int = 500) -> list[str]:
+    """n small real frames (bottle images at 96 px, good and broken), named in line order."""
+    sources = sorted((rig.bottle / "test" / "good").iterdir()) + sorted((rig.bottle / "test" / "broken_large").iterdir())
+    small = [cv2.resize(cv2.imread(str(p)), (96, 96), interpolation=cv2.INTER_AREA) for p in sources]
+    staging = rig.tmp / "staging"
+    staging.mkdir()
+    names = []
+    for i in range(n):
+        name = f"{i:05d}.png"
+        cv2.imwrite(str(staging / name), small[i % len(small)])
+        names.append(name)
+    return names
+
+
+def _release(rig: Rig, names: list[str]) -> None:
+    for name in names:
+        (rig.tmp / "staging" / name).rename(rig.frames / name)
+
+
+def _exactly_once_in_order(sub: Subscriber) -> list[int]:
+    seqs = sub.verdict_seqs()  # duplicates (QoS 1 resends) removed, first arrival kept
+    assert seqs == list(range(1, len(seqs) + 1)), "sequence numbers missing or out of order"
+    return seqs
+
+
+def test_500_frames_through_a_broker_outage_arrive_exactly_once_in_order(rig, subscriber, broker):
+    names = _many_frames(rig)
+    agent = rig.start(trigger={"max_fps": 100.0})
+    command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
+    _release(rig, names)
+    assert wait_until(lambda: len(subscriber.verdict_seqs()) >= 100, 30)
+    broker.stop()
+    stopped_at = agent.inspected
+    assert wait_until(lambda: agent.inspected >= stopped_at + 100, 30)  # judging goes on without a broker
+    broker.start()
+    assert wait_until(lambda: len(subscriber.verdict_seqs()) >= 500, 60), len(subscriber.verdict_seqs())
+    seqs = _exactly_once_in_order(subscriber)
+    frames = [v["frame"] for v in subscriber.json_on("verdict")]
+    assert len(seqs) == 500 and sorted(set(frames)) == names
+    print(f"outage: broker stopped after {stopped_at} verdicts, {len(subscriber.json_on('verdict'))} messages "
+          f"received, {len(seqs)} distinct sequence numbers")
+
+
+def test_agent_killed_mid_stream_loses_no_verdict(rig, subscriber, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    names = _many_frames(rig)
+    cfg = tmp_path / "agent.toml"
+    c = rig.config()
+    cfg.write_text(f'[device]\nid = "{DEVICE}"\nstate_dir = "{c.device.state_dir}"\n'
+                   f'[model]\ndelegate = "cpu"\n[trigger]\nmax_fps = 100.0\n'
+                   f'[source]\nkind = "folder"\npath = "{rig.frames}"\nwatch = true\n'
+                   f'[augmentation]\npreset = "bottle"\nfactor = 2\n'
+                   f'[mqtt]\nhost = "{rig.broker.host}"\nport = {rig.broker.port}\ntopic_prefix = "{PREFIX}"\n')
+    agent_bin = [sys.executable, "-m", "edge_agent.cli", "--config", str(cfg)]
+    subprocess.run(agent_bin + ["fit", "--images", str(rig.good_folder(4))], check=True, capture_output=True, timeout=120)
+    _release(rig, names)
+    first = subprocess.Popen(agent_bin + ["run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(subscriber.verdict_seqs()) >= 150, 60)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        killed_at = len(subscriber.verdict_seqs())
+        assert killed_at < 500
+        assert wait_until(lambda: subscriber.on("availability")[-1].payload == b"offline", 20)  # the last will
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = subprocess.Popen(agent_bin + ["run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: set(names) <= {v["frame"] for v in subscriber.json_on("verdict")}, 60)
+        seqs = _exactly_once_in_order(subscriber)
+        frames = [v["frame"] for v in subscriber.json_on("verdict")]
+        # At least once per frame: at most the one frame being judged at the kill is judged again.
+        assert len(seqs) - len(names) <= 1
+        print(f"kill: SIGKILL after {killed_at} verdicts seen; {len(seqs)} sequence numbers for {len(set(frames))} frames")
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
+def test_corrupt_model_stops_the_agent_with_one_clear_line_and_exit_2(tmp_path, shipped_model):
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    shutil.copytree(shipped_model, model)
+    data = bytearray((model / "model.tflite").read_bytes())
+    data[1000] ^= 0xFF
+    (model / "model.tflite").write_bytes(bytes(data))
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n[model]\npath = "{model}"\n'
+                   f'[source]\npath = "{tmp_path}"\n[mqtt]\nenabled = false\n')
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "--config", str(cfg), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2  # the unit's RestartPreventExitStatus=2: no restart loop
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "sha256" in errors[0] and "model.tflite" in errors[0], proc.stderr

@@ -253,17 +253,36 @@ def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCapt
         broker.stop()
 
 
-def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: Path, monkeypatch) -> None:
+    """The agent's own path: config with TLS and a password named by an environment variable."""
+    from edge_agent.cli import make_publisher
+    from edge_agent.config import config_from_dict
+
     tls = make_tls_files(tmp_path / "tls")
-    broker = MosquittoBroker(tmp_path / "tls-broker", tls=tls)
+    broker = MosquittoBroker(tmp_path / "tls-broker", users={"agent": "s3cret", "dashboard": "d4sh"}, tls=tls)
     broker.start()
-    sub = Subscriber(broker, tls_ca=tls.ca)
-    pub = Publisher(settings_for(broker, tls_ca=str(tls.ca)), DEVICE, Spool(tmp_path / "spool.db"))
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "s3cret")
+
+    def config(state: str, **mqtt):
+        return config_from_dict({"device": {"id": DEVICE, "state_dir": str(tmp_path / state)},
+                                 "source": {"path": str(tmp_path)},
+                                 "mqtt": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX,
+                                          "tls_ca": str(tls.ca), **mqtt}})
+
+    sub = Subscriber(broker, "dashboard", "d4sh", tls_ca=tls.ca)
+    agent = make_publisher(config("a", username="agent", password_env="TEST_MQTT_PASSWORD"))
+    anonymous = make_publisher(config("b"))
     try:
-        started(pub).publish_verdict({"over": "tls"})
+        anonymous.start()
+        anonymous.publish_verdict({"from": "anonymous"})
+        started(agent).publish_verdict({"over": "tls"})
         assert wait_until(lambda: sub.json_on("verdict") == [{"over": "tls", "seq": 1}], 5)
+        time.sleep(1.0)  # several attempts by the anonymous client
+        assert sub.json_on("verdict") == [{"over": "tls", "seq": 1}]
+        assert not anonymous.connected and anonymous.stats()["queued"] == 1
     finally:
-        pub.stop(timeout=1)
-        pub.spool.close()
+        for pub in (agent, anonymous):
+            pub.stop(timeout=1)
+            pub.spool.close()
         sub.close()
         broker.stop()

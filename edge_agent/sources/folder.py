@@ -13,9 +13,10 @@ from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
 class FolderSource(FrameSource):
     """Files are taken in name order, so name them so that new ones sort last (a timestamp or a counter).
 
-    With ``cursor_file`` (the agent keeps it in its state folder when watching) the name of the last file taken
-    survives a restart, and files already judged are not judged again; files that arrived while the agent was
-    down are still taken.
+    With ``cursor_file`` (the agent keeps it in its state folder when watching) the name of the last file
+    judged survives a restart, and files already judged are not judged again; files that arrived while the
+    agent was down are still taken. A file counts as judged once the next one is asked for, so a crash between
+    reading a file and publishing its verdict judges that file again rather than never (at least once).
     """
 
     def __init__(self, path: str | Path, watch: bool = False, loop: bool = False, poll_s: float = 0.2,
@@ -30,6 +31,7 @@ class FolderSource(FrameSource):
         if self._cursor_file is not None and self._cursor_file.is_file():
             self._cursor = self._cursor_file.read_text().strip()
         self._failures: dict[str, int] = {}
+        self._pending: str | None = None
 
     #: In a watched folder a file that cannot be decoded is tried again on later polls (it may still be
     #: being copied in); in a plain folder it is skipped at once.
@@ -48,8 +50,15 @@ class FolderSource(FrameSource):
             raise SourceError(str(exc)) from None
         self._queue.extend(fresh)
 
+    def _commit(self) -> None:
+        if self._cursor_file is not None and self._pending is not None:
+            self._cursor = self._pending
+            write_text_atomic(self._cursor_file, self._pending + "\n")
+        self._pending = None
+
     def read(self) -> Frame | None:
         """The next image; ``None`` after one poll interval when a watched folder has nothing new."""
+        self._commit()
         if not self._queue:
             self._refill()
         if not self._queue and self.loop and self._seen:
@@ -72,7 +81,5 @@ class FolderSource(FrameSource):
             raise SourceError(f"{exc} (try {tries} of {limit}; still being copied?)") from None
         self._seen.add(path.name)
         self._failures.pop(path.name, None)
-        if self._cursor_file is not None:
-            self._cursor = path.name
-            write_text_atomic(self._cursor_file, path.name + "\n")
+        self._pending = path.name
         return Frame(image, path.name)
