@@ -56,6 +56,10 @@ class FolderSource(FrameSource):
             write_text_atomic(self._cursor_file, self._pending + "\n")
         self._pending = None
 
+    def close(self) -> None:
+        """A clean stop: the last frame handed out was judged."""
+        self._commit()
+
     def read(self) -> Frame | None:
         """The next image; ``None`` after one poll interval when a watched folder has nothing new."""
         self._commit()
