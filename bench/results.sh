@@ -19,6 +19,7 @@ PAPER="mahalanobis,mahalanobis-empirical,knn,padim"
 
 evaluate() {  # MODEL SET PRESET NAME [extra args]
     local model=$1 set=$2 preset=$3 name=$4; shift 4
+    if [ -f "$OUT/$name/summary.md" ] && [ -z "${FORCE:-}" ]; then echo "== $name (kept; FORCE=1 reruns)"; cat "$OUT/$name/summary.md"; return; fi
     $PY -m edge_agent.cli --model "$model" evaluate --data "$set" --preset "$preset" --out "$OUT/$name" \
         --cache build/embeddings "$@" > "$OUT/$name.log" 2>&1
     echo "== $name"; cat "$OUT/$name/summary.md"
@@ -28,14 +29,14 @@ evaluate() {  # MODEL SET PRESET NAME [extra args]
 evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle patch-bottle-lite0 --sizes 10 --factors 10 --detectors "$PATCH,patch-knn:coreset_ratio=1.0"
 evaluate $SHIPPED build/data/elpv_mono object patch-elpv_mono-lite0 --sizes 10 --factors 10 --detectors "$PATCH,patch-knn:coreset_ratio=1.0"
 evaluate $SHIPPED build/data/elpv_poly object patch-elpv_poly-lite0 --sizes 10 --factors 10 --detectors "$PATCH,patch-knn:coreset_ratio=1.0"
-# The paper's protocol (N = 5, 10, 20, 50, max; factors 0 and 10; 5 replicates) with the shipped model.
-evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle paper-bottle --detectors "$PAPER"
-evaluate $SHIPPED build/data/elpv_mono object paper-elpv_mono --detectors "$PAPER"
-evaluate $SHIPPED build/data/elpv_poly object paper-elpv_poly --detectors "$PAPER"
 # The backbone choice: the same patch-level runs with EfficientNet-Lite2.
 evaluate $LITE2 "$DATA/mvtec_ad_bottle" bottle patch-bottle-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
 evaluate $LITE2 build/data/elpv_mono object patch-elpv_mono-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
 evaluate $LITE2 build/data/elpv_poly object patch-elpv_poly-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
+# The paper's protocol (N = 5, 10, 20, 50, max; factors 0 and 10; 5 replicates) with the shipped model.
+evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle paper-bottle --detectors "$PAPER"
+evaluate $SHIPPED build/data/elpv_mono object paper-elpv_mono --detectors "$PAPER"
+evaluate $SHIPPED build/data/elpv_poly object paper-elpv_poly --detectors "$PAPER"
 for model in $SHIPPED $LITE2; do
     $PY -m bench.patch_cost $model --train "$DATA/mvtec_ad_bottle/train/good" --images "$DATA/mvtec_ad_bottle/test/good" \
         | tee "$OUT/patch_cost-$(basename $model).txt"
