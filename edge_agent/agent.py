@@ -185,7 +185,8 @@ class Agent:
             s = args["sensitivity"]
             if isinstance(s, bool) or not isinstance(s, (int, float)):
                 raise ValueError(f"sensitivity must be a number, got {s!r}")
-            threshold = calibrate_threshold(meta["loo_scores"], float(s), meta["quantile"], meta["margin"])
+            threshold = calibrate_threshold(meta["loo_scores"], float(s), meta["quantile"], meta["margin"],
+                                            method=meta.get("threshold_method", "empirical"))
             meta.update(sensitivity=float(s), threshold_override=None)
         meta["threshold"] = threshold
         path = self.store.save_loaded(active.detector, meta)

@@ -84,6 +84,7 @@ class ThresholdConfig:
     quantile: float = 0.99
     margin: float = 0.10
     override: float = -1.0  # < 0: calibrated from the good images
+    method: str = "lognormal"  # or "empirical" (the plain quantile of the leave-one-out scores)
 
 
 @dataclass
@@ -162,6 +163,7 @@ _CHOICES = {
     ("detector", "name"): DETECTOR_NAMES,
     ("augmentation", "preset"): tuple(PRESETS),
     ("spool", "on_full"): ("drop-oldest", "drop-newest"),
+    ("threshold", "method"): ("lognormal", "empirical"),
 }
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
@@ -284,5 +286,5 @@ def fit_settings(config: Config) -> "FitSettings":
         detector=config.detector.name, detector_params=dict(config.detector.params),
         policy=config.augmentation.policy(), factor=config.augmentation.factor, seed=config.augmentation.seed,
         sensitivity=t.sensitivity, quantile=t.quantile, margin=t.margin,
-        threshold_override=t.override if t.override >= 0 else None,
+        threshold_override=t.override if t.override >= 0 else None, threshold_method=t.method,
     )

@@ -41,6 +41,7 @@ class FitSettings:
     quantile: float = 0.99
     margin: float = 0.10
     threshold_override: float | None = None
+    threshold_method: str = "lognormal"
     max_folds: int | None = DEFAULT_MAX_FOLDS
 
 
@@ -61,6 +62,7 @@ class FitResult:
             "detector": settings.detector, "detector_params": settings.detector_params,
             "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
             "sensitivity": settings.sensitivity, "quantile": settings.quantile, "margin": settings.margin,
+            "threshold_method": settings.threshold_method,
             "threshold_override": settings.threshold_override,
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
         }
@@ -124,7 +126,7 @@ def fit_features(features: Features, n_originals: int, settings: FitSettings) ->
         loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
     t2 = time.perf_counter()
     threshold = calibrate_threshold(loo, settings.sensitivity, settings.quantile, settings.margin,
-                                    settings.threshold_override)
+                                    settings.threshold_override, settings.threshold_method)
     report = ThresholdReport.from_scores(threshold, loo)
     log.info("fitted %s on %d images (+%d copies each): threshold %.4g, leave-one-out false rejects %.0f%%",
              settings.detector, n_originals, settings.factor, threshold, 100 * report.false_reject_rate)

