@@ -62,7 +62,8 @@ class TriggerConfig:
 
 @dataclass
 class DetectorConfig:
-    name: str = "mahalanobis"
+    # The Gaussian and the patch memory behind one score: best or tied on every set measured (docs/results.md).
+    name: str = "combined"
     params: dict = field(default_factory=dict)
 
 

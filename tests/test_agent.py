@@ -30,6 +30,7 @@ class Rig:
                 "model": {"delegate": "cpu"},
                 "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1},
                 "augmentation": {"preset": "bottle", "factor": 2},
+                "detector": {"name": "mahalanobis"},  # fast to refit; the default (combined) has its own test
                 "retrain": {"n_images": 3, "timeout_s": 30},
                 "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_prefix": PREFIX, "keepalive": 5}}
         for name, values in sections.items():
@@ -316,3 +317,17 @@ def test_corrupt_model_stops_the_agent_with_one_clear_line_and_exit_2(tmp_path, 
     assert proc.returncode == 2  # the unit's RestartPreventExitStatus=2: no restart loop
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
     assert len(errors) == 1 and "sha256" in errors[0] and "model.tflite" in errors[0], proc.stderr
+
+
+def test_default_detector_alerts_carry_a_heat_map(rig, subscriber):
+    """The shipped default (combined) gives heat maps: the alert snapshot shows where the defect is."""
+    rig.start(detector={"name": "combined"})
+    reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
+    assert reply["ok"], reply
+    assert retained_state(subscriber)["detector"] == "combined" or wait_until(
+        lambda: retained_state(subscriber)["detector"] == "combined")
+    rig.drop("broken_large", ["004.png"])
+    assert wait_until(lambda: subscriber.on("alert/image"), 20)
+    snapshot = cv2.imdecode(np.frombuffer(subscriber.on("alert/image")[0].payload, np.uint8), cv2.IMREAD_COLOR)
+    plain = cv2.resize(cv2.imread(str(rig.bottle / "test" / "broken_large" / "004.png")), snapshot.shape[1::-1])
+    assert np.abs(snapshot.astype(int) - plain.astype(int)).mean() > 10  # the JET overlay is there
