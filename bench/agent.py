@@ -47,10 +47,12 @@ def _config(state: Path, broker: str | None) -> Config:
     return c
 
 
-def _agent(state: Path, broker: str | None, images, model: Path | None):
+def _agent(state: Path, broker: str | None, images, model: Path | None, detector: str | None):
     from edge_agent.cli import make_publisher
 
     config = _config(state, broker)
+    if detector:
+        config.detector.name = detector
     if model is not None:
         config.model.path = str(model)
     publisher = RecordingPublisher(make_publisher(config))
@@ -66,6 +68,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
     p.add_argument("--frame-size", type=int, help="deliver frames already at this size (a camera ISP's scaled stream)")
+    p.add_argument("--detector", help="detector name (default: the configuration's default)")
     p.add_argument("--outage-at", type=int, help="start a local mosquitto, and stop it at this frame: frame rate "
                    "with the broker up against the rate while it is gone, in one run")
     args = p.parse_args()
@@ -90,7 +93,7 @@ def main() -> None:
     _, train = read_folder(args.train)
     train = train[:10]
     with tempfile.TemporaryDirectory() as tmp:
-        agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images, args.model)
+        agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images, args.model, args.detector)
         ex = agent.extractor
         it = ex.runtime.interpreter
         ex.embed_one(images[0])
@@ -103,7 +106,7 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         agent.store.save(result, settings, ex.manifest)
         agent._load_current()
-        emit({"kind": "fit", "n": 10, "factor": settings.factor, "fit_s": round(fit_s, 3),
+        emit({"kind": "fit", "detector": settings.detector, "n": 10, "factor": settings.factor, "fit_s": round(fit_s, 3),
               "timings_s": result.timings, "invoke_median_ms": invoke["median_ms"],
               "budget_s": round(1.2 * 110 * invoke["median_ms"] / 1e3 + 1, 3)})
 
@@ -135,7 +138,7 @@ def main() -> None:
         agent.inspect = instrumented
         agent.run(max_frames=args.frames)
         med = {k: round(statistics.median(v), 3) for k, v in stages.items()}
-        emit({"kind": "frame", "broker": bool(args.broker), "model": ex.manifest.name,
+        emit({"kind": "frame", "broker": bool(args.broker), "model": ex.manifest.name, "detector": settings.detector,
               "frame_px": int(images[0].shape[0]), "invoke_bare_median_ms": invoke["median_ms"],
               **{f"{k.removesuffix('_ms')}_median_ms": v for k, v in med.items()},
               "loop_over_invoke": round(med["loop"] / invoke["median_ms"], 3)})

@@ -35,8 +35,9 @@ evaluate $LITE2 build/data/elpv_mono object patch-elpv_mono-lite2 --sizes 10 --f
 evaluate $LITE2 build/data/elpv_poly object patch-elpv_poly-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
 # The paper's protocol (N = 5, 10, 20, 50, max; factors 0 and 10; 5 replicates) with the shipped model.
 evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle paper-bottle --detectors "$PAPER"
-evaluate $SHIPPED build/data/elpv_mono object paper-elpv_mono --detectors "$PAPER"
-evaluate $SHIPPED build/data/elpv_poly object paper-elpv_poly --detectors "$PAPER"
+# PaDiM is left out on elpv: 1,300 test images x 784 locations per fit make it the one slow part (bottle has it).
+evaluate $SHIPPED build/data/elpv_mono object paper-elpv_mono --detectors "${PAPER%,padim}"
+evaluate $SHIPPED build/data/elpv_poly object paper-elpv_poly --detectors "${PAPER%,padim}"
 for model in $SHIPPED $LITE2; do
     $PY -m bench.patch_cost $model --train "$DATA/mvtec_ad_bottle/train/good" --images "$DATA/mvtec_ad_bottle/test/good" \
         | tee "$OUT/patch_cost-$(basename $model).txt"
