@@ -42,3 +42,8 @@ for model in $SHIPPED $LITE2; do
     $PY -m bench.patch_cost $model --train "$DATA/mvtec_ad_bottle/train/good" --images "$DATA/mvtec_ad_bottle/test/good" \
         | tee "$OUT/patch_cost-$(basename $model).txt"
 done
+# One plot with the paper's detectors beside the patch-level ones (bottle, N up to 20, x10, 3 replicates).
+evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle plot-bottle --sizes 5,10,20 --factors 10 --replicates 3 \
+    --detectors mahalanobis,knn,padim,patch-knn,combined
+mkdir -p docs/img && cp "$OUT/plot-bottle/auroc_vs_n.png" docs/img/bottle_auroc_vs_n.png
+cp "$OUT/paper-bottle/auroc_vs_n.png" docs/img/bottle_paper_protocol.png
