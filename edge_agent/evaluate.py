@@ -223,7 +223,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown_table(summary: list[dict], title: str) -> str:
     sizes = sorted({s["n"] for s in summary})
     lines = [f"### {title}", "",
-             "| detector | factor | " + " | ".join(f"N={n}" for n in sizes) + " | area AUC-% | FRR @thr (N=max) | DR @thr (N=max) |",
+             "| detector | factor | " + " | ".join(f"N={n}" for n in sizes)
+             + f" | area AUC-% | FRR @thr (N={sizes[-1]}) | DR @thr (N={sizes[-1]}) |",
              "|---|---|" + "---|" * (len(sizes) + 3)]
     for det, factor in sorted({(s["detector"], s["factor"]) for s in summary}):
         cells = {s["n"]: s for s in summary if (s["detector"], s["factor"]) == (det, factor)}
