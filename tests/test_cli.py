@@ -1,0 +1,39 @@
+"""edge-agent fit / score / status on the command line, with real images and the shipped model."""
+
+import json
+import shutil
+
+from edge_agent.cli import main
+
+
+def test_fit_then_score_then_status(tmp_path, bottle_dir, capsys):
+    good = tmp_path / "good"
+    good.mkdir()
+    for p in sorted((bottle_dir / "train" / "good").iterdir())[:4]:
+        shutil.copyfile(p, good / p.name)
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert main(state + ["fit", "--images", str(good)]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["n_train"] == 4 and fitted["threshold"] > 0 and fitted["saved"].endswith(".edet")
+
+    images = [bottle_dir / "test" / "good" / "000.png", bottle_dir / "test" / "broken_large" / "000.png"]
+    assert main(state + ["score", *map(str, images)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["verdict"] for line in lines] == ["good", "anomalous"]
+    assert main(state + ["score", "--exit-code", *map(str, images)]) == 1  # a gate for scripts: defect found
+
+    assert main(state + ["status"]) == 2  # the agent never ran with this state dir: said so, not a traceback
+    assert "has not run" in capsys.readouterr().err
+
+
+def test_score_without_a_fit_says_what_to_do(tmp_path, bottle_dir, capsys):
+    assert main(["--state-dir", str(tmp_path), "score", str(bottle_dir / "test" / "good" / "000.png")]) == 2
+    assert "edge-agent fit --images DIR" in capsys.readouterr().err
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[mqtt]\nhots = 'x'\n")
+    assert main(["--config", str(cfg), "status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[mqtt] hots" in err[0] and "did you mean host" in err[0]
