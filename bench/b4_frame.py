@@ -14,7 +14,7 @@ from bench.common import emit, proc_status, timeit
 from edge_agent.augment import PRESETS
 from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings, fit_images
-from edge_agent.images import read_folder
+from edge_agent.images import list_images, read_folder, read_image
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     args = p.parse_args()
     ex = FeatureExtractor(args.model, "cpu", 2)
     _, images = read_folder(args.images)
-    _, train = read_folder(args.train)
+    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
     t0 = time.perf_counter()
     result = fit_images(ex.embed, train[:10], FitSettings(policy=PRESETS["object"]))
     fit_s = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import emit, proc_status, timeit  # noqa: E402
 from edge_agent.augment import PRESETS, augment  # noqa: E402
-from edge_agent.images import read_folder  # noqa: E402
+from edge_agent.images import list_images, read_folder, read_image  # noqa: E402
 from edge_agent.preprocess import resize_rgb  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     spec = get_backbone("efficientnet-b4")
     model = build_feature_model(build_backbone(spec, 380, None), spec.pooled_taps, ())  # random weights: same compute
     _, images = read_folder(args.images)
-    _, train = read_folder(args.train)
+    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
 
     def embed(image):
         x = resize_rgb(image, (380, 380)).astype(np.float32)[None]

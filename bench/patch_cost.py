@@ -13,7 +13,7 @@ from bench.common import emit, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
 from edge_agent.features import FeatureExtractor
-from edge_agent.images import read_folder
+from edge_agent.images import list_images, read_folder, read_image
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=100)
     args = p.parse_args()
     ex = FeatureExtractor(args.model, "cpu", 2)
-    _, train = read_folder(args.train)
+    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
     _, images = read_folder(args.images)
     feats = ex.embed(augment(train[:10], PRESETS["object"], 10, 0))
     frames = [ex.embed_one(im) for im in images[:20]]

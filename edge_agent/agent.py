@@ -8,6 +8,7 @@ writes to the on-disk spool, so a slow or absent broker never slows capture.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import logging
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _TICK_S = 0.5  # longest the main loop waits for anything, so the watchdog keeps being fed
+
+
+def return_freed_memory() -> None:
+    """Give the heap a fit freed back to the system (glibc keeps it otherwise, and the agent runs for months)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _now() -> str:
@@ -226,6 +235,8 @@ class Agent:
         self._progress(job, "done", **summary)
         job.finish(summary)
         self.publish_state()
+        del result
+        return_freed_memory()
 
     def _start_job(self, job: RetrainJob) -> None:
         self._job = job

@@ -54,12 +54,13 @@ class StdoutPublisher:
 
 
 class RecordingPublisher:
-    """Wraps a publisher and keeps every verdict and how long publishing it took (the demo's summary, the
-    benchmarks' publish cost); with ``echo`` the verdicts are also printed as JSON lines."""
+    """Wraps a publisher and keeps every verdict (the demo's summary; ``keep=False`` for long runs) and how long
+    publishing it took (the benchmarks' publish cost); with ``echo`` the verdicts are also printed as JSON lines."""
 
-    def __init__(self, inner: Any, echo: TextIO | None = None) -> None:
+    def __init__(self, inner: Any, echo: TextIO | None = None, keep: bool = True) -> None:
         object.__setattr__(self, "inner", inner)
         object.__setattr__(self, "echo", echo)
+        object.__setattr__(self, "keep", keep)
         object.__setattr__(self, "verdicts", [])
         object.__setattr__(self, "publish_ms", [])
 
@@ -73,7 +74,8 @@ class RecordingPublisher:
         t0 = time.perf_counter()
         seq = self.inner.publish_verdict(verdict)
         self.publish_ms.append((time.perf_counter() - t0) * 1e3)
-        self.verdicts.append({**verdict, "seq": seq})
+        if self.keep:
+            self.verdicts.append({**verdict, "seq": seq})
         if self.echo is not None:
             self.echo.write(json.dumps({"topic": "verdict", **verdict, "seq": seq}, default=float) + "\n")
         return seq

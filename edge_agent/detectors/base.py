@@ -63,8 +63,9 @@ def check_features(
     *,
     min_samples: int = 1,
     trailing_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dtype: type = np.float64,
 ) -> dict[str, np.ndarray]:
-    """Validate the named levels and return them as float64 arrays.
+    """Validate the named levels and return them as ``dtype`` arrays (float64 unless a detector asks otherwise).
 
     Checks, each with a message naming the level: presence, dimensionality for the level family, a common
     sample count across levels, at least ``min_samples`` samples, finite values, and (when scoring) the
@@ -91,7 +92,7 @@ def check_features(
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"level {name!r} contains NaN or infinite values")
         counts[name] = arr.shape[0]
-        out[name] = arr.astype(np.float64, copy=False)
+        out[name] = arr.astype(dtype, copy=False)
     if len(set(counts.values())) > 1:
         raise ValueError(f"levels disagree on the number of samples: {counts}")
     n = next(iter(counts.values()))
@@ -117,6 +118,9 @@ class Detector(ABC):
     param_names: ClassVar[tuple[str, ...]]
     #: Whether ``heatmaps(features) -> (n, h, w)`` shows where in the image the score comes from.
     supports_heatmaps: ClassVar[bool] = False
+    #: Precision the detector computes in: float64 for covariances; a distance search is fine in float32, and
+    #: halving the spatial maps' copy matters on a camera.
+    compute_dtype: ClassVar[type] = np.float64
     #: Whether ``fit`` takes ``groups`` (index arrays: an original and its augmented copies) to hold out together.
     needs_groups: ClassVar[bool] = False
 
@@ -147,7 +151,7 @@ class Detector(ABC):
     def _check_fit_input(self, features: Features) -> dict[str, np.ndarray]:
         """Select levels, validate, and record the common fitted attributes."""
         levels = select_levels(features, self.level_prefix, getattr(self, "levels", None))
-        arrays = check_features(features, levels, min_samples=2)
+        arrays = check_features(features, levels, min_samples=2, dtype=self.compute_dtype)
         self.levels_ = levels
         self.shapes_ = {k: tuple(int(s) for s in v.shape[1:]) for k, v in arrays.items()}
         self.n_train_ = int(next(iter(arrays.values())).shape[0])
@@ -156,7 +160,7 @@ class Detector(ABC):
     def _check_score_input(self, features: Features) -> dict[str, np.ndarray]:
         if not self.is_fitted:
             raise ValueError(f"{type(self).__name__} is not fitted yet; call fit() first")
-        return check_features(features, self.levels_, trailing_shapes=self.shapes_)
+        return check_features(features, self.levels_, trailing_shapes=self.shapes_, dtype=self.compute_dtype)
 
     @abstractmethod
     def fit(self, features: Features) -> Detector:

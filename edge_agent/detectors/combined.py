@@ -56,7 +56,10 @@ class CombinedDetector(Detector):
             raise ValueError("combined needs at least 2 good images to normalise its parts")
         self.parts_ = [self._make(name) for name in self.parts]
         levels = sorted({lv for p in self.parts_ for lv in select_levels(features, p.level_prefix, None)})
-        arrays = check_features(features, levels, min_samples=2)
+        shapes = {k: tuple(int(s) for s in v.shape[1:]) for k, v in check_features(features, levels, min_samples=2).items()}
+        # The parts validate and convert for themselves: keeping the caller's (float32) arrays here instead of the
+        # float64 copies check_features returns halves the fit's peak memory on the camera.
+        arrays = {k: np.asarray(features[k]) for k in levels}
         by_group = [{k: v[g] for k, v in arrays.items()} for g in groups]
         oof = []
         for i, name in enumerate(self.parts):
@@ -67,7 +70,7 @@ class CombinedDetector(Detector):
         self.scale_ = np.maximum(oof.std(axis=1, ddof=1), 1e-6 * np.abs(self.loc_) + 1e-12)
         self.oof_scores_ = self._combine(oof)
         self.levels_ = tuple(levels)
-        self.shapes_ = {k: tuple(int(s) for s in v.shape[1:]) for k, v in arrays.items()}
+        self.shapes_ = shapes
         self.n_train_ = n
         return self
 

@@ -195,6 +195,7 @@ class PatchMemoryDetector(Detector):
 
     level_prefix = SPATIAL
     supports_heatmaps = True
+    compute_dtype = np.float32
     param_names = ("coreset_ratio", "coreset_max", "projection_dim", "seed", "levels", "dtype", "blur_sigma")
 
     def __init__(
