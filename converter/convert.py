@@ -24,9 +24,10 @@ from converter.feature_model import build_backbone, build_feature_model, output_
 from converter.fidelity import fidelity_report, keras_features
 from converter.quantize import PRECISIONS, convert
 from edge_agent import __version__
+from edge_agent.atomic import write_text_atomic
 from edge_agent.features import FeatureExtractor
 from edge_agent.manifest import (
-    MANIFEST_FILE, InputSpec, Manifest, OutputSpec, Quantization, sha256_file, write_text_atomic,
+    MANIFEST_FILE, InputSpec, Manifest, OutputSpec, Quantization, sha256_file,
 )
 from edge_agent.runtime import interpreter_module
 

@@ -27,7 +27,7 @@ from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector
 from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitError, fit_images
 from edge_agent.images import read_folder
-from edge_agent.manifest import write_text_atomic
+from edge_agent.atomic import write_text_atomic
 from edge_agent.snapshot import jpeg, overlay
 from edge_agent.sources import EndOfStream, Frame, FrameSource, ReopeningSource, open_source
 from edge_agent.store import DetectorStore, StoreError

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,18 +154,3 @@ def verified_model_path(model_dir: str | Path, manifest: Manifest, edgetpu: bool
         raise ManifestError(f"{path} has sha256 {actual[:12]}..., the manifest expects {str(expected)[:12]}...: "
                             "the file was changed or belongs to another manifest")
     return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

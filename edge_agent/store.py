@@ -16,7 +16,8 @@ from pathlib import Path
 from edge_agent.detectors.base import Detector
 from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
 from edge_agent.fitting import FitResult, FitSettings
-from edge_agent.manifest import Manifest, write_text_atomic
+from edge_agent.atomic import write_text_atomic
+from edge_agent.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -18,21 +18,13 @@ from edge_agent.detectors import (
     upsample_heatmap,
 )
 from edge_agent.detectors import knn as knn_module
+from tests.synthetic import spatial
 
 POOLED_DIMS = {"pooled/stage4": 12, "pooled/stage6": 20, "pooled/stage7": 30}
 
 
 def pooled(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
     return {k: (rng.normal(size=(n, d)) + shift).astype(np.float32) for k, d in POOLED_DIMS.items()}
-
-
-def spatial(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    # A smooth per-location mean pattern so that locations genuinely differ, plus noise.
-    yy, xx = np.mgrid[0:16, 0:16]
-    pattern = np.sin(xx / 3.0)[..., None] + np.cos(yy / 4.0)[..., None]
-    s3 = pattern[None] + 0.3 * rng.normal(size=(n, 16, 16, 8))
-    s4 = 0.3 * rng.normal(size=(n, 8, 8, 16))
-    return {"spatial/stage3": s3.astype(np.float32), "spatial/stage4": s4.astype(np.float32)}
 
 
 @pytest.fixture

@@ -21,17 +21,9 @@ from edge_agent.detectors.patch_memory import (
     greedy_coreset,
     to_grid,
 )
+from tests.synthetic import spatial
 
 MODEL_SHA = "cd" * 32
-
-
-def spatial(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Stage-3-like 16x16x8 and stage-4-like 8x8x16 maps with a smooth per-location pattern plus noise."""
-    yy, xx = np.mgrid[0:16, 0:16]
-    pattern = np.sin(xx / 3.0)[..., None] + np.cos(yy / 4.0)[..., None]
-    s3 = pattern[None] + 0.3 * rng.normal(size=(n, 16, 16, 8))
-    s4 = 0.3 * rng.normal(size=(n, 8, 8, 16))
-    return {"spatial/stage3": s3.astype(np.float32), "spatial/stage4": s4.astype(np.float32)}
 
 
 def reference_patches(feats: dict[str, np.ndarray], step3: slice = slice(1, None, 2)) -> np.ndarray:

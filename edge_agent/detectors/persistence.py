@@ -26,7 +26,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edge_agent.atomic import write_bytes_atomic
 from edge_agent.detectors import DETECTOR_CLASSES
 from edge_agent.detectors.base import Detector
 
@@ -82,34 +82,7 @@ def save_detector(path: str | os.PathLike[str], detector: Detector, metadata: Ma
     ``metadata`` should carry ``model_sha256`` (and ``model_id``) so that `load_detector` can refuse a file
     fitted on another feature model.
     """
-    path = Path(path)
-    data = _encode(detector, metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; not every platform lets a directory be opened, so best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_bytes_atomic(path, _encode(detector, metadata))
 
 
 def _read_payload(path: Path) -> bytes:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from edge_agent.images import ImageFolderError, list_images, read_image
-from edge_agent.manifest import write_text_atomic
+from edge_agent.atomic import write_text_atomic
 from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
 
 
