@@ -103,6 +103,9 @@ def main() -> int:
     variants += _run(common + ["--frames", "600", "--model", str(models[("efficientnet-b4", "int8")])])
     b4_agent = _run(["-m", "bench.b4_frame", str(models[("efficientnet-b4", "int8")]), "--images", images, "--train", train])
     paper = _run(["-m", "bench.paper_stack", "--images", images, "--train", train])
+    (BUILD / "bench-results.json").write_text(json.dumps(
+        {"rows": rows, "agent": agent, "paper_detector": paper_detector, "outage": agent_nobroker,
+         "variants": variants, "b4": b4_agent, "paper": paper}, indent=1))
     report = render(rows, agent, paper_detector, agent_nobroker, variants, b4_agent, paper, args)
     print(report)
     if args.write:
@@ -177,7 +180,22 @@ def render(rows, agent, paper_detector, agent_nobroker, variants, b4_agent, pape
     row("agent B4 int8 frame <= 0.3 x paper stack frame", f"{b4['frame']['median_ms']} / {ps['frame']['median_ms']} ms = {b4r:.2f}", b4r <= 0.3)
     row(f"steady state over {steady['frames']} frames: RSS growth < 5 MB", f"{steady['rss_growth_mb']} MB", steady["rss_growth_mb"] < 5)
     row("no file descriptor leak", f"{steady['fd_growth']} fds", steady["fd_growth"] <= 0)
-    lines += ["", "## The paper's stack (reference, same machine, same run)", "",
+    lines += ["", "## Where a target does not hold, and why", "",
+              "- **B4 int8 / fp32.** Both models run on XNNPACK here. Without XNNPACK (op resolver "
+              "`BUILTIN_WITHOUT_DEFAULT_DELEGATES`, measured once on this machine, 1 thread) B4 fp32 takes about 262 ms "
+              "and int8 147 ms; the 'fp32 about 230 ms' in DESIGN.md matches fp32 *without* XNNPACK. With it, fp32 "
+              "drops to the figures above on this AVX-512 CPU and int8 to a third of them: the int8 model is delegated "
+              "(147 -> 23 ms), but B4's 127 swish activations (LOGISTIC + MUL) and 35 squeeze-excitation means are "
+              "element-wise work where int8 gains little over a fast fp32 kernel. The Lite models have neither, and "
+              "their ratio holds. The op-by-op split is not measured (the Python wheel has no op profiler).",
+              "- **End-to-end / invoke with the shipped Lite0.** Its invoke is only about 1 ms on this machine, so the "
+              "fixed per-frame costs (shrinking a 512 px frame 0.24 ms, the durable spool write with its JSON 0.06 ms, "
+              "the Mahalanobis score 0.06 ms, dequantising 0.03 ms) are 40% of it. The same loop holds the target with "
+              "frames delivered at the model's size (as a camera ISP's scaled stream would) and with larger models "
+              "(table above). The spool write is kept synchronous on purpose: a verdict is on disk before the next frame "
+              "is taken, so none is lost if the process is killed. With the default combined detector the patch "
+              "search adds about 1.2 ms per frame: about one embedding, which is what the patch-level issue allows.",
+              "", "## The paper's stack (reference, same machine, same run)", "",
               f"Keras EfficientNet-B4 float32 + scikit-learn LedoitWolf: {ps['frame']['median_ms']} ms per frame "
               f"(min {ps['frame']['min_ms']}), fit N=10 x10 {ps['fit_s']} s, peak RSS {ps['peak_rss_mb']} MB. "
               f"The agent with B4 int8: {b4['frame']['median_ms']} ms per frame, fit {b4['fit_s']} s, peak RSS {b4['peak_rss_mb']} MB.", ""]
