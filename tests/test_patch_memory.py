@@ -296,3 +296,10 @@ def test_real_bottles_with_shipped_model(bottle_dir: Path, shipped_model: Path) 
               f"score+heat map {np.median(score_ms):.2f} ms/image (int8 embedding {np.median(embed_ms):.2f} ms), "
               f"{det.memory_bank_.shape[0]} patches, {det.nbytes_ / 1e6:.2f} MB")
         assert auroc >= 0.95, f"coreset_ratio={ratio}: AUROC {auroc:.3f}"
+
+
+def test_coreset_is_capped_by_default_but_exact_mode_is_not() -> None:
+    rng = np.random.default_rng(7)
+    train = {k: v for k, v in spatial(rng, 200).items()}  # 200 x 64 patches = 12800
+    assert PatchMemoryDetector(coreset_ratio=0.5, projection_dim=8).fit(train).memory_bank_.shape[0] == 4000
+    assert PatchMemoryDetector(coreset_ratio=1.0).fit(train).memory_bank_.shape[0] == 12800
