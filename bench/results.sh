@@ -15,6 +15,7 @@ LITE2=build/models/efficientnet-lite2-int8
     --spatial-taps 3,4 --output $LITE2 --overwrite
 SHIPPED=models/efficientnet-lite0-int8
 PATCH="mahalanobis,patch-knn,combined"
+export FORCE=${FORCE:-}
 PAPER="mahalanobis,mahalanobis-empirical,knn,padim"
 
 evaluate() {  # MODEL SET PRESET NAME [extra args]

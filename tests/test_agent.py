@@ -319,8 +319,8 @@ def test_corrupt_model_stops_the_agent_with_one_clear_line_and_exit_2(tmp_path, 
     assert len(errors) == 1 and "sha256" in errors[0] and "model.tflite" in errors[0], proc.stderr
 
 
-def test_default_detector_alerts_carry_a_heat_map(rig, subscriber):
-    """The shipped default (combined) gives heat maps: the alert snapshot shows where the defect is."""
+def test_heat_map_detectors_put_the_map_in_the_alert(rig, subscriber):
+    """The default (patch-knn) and the combined detector give heat maps: the snapshot shows where the defect is."""
     rig.start(detector={"name": "combined"})
     reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
     assert reply["ok"], reply

@@ -27,9 +27,9 @@ MODEL_SHA = "cd" * 32
 
 
 def reference_patches(feats: dict[str, np.ndarray], step3: slice = slice(1, None, 2)) -> np.ndarray:
-    """Independent patch features: scipy 3x3 mean with 'reflect' (edge repeated) border, stage 3 subsampled."""
-    s3 = uniform_filter(feats["spatial/stage3"].astype(np.float64), size=(1, 3, 3, 1), mode="reflect")
-    s4 = uniform_filter(feats["spatial/stage4"].astype(np.float64), size=(1, 3, 3, 1), mode="reflect")
+    """Independent patch features: scipy 3x3 mean with zeros outside the map (mode='constant'), stage 3 subsampled."""
+    s3 = uniform_filter(feats["spatial/stage3"].astype(np.float64), size=(1, 3, 3, 1), mode="constant", cval=0.0)
+    s4 = uniform_filter(feats["spatial/stage4"].astype(np.float64), size=(1, 3, 3, 1), mode="constant", cval=0.0)
     return np.concatenate([s3[:, step3, step3], s4], axis=-1)
 
 
@@ -61,7 +61,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_box_filter_and_grid_alignment_match_scipy(rng: np.random.Generator) -> None:
     x = rng.normal(size=(3, 9, 7, 5)).astype(np.float32)
-    ref = uniform_filter(x.astype(np.float64), size=(1, 3, 3, 1), mode="reflect")
+    ref = uniform_filter(x.astype(np.float64), size=(1, 3, 3, 1), mode="constant", cval=0.0)
     np.testing.assert_allclose(box_filter_3x3(x), ref, rtol=1e-5, atol=1e-6)
     # 28 -> 14 keeps odd cells (centres of a SAME stride-2 conv on an even map), 33 -> 17 even cells, 29 -> 14 odd.
     assert np.array_equal(to_grid(np.arange(28.0).reshape(1, 28, 1, 1) * np.ones((1, 1, 28, 1)), (14, 14))[0, :, 0, 0],
