@@ -181,7 +181,7 @@ def render(rows, agent, paper_detector, agent_nobroker, variants, b4_agent, pape
     row(f"steady state over {steady['frames']} frames: RSS growth < 5 MB", f"{steady['rss_growth_mb']} MB", steady["rss_growth_mb"] < 5)
     row("no file descriptor leak", f"{steady['fd_growth']} fds", steady["fd_growth"] <= 0)
     lines += ["", "## Where a target does not hold (or only just), and why", "",
-              "- **B4 int8 / fp32 sits at the target's edge** (0.35 to 0.39 over four runs of this script). Both models run on XNNPACK here. Without XNNPACK (op resolver "
+              "- **B4 int8 / fp32 sits at the target's edge** (0.35 to 0.39 over five runs of this script). Both models run on XNNPACK here. Without XNNPACK (op resolver "
               "`BUILTIN_WITHOUT_DEFAULT_DELEGATES`, measured once on this machine, 1 thread) B4 fp32 takes about 262 ms "
               "and int8 147 ms; the 'fp32 about 230 ms' in DESIGN.md matches fp32 *without* XNNPACK. With it, fp32 "
               "drops to the figures above on this AVX-512 CPU and int8 to a third of them: the int8 model is delegated "
@@ -190,7 +190,7 @@ def render(rows, agent, paper_detector, agent_nobroker, variants, b4_agent, pape
               "their ratio holds. The op-by-op split is not measured (the Python wheel has no op profiler).",
               "- **End-to-end / invoke with the shipped Lite0.** Its invoke is only about 1 ms on this machine, so the "
               "fixed per-frame costs (shrinking a 512 px frame 0.24 ms, the durable spool write with its JSON 0.06 ms, "
-              "the Mahalanobis score 0.06 ms, dequantising 0.03 ms) are 40% of it. The same loop holds the target with "
+              "the Mahalanobis score 0.06 ms, dequantising 0.03 ms) are 35-50% of it from run to run. The same loop holds the target with "
               "frames delivered at the model's size (as a camera ISP's scaled stream would) and with larger models "
               "(table above). The spool write is kept synchronous on purpose: a verdict is on disk before the next frame "
               "is taken, so none is lost if the process is killed. With the default patch-knn detector the patch "
