@@ -14,6 +14,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.augment import PRESETS, AugmentationPolicy
@@ -195,6 +196,13 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _unknown(kind: str, where: str, name: str, valid: Sequence[str], shown: str = "{}") -> ConfigError:
+    """``unknown key [mqtt] hots (did you mean host?); valid keys: ...``, for keys and sections alike."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {shown.format(close[0])}?)" if close else ""
+    return ConfigError(f"unknown {kind} {where}{hint}; valid {kind}s: {', '.join(valid)}")
+
+
 def _section(cls: type, data: Any, name: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"[{name}] must be a table")
@@ -203,9 +211,7 @@ def _section(cls: type, data: Any, name: str) -> Any:
     values = {}
     for key, value in data.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"unknown key [{name}] {key}" + (f" (did you mean {close[0]}?)" if close else "")
-                              + f"; valid keys: {', '.join(sorted(known))}")
+            raise _unknown("key", f"[{name}] {key}", key, sorted(known))
         where = f"[{name}] {key}"
         value = _check_type(value, hints[key], where)
         if (name, key) in _CHOICES and value not in _CHOICES[(name, key)]:
@@ -223,9 +229,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     sections = {}
     for name, value in data.items():
         if name not in hints:
-            close = difflib.get_close_matches(name, hints, n=1)
-            raise ConfigError(f"unknown section [{name}]" + (f" (did you mean [{close[0]}]?)" if close else "")
-                              + f"; valid sections: {', '.join(hints)}")
+            raise _unknown("section", f"[{name}]", name, list(hints), shown="[{}]")
         sections[name] = _section(hints[name], value, name)
     config = Config(**sections)
     _cross_checks(config)

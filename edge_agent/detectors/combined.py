@@ -90,24 +90,25 @@ class CombinedDetector(Detector):
         raise ValueError(f"none of {self.parts} gives a heat map")
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from edge_agent.detectors.persistence import detector_spec
+
         attrs, arrays = super().get_state()
         attrs["parts_"] = []
         for i, part in enumerate(self.parts_):
-            p_attrs, p_arrays = part.get_state()
-            attrs["parts_"].append({"class": type(part).__name__, "params": part.get_params(), "attrs": p_attrs})
+            spec, p_arrays = detector_spec(part)
+            attrs["parts_"].append(spec)
             arrays.update({f"part{i}__{k}": v for k, v in p_arrays.items()})
         return attrs, arrays
 
     def set_state(self, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> CombinedDetector:
-        from edge_agent.detectors import DETECTOR_CLASSES
+        from edge_agent.detectors.persistence import detector_from_spec
 
         super().set_state(attrs, arrays)
         self.parts_ = []
         for i, spec in enumerate(attrs["parts_"]):
-            params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["params"].items()}
             prefix = f"part{i}__"
             part_arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self.parts_.append(DETECTOR_CLASSES[spec["class"]](**params).set_state(spec["attrs"], part_arrays))
+            self.parts_.append(detector_from_spec(spec, part_arrays))
         return self
 
     def _get_arrays(self) -> dict[str, np.ndarray]:

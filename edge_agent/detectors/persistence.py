@@ -56,19 +56,30 @@ class LoadedDetector(NamedTuple):
     metadata: dict[str, Any]
 
 
-def _encode(detector: Detector, metadata: Mapping[str, Any]) -> bytes:
+def detector_spec(detector: Detector) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A fitted detector as a JSON-able spec (class, parameters, attributes) plus its arrays.
+
+    Shared by the file format and by detectors that hold other detectors (the combined one).
+    """
     attrs, arrays = detector.get_state()
+    return {"class": type(detector).__name__, "params": detector.get_params(), "attrs": attrs}, arrays
+
+
+def detector_from_spec(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Detector:
+    """Inverse of `detector_spec`; ValueError for an unknown class, KeyError/TypeError for an incomplete spec."""
+    cls = DETECTOR_CLASSES.get(spec.get("class"))
+    if cls is None:
+        raise ValueError(f"unknown detector class {spec.get('class')!r}; known: {sorted(DETECTOR_CLASSES)}")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
+    return cls(**params).set_state(spec["attrs"], arrays)
+
+
+def _encode(detector: Detector, metadata: Mapping[str, Any]) -> bytes:
+    spec, arrays = detector_spec(detector)
     bad = [name for name, arr in arrays.items() if np.asarray(arr).dtype.hasobject]
     if bad:
         raise TypeError(f"fitted arrays {bad} hold Python objects, which this format refuses to store")
-    header = {
-        "metadata": dict(metadata),
-        "detector": {
-            "class": type(detector).__name__,
-            "params": detector.get_params(),
-            "attrs": attrs,
-        },
-    }
+    header = {"metadata": dict(metadata), "detector": spec}
     header_bytes = json.dumps(header, allow_nan=False, sort_keys=True).encode("utf-8")
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
@@ -141,14 +152,12 @@ def load_detector(
             loaded = f"model {expected_model_id or '<unnamed>'} (sha256 {expected_model_sha256})"
             raise DetectorFileError(f"{path} was fitted for {fitted}, but the loaded feature model is {loaded}: refit")
     spec = header.get("detector", {})
-    cls = DETECTOR_CLASSES.get(spec.get("class"))
-    if cls is None:
+    if spec.get("class") not in DETECTOR_CLASSES:
         raise DetectorFileError(
             f"{path} holds an unknown detector class {spec.get('class')!r}; known: {sorted(DETECTOR_CLASSES)}"
         )
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
     try:
-        detector = cls(**params).set_state(spec["attrs"], arrays)
+        detector = detector_from_spec(spec, arrays)
     except (KeyError, TypeError, ValueError) as exc:
-        raise DetectorFileError(f"{path} does not hold a complete {cls.__name__}: {exc!r}") from exc
+        raise DetectorFileError(f"{path} does not hold a complete {spec['class']}: {exc!r}") from exc
     return LoadedDetector(detector, metadata)
