@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.datasets import elpv_labels
+
 COLOUR = ("astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry",
           "retina", "rocket", "logo")
 GRAY = ("brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text")
@@ -39,21 +41,17 @@ def _skimage_images() -> dict[str, np.ndarray]:
 
 
 def _elpv_images() -> dict[str, np.ndarray]:
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data"
-    with open(root / "labels.csv") as f:
-        rows = [r.split() for r in f if r.strip()]
+    rows = elpv_labels()
     out = {}
     for kind in ("mono", "poly"):
         for defective in (False, True):
-            group = [r for r in rows if r[2] == kind and (float(r[1]) > 0) == defective]
+            group = [path for path, prob, k in rows if k == kind and (prob > 0) == defective]
             step = max(1, len(group) // ELPV_PER_GROUP)
-            for path, _, _ in group[::step][:ELPV_PER_GROUP]:
-                image = cv2.imread(str(root / path), cv2.IMREAD_GRAYSCALE)
+            for path in group[::step][:ELPV_PER_GROUP]:
+                image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
                 if image is None:
-                    raise OSError(f"cannot read {root / path}: reinstall elpv-dataset")
-                out[f"elpv_{kind}_{Path(path).stem}"] = image
+                    raise OSError(f"cannot read {path}: reinstall elpv-dataset")
+                out[f"elpv_{kind}_{path.stem}"] = image
     return out
 
 

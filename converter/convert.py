@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from converter.backbones import BackboneSpec, get_backbone
 from converter.calibration import MIN_CALIBRATION_IMAGES, CalibrationSet, load_calibration
 from converter.edgetpu import compile_model, require_compiler
-from converter.feature_model import build_backbone, build_feature_model, output_name, resolve_weights
+from converter.feature_model import build_backbone, build_feature_model, output_levels, resolve_weights
 from converter.fidelity import fidelity_report, keras_features
 from converter.quantize import PRECISIONS, convert
 from edge_agent import __version__
@@ -67,7 +67,10 @@ class _Plan:
     weights: str | None
     calibration: CalibrationSet | None
     name: str
-    level_of: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def level_of(self) -> dict[str, str]:
+        return output_levels(self.pooled, self.spatial)
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -110,9 +113,7 @@ def plan(req: ConvertRequest) -> _Plan:
     if req.calibration is not None:
         calibration = load_calibration(req.calibration, size, req.holdout_every, req.min_images)
     name = req.name or f"{spec.name}-{size}-{req.precision}"
-    level_of = {output_name("pooled", s): f"pooled/stage{s}" for s in pooled}
-    level_of |= {output_name("spatial", s): f"spatial/stage{s}" for s in req.spatial_taps}
-    return _Plan(spec, size, tuple(pooled), tuple(req.spatial_taps), weights, calibration, name, level_of)
+    return _Plan(spec, size, tuple(pooled), tuple(req.spatial_taps), weights, calibration, name)
 
 
 def _representative(images: list[np.ndarray]):

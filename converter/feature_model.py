@@ -24,6 +24,12 @@ def output_name(kind: str, stage: int) -> str:
     return f"{kind}_stage{stage}"
 
 
+def output_levels(pooled_taps: tuple[int, ...], spatial_taps: tuple[int, ...]) -> dict[str, str]:
+    """Model output name -> the level name the device uses (``pooled_stage4`` -> ``pooled/stage4``)."""
+    return {output_name(kind, s): f"{kind}/stage{s}"
+            for kind, taps in (("pooled", pooled_taps), ("spatial", spatial_taps)) for s in taps}
+
+
 def resolve_weights(spec: BackboneSpec, weights: str, sha256: str | None) -> str | None:
     """Return a local weights path (or ``"imagenet"`` for Keras' own download, ``None`` for random)."""
     if weights == "random":

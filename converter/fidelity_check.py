@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from converter.backbones import get_backbone
-from converter.feature_model import build_backbone, build_feature_model, output_name, resolve_weights
+from converter.feature_model import build_backbone, build_feature_model, output_levels, resolve_weights
 from converter.fidelity import fidelity_report, keras_features
 from edge_agent.features import FeatureExtractor
 from edge_agent.images import read_folder
@@ -39,7 +39,7 @@ def check(model_dir: Path, folders: list[Path], limit: int | None = None) -> dic
         raise ValueError("fidelity_check rebuilds only models made from the imagenet weights")
     pooled, spatial = _taps(list(m.levels), "pooled"), _taps(list(m.levels), "spatial")
     model = build_feature_model(build_backbone(spec, m.input.height, weights), pooled, spatial)
-    level_of = {output_name(k, s): f"{k}/stage{s}" for k, taps in (("pooled", pooled), ("spatial", spatial)) for s in taps}
+    level_of = output_levels(pooled, spatial)
     names, images = [], []
     for folder in folders:
         paths, imgs = read_folder(folder)

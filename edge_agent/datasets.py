@@ -7,6 +7,8 @@ folder of good parts, a folder per defect kind), so evaluation takes any such fo
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,23 @@ def load_mvtec(root: str | Path) -> MVTecSet:
     return MVTecSet(root, train, test, labels_arr, kinds)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link when the file system allows it (no second copy of a data set), copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def elpv_labels() -> list[tuple[Path, float, str]]:
+    """(image path, defect probability, cell type) of every cell in the installed ``elpv-dataset`` package."""
+    import elpv_dataset
+
+    data = Path(elpv_dataset.__file__).parent / "data"
+    rows = [line.split() for line in (data / "labels.csv").read_text().splitlines() if line.strip()]
+    return [(data / path, float(prob), kind) for path, prob, kind in rows]
+
+
 def write_elpv(out_dir: str | Path, cell_type: str, n_train: int = 100, seed: int = 0) -> Path:
     """The ``elpv-dataset`` solar cells of one type (mono/poly) in MVTec layout.
 
@@ -57,14 +76,7 @@ def write_elpv(out_dir: str | Path, cell_type: str, n_train: int = 100, seed: in
     probability 1. Cells at 1/3 and 2/3 are left out as the annotators' own doubt. Files are hard-linked (or
     copied) from the installed package, not re-encoded.
     """
-    import os
-    import shutil
-
-    import elpv_dataset
-
-    data = Path(elpv_dataset.__file__).parent / "data"
-    rows = [line.split() for line in (data / "labels.csv").read_text().splitlines() if line.strip()]
-    rows = [(data / path, float(p)) for path, p, kind in rows if kind == cell_type]
+    rows = [(path, prob) for path, prob, kind in elpv_labels() if kind == cell_type]
     if not rows:
         raise ValueError(f"unknown elpv cell type {cell_type!r}: mono or poly")
     good = [p for p, prob in rows if prob == 0]
@@ -79,10 +91,7 @@ def write_elpv(out_dir: str | Path, cell_type: str, n_train: int = 100, seed: in
         for src in paths:
             dst = folder / src.name
             if not dst.exists():
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copyfile(src, dst)
+                link_or_copy(src, dst)
     return root
 
 

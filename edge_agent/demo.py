@@ -9,7 +9,6 @@ its verdicts with the data set's labels, which the agent never sees.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,18 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig
-from edge_agent.datasets import load_mvtec, write_elpv
+from edge_agent.datasets import link_or_copy, load_mvtec, write_elpv
 from edge_agent.metrics import roc_auc
 from edge_agent.outputs import RecordingPublisher, StdoutPublisher
 
 log = logging.getLogger(__name__)
-
-
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono", broker: str | None = None) -> int:
@@ -42,14 +34,14 @@ def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     for p in rng.choice(dataset.train, min(n_train, len(dataset.train)), replace=False):  # names follow modules
-        _link(p, train_dir / p.name)
+        link_or_copy(p, train_dir / p.name)
     good = [p for p, y in zip(dataset.test, dataset.test_labels) if y == 0]
     bad = [p for p, y in zip(dataset.test, dataset.test_labels) if y == 1]
     picks = [("good", p) for p in rng.choice(good, min(n_test, len(good)), replace=False)]
     picks += [("defective", p) for p in rng.choice(bad, min(n_test, len(bad)), replace=False)]
     for i in rng.permutation(len(picks)):  # the line does not sort its parts
         label, p = picks[i]
-        _link(p, line_dir / f"{i:04d}_{label}_{p.name}")
+        link_or_copy(p, line_dir / f"{i:04d}_{label}_{p.name}")
 
     host, _, port = (broker or "").partition(":")
     mqtt = MqttConfig(enabled=True, host=host, port=int(port or 1883)) if broker else MqttConfig(enabled=False)
