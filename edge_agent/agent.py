@@ -218,6 +218,15 @@ class Agent:
         log.info("retrain %s %s", stage, {k: v for k, v in extra.items()})
         self.publisher.publish_event("retrain/progress", payload)
 
+    def _fail(self, job: RetrainJob, error: str, reply: str) -> None:
+        self._progress(job, "failed", error=error)
+        job.finish(error=reply)
+
+    def _end_job(self) -> None:
+        """Back to inspecting (with the new detector or the old one), and say so in the state."""
+        self._job = None
+        self.publish_state()
+
     def _run_fit(self, job: RetrainJob, images: list[np.ndarray]) -> None:
         settings = fit_settings(self.config)
         self._progress(job, "fitting", collected=len(images))
@@ -227,14 +236,12 @@ class Agent:
             self._load_current()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)
-            self._progress(job, "failed", error=str(exc))
-            job.finish(error=f"retrain failed, previous model kept: {exc}")
+            self._fail(job, str(exc), f"retrain failed, previous model kept: {exc}")
             return
         summary = {"detector_file": path.name, "n_train": result.n_train, "threshold": result.threshold,
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings}
         self._progress(job, "done", **summary)
         job.finish(summary)
-        self.publish_state()
         del result
         return_freed_memory()
 
@@ -247,12 +254,10 @@ class Agent:
         try:
             _, images = read_folder(job.folder, min_images=2)
         except ValueError as exc:
-            self._progress(job, "failed", error=str(exc))
-            job.finish(error=str(exc))
+            self._fail(job, str(exc), str(exc))
         else:
             self._run_fit(job, images[: job.n_images] if job.n_images else images)
-        self._job = None
-        self.publish_state()
+        self._end_job()
 
     def _collect(self, frame: Frame) -> None:
         job = self._job
@@ -260,17 +265,14 @@ class Agent:
         self._progress(job, "collecting", collected=len(job.frames))
         if len(job.frames) >= job.n_images:
             self._run_fit(job, job.frames)
-            self._job = None
-            self.publish_state()
+            self._end_job()
 
     def _check_job_timeout(self) -> None:
         job = self._job
         if job and time.monotonic() - job.started > self.config.retrain.timeout_s:
             msg = f"collected {len(job.frames)} of {job.n_images} frames in {self.config.retrain.timeout_s:.0f} s"
-            self._progress(job, "failed", error=msg)
-            job.finish(error=f"retrain timed out, previous model kept: {msg}")
-            self._job = None
-            self.publish_state()
+            self._fail(job, msg, f"retrain timed out, previous model kept: {msg}")
+            self._end_job()
 
     # ---- inspection -----------------------------------------------------------------------------------
     def inspect(self, frame: Frame) -> dict[str, Any] | None:
