@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -95,10 +95,6 @@ class FeatureExtractor:
                              "outputs_ms": (time.perf_counter() - t2) * 1e3}
         return out
 
-    def iter_embed(self, images: Iterable[np.ndarray]) -> Iterator[Features]:
-        for image in images:
-            yield self.embed_one(image)
-
     def embed(self, images: Iterable[np.ndarray], progress: str | None = None,
               tick: Callable[[], None] | None = None) -> Features:
         """Stacked features of many images; logs progress every tenth of the way when ``progress`` names the job.
@@ -108,8 +104,8 @@ class FeatureExtractor:
         images = list(images)
         rows: list[Features] = []
         step = max(1, len(images) // 10)
-        for i, feats in enumerate(self.iter_embed(images), 1):
-            rows.append(feats)
+        for i, image in enumerate(images, 1):
+            rows.append(self.embed_one(image))
             if tick is not None:
                 tick()
             if progress and (i % step == 0 or i == len(images)):

@@ -101,6 +101,11 @@ def check_features(
     return out
 
 
+def max_over_locations(maps: np.ndarray) -> np.ndarray:
+    """Image score of a spatial detector: its worst location, (n, h, w) -> (n,) float64 (PaDiM, PatchCore eq. 6)."""
+    return maps.reshape(maps.shape[0], -1).max(axis=1).astype(np.float64)
+
+
 class Detector(ABC):
     """Anomaly detector with scikit-learn conventions.
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge_agent.detectors import gaussian
-from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int
+from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
 
 #: OpenCV resizes at most this many channels in one call (CV_CN_MAX).
 _CV_MAX_CHANNELS = 512
@@ -148,8 +148,7 @@ class PadimDetector(Detector):
         return maps
 
     def score_samples(self, features: Features) -> np.ndarray:
-        maps = self.heatmaps(features)
-        return maps.reshape(maps.shape[0], -1).max(axis=1).astype(np.float64)
+        return max_over_locations(self.heatmaps(features))
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {

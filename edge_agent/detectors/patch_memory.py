@@ -45,7 +45,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int
+from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
 
 #: Storage types accepted for the memory bank.
 BANK_DTYPES = ("float32", "float16")
@@ -306,7 +306,7 @@ class PatchMemoryDetector(Detector):
     def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """``score_samples`` and ``heatmaps`` from one search (what a camera raising an alert needs)."""
         raw = self._patch_scores(features)
-        return raw.reshape(raw.shape[0], -1).max(axis=1).astype(np.float64), self._blur(raw)
+        return max_over_locations(raw), self._blur(raw)
 
     def heatmaps(self, features: Features) -> np.ndarray:
         """Nearest-memory patch distances on the grid, (n, h, w) float32, blurred by ``blur_sigma`` cells."""
@@ -314,8 +314,7 @@ class PatchMemoryDetector(Detector):
 
     def score_samples(self, features: Features) -> np.ndarray:
         """Largest patch distance per image (PatchCore eq. 6, without the eq. 7 reweighting), float64."""
-        raw = self._patch_scores(features)
-        return raw.reshape(raw.shape[0], -1).max(axis=1).astype(np.float64)
+        return max_over_locations(self._patch_scores(features))
 
     # ------------------------------------------------------------------ persistence
     def _get_arrays(self) -> dict[str, np.ndarray]:
