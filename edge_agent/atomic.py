@@ -26,21 +26,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    """``durable=False`` keeps the all-or-nothing rename but skips both fsyncs: for state rewritten every frame
+    (the folder cursor), where a power cut may lose the last update but not corrupt the file, and two fsyncs per
+    frame would cost an SD card its life."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"), durable)

@@ -53,7 +53,8 @@ class FolderSource(FrameSource):
     def _commit(self) -> None:
         if self._cursor_file is not None and self._pending is not None:
             self._cursor = self._pending
-            write_text_atomic(self._cursor_file, self._pending + "\n")
+            # Not fsynced: a cursor lost to a power cut only means a frame judged again (at least once).
+            write_text_atomic(self._cursor_file, self._pending + "\n", durable=False)
         self._pending = None
 
     def close(self) -> None:
