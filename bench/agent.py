@@ -13,12 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, open_fds, proc_status, timeit
+from bench.common import add_image_args, emit, load_images, open_fds, proc_status, timeit
 from edge_agent.agent import return_freed_memory
 from edge_agent.cli import build_agent
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, fit_settings
 from edge_agent.fitting import fit_images
-from edge_agent.images import list_images, read_folder, read_image
 from edge_agent.outputs import RecordingPublisher
 from edge_agent.sources.base import Frame, FrameSource
 
@@ -63,8 +62,7 @@ def _agent(state: Path, broker: str | None, images, model: Path | None, detector
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--train", type=Path, required=True)
+    add_image_args(p)
     p.add_argument("--broker", help="HOST:PORT of a running broker")
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
@@ -86,12 +84,11 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         args.broker = f"127.0.0.1:{port}"
-    _, images = read_folder(args.images)
+    images, train = load_images(args)
     if args.frame_size:
         from edge_agent.preprocess import resize_rgb
 
         images = [resize_rgb(im, (args.frame_size, args.frame_size)) for im in images]
-    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
     with tempfile.TemporaryDirectory() as tmp:
         agent, publisher, config = _agent(Path(tmp) / "state", args.broker, images, args.model, args.detector)
         ex = agent.extractor

@@ -10,23 +10,20 @@ import argparse
 import time
 from pathlib import Path
 
-from bench.common import emit, proc_status, timeit
+from bench.common import add_image_args, emit, load_images, proc_status, timeit
 from edge_agent.augment import PRESETS
 from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings, fit_images
-from edge_agent.images import list_images, read_folder, read_image
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model", type=Path)
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--train", type=Path, required=True)
+    add_image_args(p)
     p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args()
     ex = FeatureExtractor(args.model, "cpu", 2)
-    _, images = read_folder(args.images)
-    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
+    images, train = load_images(args)
     t0 = time.perf_counter()
     result = fit_images(ex.embed, train[:10], FitSettings(policy=PRESETS["object"]))
     fit_s = time.perf_counter() - t0

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
+
+import numpy as np
+
+from edge_agent.images import list_images, read_folder, read_image
+
+N_TRAIN = 10  # the few-shot fit every benchmark measures: N=10 good images
 
 
 def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> dict[str, float]:
@@ -37,3 +45,14 @@ def open_fds() -> int:
 def emit(record: dict) -> None:
     """One JSON line on stdout: the orchestrator collects them."""
     print("BENCH " + json.dumps(record), flush=True)
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, required=True, help="frames to judge")
+    p.add_argument("--train", type=Path, required=True, help="good images; the first 10 are fitted on")
+
+
+def load_images(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames, the 10 training images). Only what is fitted is read, so peak RSS stays the process's own work."""
+    _, images = read_folder(args.images)
+    return images, [read_image(p) for p in list_images(args.train)[:N_TRAIN]]

@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bench.common import emit, proc_status, timeit  # noqa: E402
+from bench.common import add_image_args, emit, load_images, proc_status, timeit  # noqa: E402
 from edge_agent.augment import PRESETS, augment  # noqa: E402
-from edge_agent.images import list_images, read_folder, read_image  # noqa: E402
 from edge_agent.preprocess import resize_rgb  # noqa: E402
 
 
@@ -29,15 +27,13 @@ def main() -> None:
     from converter.feature_model import build_backbone, build_feature_model
 
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--train", type=Path, required=True)
+    add_image_args(p)
     p.add_argument("--repeat", type=int, default=20)
     args = p.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(2)
     spec = get_backbone("efficientnet-b4")
     model = build_feature_model(build_backbone(spec, 380, None), spec.pooled_taps, ())  # random weights: same compute
-    _, images = read_folder(args.images)
-    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
+    images, train = load_images(args)
 
     def embed(image):
         x = resize_rgb(image, (380, 380)).astype(np.float32)[None]

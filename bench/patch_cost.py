@@ -9,23 +9,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.common import emit, timeit
+from bench.common import add_image_args, emit, load_images, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
 from edge_agent.features import FeatureExtractor
-from edge_agent.images import list_images, read_folder, read_image
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model", type=Path)
-    p.add_argument("--train", type=Path, required=True)
-    p.add_argument("--images", type=Path, required=True)
+    add_image_args(p)
     p.add_argument("--repeat", type=int, default=100)
     args = p.parse_args()
     ex = FeatureExtractor(args.model, "cpu", 2)
-    train = [read_image(p) for p in list_images(args.train)[:10]]  # only what is fitted: RSS is the agent's
-    _, images = read_folder(args.images)
+    images, train = load_images(args)
     feats = ex.embed(augment(train[:10], PRESETS["object"], 10, 0))
     frames = [ex.embed_one(im) for im in images[:20]]
     size = (ex.manifest.input.height, ex.manifest.input.width)
