@@ -20,7 +20,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from edge_agent.features import FeatureExtractor, Features
 from edge_agent.fitting import FitError, FitSettings, check_fold_sizes, fit_features
 from edge_agent.images import read_image
 from edge_agent.metrics import area_under_auc_percent, roc_auc
+from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,30 @@ class _Embedder:
                 log.info("%s: %d/%d images embedded", what, i, len(paths))
         return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
-    def copies(self, paths: list[Path], factor: int) -> list[Features]:
-        """``factor`` augmented copies of each image, seeded by the image's position in the training list."""
+    def _per_image(self, paths: list[Path], key: str, make: Callable[[np.ndarray, int], list[np.ndarray]],
+                   what: str) -> list[Features]:
+        """Features of the images ``make(image, seed)`` derives from each path, seeded by its list position."""
         out = []
         for i, path in enumerate(paths):
-            key = f"aug|{self._policy_key}|{factor}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
-            feats = self.cache.get(key)
+            full_key = f"{key}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
+            feats = self.cache.get(full_key)
             if feats is None:
-                feats = self.extractor.embed(augment([read_image(path)], self.policy, factor, self.seed + i)[1:])
-                self.cache.put(key, feats)
+                feats = self.extractor.embed(make(read_image(path), self.seed + i))
+                self.cache.put(full_key, feats)
             out.append(feats)
             if (i + 1) % max(1, len(paths) // 5) == 0 or i + 1 == len(paths):
-                log.info("augmented x%d: %d/%d training images embedded", factor, i + 1, len(paths))
+                log.info("%s: %d/%d training images embedded", what, i + 1, len(paths))
         return out
 
+    def copies(self, paths: list[Path], factor: int) -> list[Features]:
+        """``factor`` augmented copies of each image."""
+        return self._per_image(paths, f"aug|{self._policy_key}|{factor}",
+                               lambda img, seed: augment([img], self.policy, factor, seed)[1:], f"augmented x{factor}")
+
+    def defects(self, paths: list[Path]) -> list[Features]:
+        """`DEFECTS_PER_IMAGE` damaged copies of each image, for detectors weighted by them."""
+        return self._per_image(paths, f"defects|{DEFECTS_PER_IMAGE}",
+                               lambda img, seed: pseudo_defects([img], DEFECTS_PER_IMAGE, seed), "damaged copies")
 
 def parse_detector_spec(spec: str) -> tuple[str, dict]:
     """``"patch-knn:coreset_ratio=1.0,seed=3"`` -> ("patch-knn", {"coreset_ratio": 1.0, "seed": 3}).
@@ -132,6 +143,11 @@ def _reads_spatial(spec: str) -> bool:
     detector = make_detector(name, **params)
     parts = [make_detector(p) for p in getattr(detector, "parts", ())] or [detector]
     return any(p.level_prefix == "spatial/" for p in parts)
+
+
+def _needs_defects(spec: str) -> bool:
+    name, params = parse_detector_spec(spec)
+    return make_detector(name, **params).needs_defects
 
 
 def _resolve_sizes(sizes: Sequence[int | str], n_max: int, factor: int, max_folds: int | None) -> list[int]:
@@ -170,6 +186,7 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                     ", ".join(sorted(set(settings.detectors) - set(detectors))))
     n_max = len(dataset.train)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
+    damaged = embedder.defects(dataset.train) if any(_needs_defects(d) for d in detectors) else None
     rows = []
     for factor in settings.factors:
         copies = embedder.copies(dataset.train, factor) if factor > 0 else None
@@ -182,7 +199,10 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                     det, params = parse_detector_spec(name)
                     fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
                     t0 = time.perf_counter()
-                    result = fit_features(feats, n, fit)
+                    defects = None
+                    if damaged is not None and _needs_defects(name):
+                        defects = {k: np.concatenate([damaged[i][k] for i in idx]) for k in damaged[0]}
+                    result = fit_features(feats, n, fit, defects)
                     scores = result.detector.score_samples(test)
                     rows.append({
                         "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,

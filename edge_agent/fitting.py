@@ -18,6 +18,7 @@ import numpy as np
 from edge_agent.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.detectors import Detector, make_detector
 from edge_agent.features import Features
+from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,23 @@ def augmented_features(
     return embed(augment(list(images), policy, factor, seed))
 
 
-def fit_features(features: Features, n_originals: int, settings: FitSettings) -> FitResult:
-    """Detector and threshold from features laid out in `augment` order (originals, then copies)."""
+def split_defects(defects: Features, n_originals: int) -> list[Features]:
+    """`pseudo_defects` order (each original's damaged copies in turn) -> one Features per original."""
+    n = len(next(iter(defects.values())))
+    if n == 0 or n % n_originals:
+        raise ValueError(f"{n} damaged copies cannot be split evenly over {n_originals} good images")
+    per = n // n_originals
+    return [{k: np.asarray(v)[i * per:(i + 1) * per] for k, v in defects.items()} for i in range(n_originals)]
+
+
+def fit_features(
+    features: Features, n_originals: int, settings: FitSettings, defects: Features | None = None
+) -> FitResult:
+    """Detector and threshold from features laid out in `augment` order (originals, then copies).
+
+    ``defects``: features of `pseudo_defects` of the originals, for detectors that weigh their parts by them
+    (``needs_defects``); others ignore it.
+    """
     check_fold_sizes(n_originals, settings.factor, settings.max_folds)
     groups_idx = group_indices(n_originals, settings.factor)
     groups = [{k: v[idx] for k, v in features.items()} for idx in groups_idx]
@@ -118,7 +134,12 @@ def fit_features(features: Features, n_originals: int, settings: FitSettings) ->
 
     t0 = time.perf_counter()
     detector = new_detector()
-    detector.fit(features, groups=groups_idx) if detector.needs_groups else detector.fit(features)
+    extra: dict[str, Any] = {}
+    if detector.needs_groups:
+        extra["groups"] = groups_idx
+    if detector.needs_defects and defects is not None:
+        extra["defects"] = split_defects(defects, n_originals)
+    detector.fit(features, **extra)
     t1 = time.perf_counter()
     # A detector that held images out while fitting (the combined one) already has their scores.
     loo = getattr(detector, "oof_scores_", None)
@@ -142,7 +163,10 @@ def fit_images(
     check_good_images(images)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
+    defects = None
+    if make_detector(settings.detector, **settings.detector_params).needs_defects:
+        defects = embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed))
     embed_s = time.perf_counter() - t0
-    result = fit_features(features, len(images), settings)
+    result = fit_features(features, len(images), settings, defects)
     result.timings = {"augment_embed": round(embed_s, 4), **result.timings}
     return result

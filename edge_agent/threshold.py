@@ -43,20 +43,25 @@ def split_groups(features: Features, n_originals: int, factor: int) -> list[dict
     ]
 
 
-def leave_one_out_scores(
+def held_out_scores(
     make_detector: Callable[[], Detector],
     features_by_group: Sequence[Mapping[str, np.ndarray]],
+    probes: Sequence[Mapping[str, np.ndarray]],
     max_folds: int | None = None,
-) -> np.ndarray:
-    """Score of each group's ORIGINAL (row 0) under a detector fitted on the other groups only.
+) -> list[np.ndarray]:
+    """Scores of ``probes[i]`` under a detector fitted on the groups other than i (and their fold-mates).
 
     ``make_detector`` returns a fresh unfitted detector (e.g. ``lambda: make_detector("mahalanobis")``).
-    Returns shape (n_groups,). With ``max_folds`` the groups are dealt round-robin into that many folds and
-    each fold is held out at once: the same guarantee (no image is scored by a model that saw it or its
+    With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
+    once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
     copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
+    A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
+    damaged copies of it (the combined detector's weights).
     """
     if len(features_by_group) < 2:
         raise ValueError(f"leave-one-out needs at least 2 good images, got {len(features_by_group)}")
+    if len(probes) != len(features_by_group):
+        raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(features_by_group)} groups")
     if max_folds is not None and max_folds < 2:
         raise ValueError(f"max_folds must be at least 2, got {max_folds}")
     levels = set(features_by_group[0])
@@ -66,7 +71,7 @@ def leave_one_out_scores(
     n = len(features_by_group)
     n_folds = n if max_folds is None else min(n, max_folds)
     fold_of = np.arange(n) % n_folds
-    scores = np.empty(n, dtype=np.float64)
+    scores: list[np.ndarray] = [np.empty(0)] * n
     for fold in range(n_folds):
         held = np.flatnonzero(fold_of == fold)
         train = {
@@ -74,10 +79,24 @@ def leave_one_out_scores(
             for name in levels
         }
         detector = make_detector().fit(train)
-        probe = {name: np.stack([np.asarray(features_by_group[j][name])[0] for j in held]) for name in levels}
-        scores[held] = detector.score_samples(probe)
+        sizes = [len(next(iter(probes[j].values()))) for j in held]
+        probe = {name: np.concatenate([np.asarray(probes[j][name]) for j in held]) for name in levels}
+        for j, part in zip(held, np.split(detector.score_samples(probe), np.cumsum(sizes)[:-1])):
+            scores[j] = part
     return scores
 
+
+def leave_one_out_scores(
+    make_detector: Callable[[], Detector],
+    features_by_group: Sequence[Mapping[str, np.ndarray]],
+    max_folds: int | None = None,
+) -> np.ndarray:
+    """Score of each group's ORIGINAL (row 0) under a detector fitted without it: shape (n_groups,).
+
+    See `held_out_scores` for the folds.
+    """
+    originals = [{name: np.asarray(arr)[:1] for name, arr in g.items()} for g in features_by_group]
+    return np.concatenate(held_out_scores(make_detector, features_by_group, originals, max_folds))
 
 def sensitivity_factor(sensitivity: float) -> float:
     """Multiplier 2 ** (1 - 2 s): 2x at s = 0, 1x at s = 0.5 (neutral), 0.5x at s = 1.

@@ -1,4 +1,4 @@
-"""The combined detector: parts normalised out of fold, one score, one threshold, persisted whole."""
+"""The combined detector: parts normalised out of fold, weighted by synthetic damage, one score, one threshold."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,12 @@ from edge_agent.augment import PRESETS, augment, group_indices
 from edge_agent.detectors import CombinedDetector, make_detector
 from edge_agent.detectors.persistence import load_detector, save_detector
 from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.fitting import FitSettings, fit_features, fit_images, split_defects
 from edge_agent.images import read_image
 from edge_agent.metrics import roc_auc
+from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.threshold import calibrate_threshold
+from tests.synthetic import spatial
 
 
 @pytest.fixture(scope="module")
@@ -18,39 +20,92 @@ def bottle_features(shipped_model, bottle_dir):
     ex = FeatureExtractor(shipped_model)
     train = [read_image(p) for p in sorted((bottle_dir / "train" / "good").iterdir())[:6]]
     feats = ex.embed(augment(train, PRESETS["bottle"], 2, 0))
+    damaged = ex.embed(pseudo_defects(train, DEFECTS_PER_IMAGE, 0))
     good = sorted((bottle_dir / "test" / "good").iterdir())[:6]
     bad = sorted((bottle_dir / "test" / "broken_small").iterdir())[:6]
     test = ex.embed([read_image(p) for p in good + bad])
-    return feats, test, np.array([0] * len(good) + [1] * len(bad))
+    return feats, damaged, test, np.array([0] * len(good) + [1] * len(bad))
 
 
-def test_scores_are_exp_of_mean_z_of_the_parts(bottle_features):
-    feats, test, labels = bottle_features
-    det = CombinedDetector(max_folds=3).fit(feats, groups=group_indices(6, 2))
+def test_scores_are_exp_of_weighted_z_of_the_parts(bottle_features):
+    feats, damaged, test, labels = bottle_features
+    det = CombinedDetector(max_folds=3).fit(feats, groups=group_indices(6, 2), defects=split_defects(damaged, 6))
     parts = np.stack([p.score_samples(test) for p in det.parts_])
-    z = (parts - det.loc_[:, None]) / det.scale_[:, None]
-    np.testing.assert_allclose(det.score_samples(test), np.exp(z.mean(axis=0)), rtol=1e-10)
+    z = (np.log(parts) - det.loc_[:, None]) / det.scale_[:, None]
+    np.testing.assert_allclose(det.score_samples(test), np.exp(det.weights_ @ z), rtol=1e-10)
+    assert det.weights_.sum() == pytest.approx(1.0) and np.all(det.weights_ >= 0)
+    assert det.weights_[1] > det.weights_[0]  # a broken bottle neck is local: the patch memory sees the damage best
     assert det.oof_scores_.shape == (6,) and np.all(det.oof_scores_ > 0)
     assert np.median(np.log(det.oof_scores_)) == pytest.approx(0, abs=0.5)  # normalised: typical good near z = 0
     assert roc_auc(labels, det.score_samples(test)) >= 0.9
     assert det.supports_heatmaps and det.heatmaps(test).shape == (12, 14, 14)
 
 
+def _pooled_and_spatial(rng: np.random.Generator, n: int, pooled_shift: float = 0.0, patch_shift: float = 0.0):
+    feats = {"pooled/stage4": rng.normal(size=(n, 6)) + pooled_shift, **spatial(rng, n)}
+    feats["spatial/stage3"][:, 5:8, 5:8] += patch_shift  # a local blemish
+    return feats
+
+
+@pytest.mark.parametrize(("pooled_shift", "patch_shift", "trusted"), [(0.0, 4.0, 1), (4.0, 0.0, 0)])
+def test_the_part_that_sees_the_damage_gets_the_weight(pooled_shift, patch_shift, trusted):
+    rng = np.random.default_rng(0)
+    feats = _pooled_and_spatial(rng, 12)
+    damaged = _pooled_and_spatial(rng, 12, pooled_shift, patch_shift)
+    det = CombinedDetector(max_folds=4).fit(feats, defects=split_defects(damaged, 12))
+    assert det.weights_[trusted] > 0.8, det.weights_
+    blind = CombinedDetector(max_folds=4).fit(feats, defects=split_defects(_pooled_and_spatial(rng, 12), 12))
+    assert np.all(blind.damage_shift_ < 1)  # damage neither part sees says nothing: no part is silenced by noise
+    np.testing.assert_array_equal(blind.weights_, [0.5, 0.5])
+    np.testing.assert_array_equal(CombinedDetector(max_folds=4).fit(feats).weights_, [0.5, 0.5])  # no damage given
+
+
+def test_damaged_copies_must_match_the_good_images():
+    rng = np.random.default_rng(1)
+    feats = _pooled_and_spatial(rng, 6)
+    with pytest.raises(ValueError, match="damaged copies for 3 images, but 6 good images"):
+        CombinedDetector(max_folds=3).fit(feats, defects=split_defects(_pooled_and_spatial(rng, 3), 3))
+    wrong = _pooled_and_spatial(rng, 6)
+    wrong["pooled/stage4"] = wrong["pooled/stage4"][:, :4]
+    with pytest.raises(ValueError, match="pooled/stage4"):
+        CombinedDetector(max_folds=3).fit(feats, defects=split_defects(wrong, 6))
+    with pytest.raises(ValueError, match="7 damaged copies cannot be split evenly over 6 good images"):
+        split_defects(_pooled_and_spatial(rng, 7), 6)
+
+
+def test_fit_images_embeds_damaged_copies_only_for_the_combined_detector(shipped_model, bottle_dir):
+    ex = FeatureExtractor(shipped_model)
+    train = [read_image(p) for p in sorted((bottle_dir / "train" / "good").iterdir())[:4]]
+    calls = []
+
+    def embed(images):
+        calls.append(len(images))
+        return ex.embed(images)
+
+    fit_images(embed, train, FitSettings(detector="patch-knn", factor=1, max_folds=2, policy=PRESETS["bottle"]))
+    assert calls == [8]
+    calls.clear()
+    result = fit_images(embed, train, FitSettings(detector="combined", factor=1, max_folds=2, policy=PRESETS["bottle"]))
+    assert calls == [8, 4 * DEFECTS_PER_IMAGE]
+    assert not np.allclose(result.detector.weights_, 0.5)  # set by the damage, not the equal-weight fallback
+
+
 def test_threshold_uses_the_out_of_fold_scores(bottle_features):
-    feats, _, _ = bottle_features
-    result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3))
+    feats, damaged, _, _ = bottle_features
+    result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3), damaged)
     np.testing.assert_array_equal(result.loo_scores, result.detector.oof_scores_)
     assert result.threshold == pytest.approx(calibrate_threshold(result.loo_scores))
     assert result.threshold >= np.max(result.loo_scores) * 1.1  # never below the empirical quantile
 
 
 def test_round_trip_through_the_detector_file(bottle_features, tmp_path):
-    feats, test, _ = bottle_features
-    det = make_detector("combined", max_folds=2).fit(feats, groups=group_indices(6, 2))
+    feats, damaged, test, _ = bottle_features
+    det = make_detector("combined", max_folds=2).fit(feats, groups=group_indices(6, 2), defects=split_defects(damaged, 6))
     path = save_detector(tmp_path / "c.edet", det, {"model_sha256": "x"})
     loaded = load_detector(path, "x").detector
     np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
     np.testing.assert_array_equal(loaded.heatmaps(test), det.heatmaps(test))
+    np.testing.assert_array_equal(loaded.weights_, det.weights_)
 
 
 def test_bad_parameters():

@@ -128,6 +128,8 @@ class Detector(ABC):
     compute_dtype: ClassVar[type] = np.float64
     #: Whether ``fit`` takes ``groups`` (index arrays: an original and its augmented copies) to hold out together.
     needs_groups: ClassVar[bool] = False
+    #: Whether ``fit`` takes ``defects`` (per original, features of damaged copies: `edge_agent.pseudo_defects`).
+    needs_defects: ClassVar[bool] = False
 
     levels_: tuple[str, ...]
     shapes_: dict[str, tuple[int, ...]]
