@@ -18,6 +18,7 @@ from edge_agent.evaluate import EvalSettings, evaluate
 from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings
 from edge_agent.images import ImageFolderError, list_images
+from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTORS = ["mahalanobis", "knn", "padim"]
@@ -165,6 +166,21 @@ def test_second_run_reuses_the_cache(first_run, tiny_bottle, shipped_model, tmp_
     for s in summary:
         assert s["auroc_mean"] == pytest.approx(before[(s["detector"], s["factor"], s["n"])]["auroc_mean"], abs=1e-9)
     assert (tmp_path / "out2" / "summary.md").is_file()
+
+
+def test_combined_gets_damaged_copies_embedded_once(first_run, tiny_bottle, shipped_model, tmp_path, monkeypatch):
+    # The combined detector is weighted by synthetic damage: 3 damaged copies of each of the 6 training images are
+    # embedded once (everything else comes from the first run's cache), and a second run embeds nothing.
+    counting = CountingExtractor(shipped_model, monkeypatch)
+    combined = EvalSettings(sizes=["max"], replicates=1, factors=[2], detectors=["patch-knn", "combined"],
+                            policy=PRESETS["bottle"], fit=FitSettings(max_folds=3))
+    summary = evaluate(tiny_bottle, counting.extractor, tmp_path / "o1", first_run["cache"], combined)
+    assert counting.calls == 6 * DEFECTS_PER_IMAGE
+    assert {s["detector"] for s in summary} == {"patch-knn", "combined"}
+    assert all(s["auroc_mean"] >= 0.8 for s in summary)  # real large breaks, all six good bottles
+    counting.calls = 0
+    evaluate(tiny_bottle, counting.extractor, tmp_path / "o2", first_run["cache"], combined)
+    assert counting.calls == 0
 
 
 def originals_only() -> EvalSettings:
