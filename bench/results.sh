@@ -34,6 +34,10 @@ evaluate $SHIPPED build/data/elpv_poly object patch-elpv_poly-lite0 --sizes 10 -
 evaluate $LITE2 "$DATA/mvtec_ad_bottle" bottle patch-bottle-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
 evaluate $LITE2 build/data/elpv_mono object patch-elpv_mono-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
 evaluate $LITE2 build/data/elpv_poly object patch-elpv_poly-lite2 --sizes 10 --factors 10 --detectors "$PATCH"
+# Parts at any rotation (no shared set is like that): elpv mono with each cell turned by its own angle, augmented
+# with turns too. Checks the combined detector where the patch memory is hampered, not only where it already wins.
+[ -d build/data/elpv_mono_rotated ] || $PY -m bench.rotated_set build/data/elpv_mono build/data/elpv_mono_rotated
+evaluate $SHIPPED build/data/elpv_mono_rotated hazelnut patch-elpv_mono_rotated-lite0 --sizes 10 --factors 10 --detectors "$PATCH"
 # The paper's protocol (N = 5, 10, 20, 50, max; factors 0 and 10; 5 replicates) with the shipped model.
 evaluate $SHIPPED "$DATA/mvtec_ad_bottle" bottle paper-bottle --detectors "$PAPER"
 # PaDiM is left out on elpv: 1,300 test images x 784 locations per fit make it the one slow part (bottle has it).
