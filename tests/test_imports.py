@@ -1,0 +1,24 @@
+"""Every device module imports on its own, in a fresh interpreter: no import-order-dependent cycles.
+
+A cycle (threshold -> detectors -> combined -> threshold) once made ``import edge_agent.threshold`` fail while
+the test suite, importing in another order, passed.
+"""
+
+import pkgutil
+import subprocess
+import sys
+
+import edge_agent
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent.")
+                 if not m.name.startswith("edge_agent.models"))
+
+
+def test_each_device_module_imports_alone():
+    script = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    failed = {}
+    for name in MODULES:
+        proc = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, timeout=120)
+        if proc.returncode:
+            failed[name] = proc.stderr.strip().splitlines()[-1]
+    assert len(MODULES) > 20 and not failed, failed
