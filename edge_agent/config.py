@@ -63,8 +63,9 @@ class TriggerConfig:
 
 @dataclass
 class DetectorConfig:
-    # The patch memory: best on every set measured here and on average in the issue's own six (docs/results.md).
-    name: str = "patch-knn"
+    # The Gaussian and the patch memory weighted by synthetic damage: level with the patch memory where it wins,
+    # ahead of both where parts turn (docs/results.md, "Choice of the shipped default").
+    name: str = "combined"
     params: dict = field(default_factory=dict)
 
 

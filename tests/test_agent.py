@@ -320,7 +320,7 @@ def test_corrupt_model_stops_the_agent_with_one_clear_line_and_exit_2(tmp_path, 
 
 
 def test_heat_map_detectors_put_the_map_in_the_alert(rig, subscriber):
-    """The default (patch-knn) and the combined detector give heat maps: the snapshot shows where the defect is."""
+    """The default (combined) detector gives heat maps: the snapshot shows where the defect is."""
     rig.start(detector={"name": "combined"})
     reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
     assert reply["ok"], reply

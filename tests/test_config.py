@@ -45,7 +45,7 @@ def test_no_file_gives_the_defaults():
     assert c.source.kind == "folder" and c.source.path == "."
     assert c.model.delegate == "auto" and c.model.threads == 2
     assert c.mqtt.host == "localhost" and c.mqtt.port == 1883 and c.mqtt.enabled is True
-    assert c.detector.name == "patch-knn"
+    assert c.detector.name == "combined"
     assert c.augmentation.preset == "object" and c.augmentation.factor == 10
     assert c.threshold.sensitivity == 0.5 and c.threshold.override < 0
     assert c.state_dir == Path("/var/lib/edge-agent")
