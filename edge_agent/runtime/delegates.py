@@ -6,6 +6,7 @@ silently runs on CPU is visible in the journal and in the state message.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ def _cpu(module, model_path: Path, threads: int, options: dict) -> Any:
 
 def _with_delegate(module, model_path: Path, threads: int, library: str, options: dict) -> Any:
     try:
+        # dlopen first: load_delegate on a missing library leaves a half-built Delegate whose __del__ prints a
+        # traceback to stderr (ai-edge-litert), which on a device without a GPU reads like a crash.
+        ctypes.CDLL(library)
         delegate = module.load_delegate(library, options)
     except (ValueError, OSError, RuntimeError) as exc:
         raise DelegateError(f"cannot load {library}: {exc}") from None
