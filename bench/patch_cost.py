@@ -1,5 +1,6 @@
 """What the patch-memory detector costs on the camera: scoring (search + heat map at input resolution) against
-one embedding with the same model, and the fitted memory, for the coreset and the exact full bank.
+one embedding with the same model, and the fitted memory, for the coreset and the exact full bank; and the same
+for the combined detector (the default: Mahalanobis + the coreset patch memory, fitted as the camera fits it).
 
     python -m bench.patch_cost MODEL_DIR --train DIR --images DIR
 """
@@ -13,6 +14,7 @@ from bench.common import add_image_args, emit, load_images, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
 from edge_agent.features import FeatureExtractor
+from edge_agent.fitting import FitSettings, fit_images
 
 
 def main() -> None:
@@ -28,19 +30,21 @@ def main() -> None:
     size = (ex.manifest.input.height, ex.manifest.input.width)
     cycle = iter(images * 1000)
     embed = timeit(lambda: ex.embed_one(next(cycle)), args.repeat)
-    for ratio in (0.1, 1.0):
-        det = make_detector("patch-knn", coreset_ratio=ratio).fit(feats)
+    detectors = [(f"patch-knn coreset_ratio={r}", make_detector("patch-knn", coreset_ratio=r).fit(feats)) for r in (0.1, 1.0)]
+    combined = fit_images(ex.embed, train[:10], FitSettings(detector="combined", policy=PRESETS["object"])).detector
+    detectors.append(("combined", combined))
+    for name, det in detectors:
         batches = iter([{k: v[None] for k, v in f.items()} for f in frames] * 1000)
 
-        def score():
+        def score(det=det, batches=batches):
             scores, maps = det.score_and_heatmaps(next(batches))
             return scores, upsample_heatmap(maps[0], size)
 
         t = timeit(score, args.repeat)
-        emit({"kind": "patch_cost", "model": ex.manifest.name, "coreset_ratio": ratio,
-              "bank_patches": int(det.memory_bank_.shape[0]), "nbytes_mb": round(det.nbytes_ / 1e6, 2),
+        patch = det.parts_[1] if name == "combined" else det
+        emit({"kind": "patch_cost", "model": ex.manifest.name, "detector": name,
+              "bank_patches": int(patch.memory_bank_.shape[0]), "nbytes_mb": round(patch.nbytes_ / 1e6, 2),
               "score_ms": t, "embed_ms": embed, "score_over_embed": round(t["median_ms"] / embed["median_ms"], 3)})
-
 
 if __name__ == "__main__":
     main()

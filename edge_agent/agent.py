@@ -284,7 +284,13 @@ class Agent:
         features = self.extractor.embed_one(frame.image)
         t1 = time.perf_counter()
         batch = {k: v[None] for k, v in features.items()}
-        score = float(active.detector.score_samples(batch)[0])
+        heatmap = None
+        if self._wants_heatmap(active):  # one search gives both; the map costs little beside it
+            scores, maps = active.detector.score_and_heatmaps(batch)
+            heatmap = maps[0]
+        else:
+            scores = active.detector.score_samples(batch)
+        score = float(scores[0])
         t2 = time.perf_counter()
         threshold = float(active.metadata["threshold"])
         anomalous = score > threshold
@@ -301,18 +307,20 @@ class Agent:
         verdict["latency_ms"]["total"] = round((t3 - t0) * 1e3, 2)
         verdict["seq"] = self.publisher.publish_verdict(verdict)
         if anomalous:
-            self._alert(frame, verdict, active, batch)
+            self._alert(frame, verdict, heatmap)
         self.inspected += 1
         self._frame_times = (self._frame_times + [time.monotonic()])[-30:]
         return verdict
 
-    def _alert(self, frame: Frame, verdict: dict[str, Any], active: LoadedDetector, batch: dict) -> None:
+    def _wants_heatmap(self, active: LoadedDetector) -> bool:
+        a = self.config.alerts
+        return a.snapshot and a.heatmap and active.detector.supports_heatmaps
+
+    def _alert(self, frame: Frame, verdict: dict[str, Any], heatmap: np.ndarray | None) -> None:
         a = self.config.alerts
         image = None
         if a.snapshot:
-            picture = frame.image
-            if a.heatmap and active.detector.supports_heatmaps:
-                picture = overlay(frame.image, active.detector.heatmaps(batch)[0])
+            picture = frame.image if heatmap is None else overlay(frame.image, heatmap)
             image = jpeg(picture, a.jpeg_quality, a.max_side)
         alert = {k: verdict[k] for k in ("schema", "device", "seq", "frame", "captured_at", "score", "threshold", "model_id")}
         self.publisher.publish_alert(alert, image)

@@ -40,6 +40,11 @@ def test_scores_are_exp_of_weighted_z_of_the_parts(bottle_features):
     assert np.median(np.log(det.oof_scores_)) == pytest.approx(0, abs=0.5)  # normalised: typical good near z = 0
     assert roc_auc(labels, det.score_samples(test)) >= 0.9
     assert det.supports_heatmaps and det.heatmaps(test).shape == (12, 14, 14)
+    scores, maps = det.score_and_heatmaps(test)  # one search for both, as the camera's alert path uses it
+    np.testing.assert_array_equal(scores, det.score_samples(test))
+    np.testing.assert_array_equal(maps, det.heatmaps(test))
+    patch = det.parts_[1]
+    np.testing.assert_allclose(maps, (np.log(patch.heatmaps(test)) - det.loc_[1]) / det.scale_[1], rtol=1e-5)
 
 
 def _pooled_and_spatial(rng: np.random.Generator, n: int, pooled_shift: float = 0.0, patch_shift: float = 0.0):

@@ -189,6 +189,9 @@ def test_padim_finds_local_anomaly(rng: np.random.Generator) -> None:
     y, x = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
     assert 10 <= y <= 13 and 3 <= x <= 6
     assert det.score_samples(bad)[0] > det.score_samples(good).max()
+    both = det.score_and_heatmaps(bad)
+    np.testing.assert_array_equal(both[0], det.score_samples(bad))
+    np.testing.assert_array_equal(both[1], maps)
     up = upsample_heatmap(maps[0], (128, 96))
     assert up.shape == (128, 96) and up.dtype == np.float32
 

@@ -177,6 +177,14 @@ class Detector(ABC):
     def score_samples(self, features: Features) -> np.ndarray:
         """Anomaly score per sample, shape (n,), float64; higher = more anomalous."""
 
+    def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        """``score_samples`` and ``heatmaps`` (detectors with ``supports_heatmaps``) in one call.
+
+        Spatial detectors read their score off the map and override this to compute it once: a camera that
+        raises an alert with a heat map should not pay for the search twice.
+        """
+        return self.score_samples(features), self.heatmaps(features)  # type: ignore[attr-defined]
+
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Learnt state as (JSON-able attributes, named arrays)."""
         if not self.is_fitted:

@@ -137,12 +137,25 @@ class CombinedDetector(Detector):
         arrays = self._check_score_input(features)
         return self._combine(np.stack([p.score_samples(arrays) for p in self.parts_]))
 
-    def heatmaps(self, features: Features) -> np.ndarray:
-        """The spatial part's map, in its own standard deviations above its typical good score."""
+    def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Scores, and the spatial part's map in its own standard deviations above its typical good score.
+
+        The spatial part searches once for both (its score is the map's maximum)."""
+        arrays = self._check_score_input(features)
+        scores, maps = [], None
         for i, part in enumerate(self.parts_):
-            if part.supports_heatmaps:
-                return self._z(i, part.heatmaps(features)).astype(np.float32)
-        raise ValueError(f"none of {self.parts} gives a heat map")
+            if maps is None and part.supports_heatmaps:
+                part_scores, part_maps = part.score_and_heatmaps(arrays)
+                maps = self._z(i, part_maps).astype(np.float32)
+            else:
+                part_scores = part.score_samples(arrays)
+            scores.append(part_scores)
+        if maps is None:
+            raise ValueError(f"none of {self.parts} gives a heat map")
+        return self._combine(np.stack(scores)), maps
+
+    def heatmaps(self, features: Features) -> np.ndarray:
+        return self.score_and_heatmaps(features)[1]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         from edge_agent.detectors.persistence import detector_spec

@@ -150,6 +150,10 @@ class PadimDetector(Detector):
     def score_samples(self, features: Features) -> np.ndarray:
         return max_over_locations(self.heatmaps(features))
 
+    def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        maps = self.heatmaps(features)
+        return max_over_locations(maps), maps
+
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {
             "grid": np.asarray(self.grid_, dtype=np.int64),
