@@ -14,7 +14,8 @@ from bench.common import add_image_args, emit, load_images, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
 from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitSettings, fit_images
+from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 
 def main() -> None:
@@ -31,8 +32,8 @@ def main() -> None:
     cycle = iter(images * 1000)
     embed = timeit(lambda: ex.embed_one(next(cycle)), args.repeat)
     detectors = [(f"patch-knn coreset_ratio={r}", make_detector("patch-knn", coreset_ratio=r).fit(feats)) for r in (0.1, 1.0)]
-    combined = fit_images(ex.embed, train[:10], FitSettings(detector="combined", policy=PRESETS["object"])).detector
-    detectors.append(("combined", combined))
+    damaged = ex.embed(pseudo_defects(train[:10], DEFECTS_PER_IMAGE, 0))
+    detectors.append(("combined", fit_features(feats, 10, FitSettings(detector="combined"), damaged).detector))
     for name, det in detectors:
         batches = iter([{k: v[None] for k, v in f.items()} for f in frames] * 1000)
 
@@ -41,10 +42,11 @@ def main() -> None:
             return scores, upsample_heatmap(maps[0], size)
 
         t = timeit(score, args.repeat)
-        patch = det.parts_[1] if name == "combined" else det
+        patch = next(p for p in getattr(det, "parts_", [det]) if hasattr(p, "memory_bank_"))
         emit({"kind": "patch_cost", "model": ex.manifest.name, "detector": name,
               "bank_patches": int(patch.memory_bank_.shape[0]), "nbytes_mb": round(patch.nbytes_ / 1e6, 2),
               "score_ms": t, "embed_ms": embed, "score_over_embed": round(t["median_ms"] / embed["median_ms"], 3)})
+
 
 if __name__ == "__main__":
     main()

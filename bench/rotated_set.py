@@ -30,7 +30,9 @@ def rotate_set(src: Path, dst: Path) -> int:
         if img is None:
             raise SystemExit(f"cannot read {path}")
         h, w = img.shape[:2]
-        angle = (zlib.crc32(path.name.encode()) % 3600) / 10
+        # From the name, a mask's suffix dropped so that ground_truth/x/000_mask.png turns with test/x/000.png.
+        # elpv names are unique; in MVTec sets train/good/000.png and test/good/000.png share an angle.
+        angle = (zlib.crc32(path.name.replace("_mask.", ".").encode()) % 3600) / 10
         turned = cv2.warpAffine(img, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h),
                                 borderMode=cv2.BORDER_REFLECT_101)  # the augmentation's border, so corners match
         out = dst / path.relative_to(src)

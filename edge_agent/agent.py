@@ -239,7 +239,8 @@ class Agent:
             self._fail(job, str(exc), f"retrain failed, previous model kept: {exc}")
             return
         summary = {"detector_file": path.name, "n_train": result.n_train, "threshold": result.threshold,
-                   "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings}
+                   "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
+                   "detector_summary": result.detector.describe()}
         self._progress(job, "done", **summary)
         job.finish(summary)
         del result

@@ -119,6 +119,7 @@ class _Embedder:
         return self._per_image(paths, f"defects|{DEFECTS_PER_IMAGE}",
                                lambda img, seed: pseudo_defects([img], DEFECTS_PER_IMAGE, seed), "damaged copies")
 
+
 def parse_detector_spec(spec: str) -> tuple[str, dict]:
     """``"patch-knn:coreset_ratio=1.0,seed=3"`` -> ("patch-knn", {"coreset_ratio": 1.0, "seed": 3}).
 

@@ -66,6 +66,7 @@ class FitResult:
             "threshold_method": settings.threshold_method,
             "threshold_override": settings.threshold_override,
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
+            "detector_summary": self.detector.describe(),
         }
 
 
@@ -163,10 +164,12 @@ def fit_images(
     check_good_images(images)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
+    timings = {"augment_embed": round(time.perf_counter() - t0, 4)}
     defects = None
     if make_detector(settings.detector, **settings.detector_params).needs_defects:
+        t1 = time.perf_counter()
         defects = embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed))
-    embed_s = time.perf_counter() - t0
+        timings["damage_embed"] = round(time.perf_counter() - t1, 4)
     result = fit_features(features, len(images), settings, defects)
-    result.timings = {"augment_embed": round(embed_s, 4), **result.timings}
+    result.timings = {**timings, **result.timings}
     return result

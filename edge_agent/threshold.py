@@ -51,7 +51,7 @@ def held_out_scores(
     probes: Sequence[Mapping[str, np.ndarray]],
     max_folds: int | None = None,
 ) -> list[np.ndarray]:
-    """Scores of ``probes[i]`` under a detector fitted on the groups other than i (and their fold-mates).
+    """Scores of ``probes[i]`` under a detector fitted without group i and without the groups in its fold.
 
     ``make_detector`` returns a fresh unfitted detector (e.g. ``lambda: make_detector("mahalanobis")``).
     With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
@@ -99,6 +99,7 @@ def leave_one_out_scores(
     """
     originals = [{name: np.asarray(arr)[:1] for name, arr in g.items()} for g in features_by_group]
     return np.concatenate(held_out_scores(make_detector, features_by_group, originals, max_folds))
+
 
 def sensitivity_factor(sensitivity: float) -> float:
     """Multiplier 2 ** (1 - 2 s): 2x at s = 0, 1x at s = 0.5 (neutral), 0.5x at s = 1.

@@ -5,7 +5,7 @@ import pytest
 
 from edge_agent.augment import PRESETS, augment, group_indices
 from edge_agent.detectors import CombinedDetector, make_detector
-from edge_agent.detectors.persistence import load_detector, save_detector
+from edge_agent.detectors.persistence import DetectorFileError, load_detector, save_detector
 from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings, fit_features, fit_images, split_defects
 from edge_agent.images import read_image
@@ -44,7 +44,9 @@ def test_scores_are_exp_of_weighted_z_of_the_parts(bottle_features):
     np.testing.assert_array_equal(scores, det.score_samples(test))
     np.testing.assert_array_equal(maps, det.heatmaps(test))
     patch = det.parts_[1]
-    np.testing.assert_allclose(maps, (np.log(patch.heatmaps(test)) - det.loc_[1]) / det.scale_[1], rtol=1e-5)
+    np.testing.assert_allclose(maps, patch.heatmaps(test) / np.exp(det.loc_[1]), rtol=1e-5)  # 1 = typical good
+    assert np.median(maps[labels == 1].max(axis=(1, 2))) > np.median(maps[labels == 0].max(axis=(1, 2)))
+    assert set(det.describe()["weights"]) == {"mahalanobis", "patch-knn"}
 
 
 def _pooled_and_spatial(rng: np.random.Generator, n: int, pooled_shift: float = 0.0, patch_shift: float = 0.0):
@@ -66,6 +68,24 @@ def test_the_part_that_sees_the_damage_gets_the_weight(pooled_shift, patch_shift
     np.testing.assert_array_equal(CombinedDetector(max_folds=4).fit(feats).weights_, [0.5, 0.5])  # no damage given
 
 
+def test_a_part_without_a_say_is_not_run_and_gives_no_map(monkeypatch):
+    rng = np.random.default_rng(2)
+    feats = _pooled_and_spatial(rng, 12)
+    det = CombinedDetector(max_folds=4).fit(feats, defects=split_defects(_pooled_and_spatial(rng, 12, 4.0, 0.0), 12))
+    det.weights_ = np.array([1.0, 0.0])  # what damage only the Gaussian sees can give
+    probe = _pooled_and_spatial(rng, 3)
+    expected = np.exp(np.clip(det.scale_[0] * det._z(0, det.parts_[0].score_samples(probe)), -50, 50))
+
+    def not_run(*_):
+        raise AssertionError("a part with weight 0 was run")
+
+    monkeypatch.setattr(det.parts_[1], "score_samples", not_run)
+    np.testing.assert_allclose(det.score_samples(probe), expected)
+    assert not det.supports_heatmaps
+    with pytest.raises(ValueError, match="no part .* with a say in the score gives a heat map"):
+        det.heatmaps(probe)
+
+
 def test_damaged_copies_must_match_the_good_images():
     rng = np.random.default_rng(1)
     feats = _pooled_and_spatial(rng, 6)
@@ -73,7 +93,7 @@ def test_damaged_copies_must_match_the_good_images():
         CombinedDetector(max_folds=3).fit(feats, defects=split_defects(_pooled_and_spatial(rng, 3), 3))
     wrong = _pooled_and_spatial(rng, 6)
     wrong["pooled/stage4"] = wrong["pooled/stage4"][:, :4]
-    with pytest.raises(ValueError, match="pooled/stage4"):
+    with pytest.raises(ValueError, match="damaged copies of good image 0 do not match the good images: .*pooled/stage4"):
         CombinedDetector(max_folds=3).fit(feats, defects=split_defects(wrong, 6))
     with pytest.raises(ValueError, match="7 damaged copies cannot be split evenly over 6 good images"):
         split_defects(_pooled_and_spatial(rng, 7), 6)
@@ -91,8 +111,12 @@ def test_fit_images_embeds_damaged_copies_only_for_the_combined_detector(shipped
     fit_images(embed, train, FitSettings(detector="patch-knn", factor=1, max_folds=2, policy=PRESETS["bottle"]))
     assert calls == [8]
     calls.clear()
-    result = fit_images(embed, train, FitSettings(detector="combined", factor=1, max_folds=2, policy=PRESETS["bottle"]))
+    settings = FitSettings(detector="combined", factor=1, max_folds=2, policy=PRESETS["bottle"])
+    result = fit_images(embed, train, settings)
     assert calls == [8, 4 * DEFECTS_PER_IMAGE]
+    assert set(result.timings) == {"augment_embed", "damage_embed", "fit", "calibrate"}
+    summary = result.metadata(settings)["detector_summary"]  # saved with the detector, reported by a retrain
+    assert summary["weights"] == pytest.approx(dict(zip(("mahalanobis", "patch-knn"), result.detector.weights_)), abs=1e-4)
     assert not np.allclose(result.detector.weights_, 0.5)  # set by the damage, not the equal-weight fallback
 
 
@@ -112,6 +136,16 @@ def test_round_trip_through_the_detector_file(bottle_features, tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
     np.testing.assert_array_equal(loaded.heatmaps(test), det.heatmaps(test))
     np.testing.assert_array_equal(loaded.weights_, det.weights_)
+
+
+def test_a_file_from_the_equal_weight_version_asks_for_a_retrain(bottle_features, tmp_path, monkeypatch):
+    feats, _, _, _ = bottle_features
+    det = make_detector("combined", max_folds=2).fit(feats, groups=group_indices(6, 2))
+    old = det._get_arrays()
+    monkeypatch.setattr(det, "_get_arrays", lambda: {k: v for k, v in old.items() if k not in ("weights", "damage_shift")})
+    path = save_detector(tmp_path / "old.edet", det, {"model_sha256": "x"})
+    with pytest.raises(DetectorFileError, match="earlier version .* retrain"):
+        load_detector(path, "x")
 
 
 def test_bad_parameters():

@@ -171,15 +171,17 @@ def test_second_run_reuses_the_cache(first_run, tiny_bottle, shipped_model, tmp_
 def test_combined_gets_damaged_copies_embedded_once(first_run, tiny_bottle, shipped_model, tmp_path, monkeypatch):
     # The combined detector is weighted by synthetic damage: 3 damaged copies of each of the 6 training images are
     # embedded once (everything else comes from the first run's cache), and a second run embeds nothing.
+    cache = tmp_path / "cache"
+    shutil.copytree(first_run["cache"], cache)  # the first run's cache stays as other tests count it
     counting = CountingExtractor(shipped_model, monkeypatch)
     combined = EvalSettings(sizes=["max"], replicates=1, factors=[2], detectors=["patch-knn", "combined"],
                             policy=PRESETS["bottle"], fit=FitSettings(max_folds=3))
-    summary = evaluate(tiny_bottle, counting.extractor, tmp_path / "o1", first_run["cache"], combined)
+    summary = evaluate(tiny_bottle, counting.extractor, tmp_path / "o1", cache, combined)
     assert counting.calls == 6 * DEFECTS_PER_IMAGE
     assert {s["detector"] for s in summary} == {"patch-knn", "combined"}
     assert all(s["auroc_mean"] >= 0.8 for s in summary)  # real large breaks, all six good bottles
     counting.calls = 0
-    evaluate(tiny_bottle, counting.extractor, tmp_path / "o2", first_run["cache"], combined)
+    evaluate(tiny_bottle, counting.extractor, tmp_path / "o2", cache, combined)
     assert counting.calls == 0
 
 

@@ -20,5 +20,5 @@ def test_each_device_module_imports_alone():
     for name in MODULES:
         proc = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, timeout=120)
         if proc.returncode:
-            failed[name] = proc.stderr.strip().splitlines()[-1]
+            failed[name] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     assert len(MODULES) > 20 and not failed, failed

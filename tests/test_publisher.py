@@ -26,6 +26,8 @@ from edge_agent.spool import Spool
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, make_tls_files, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttSettings:
     return MqttSettings(**{"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive": 5,
                            "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, **overrides})

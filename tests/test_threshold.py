@@ -11,6 +11,7 @@ from edge_agent.threshold import (
     ThresholdReport,
     calibrate_threshold,
     is_anomalous,
+    held_out_scores,
     leave_one_out_scores,
     sensitivity_factor,
     split_groups,
@@ -139,3 +140,33 @@ def test_lognormal_never_goes_below_the_empirical_quantile_and_method_is_checked
     assert calibrate_threshold([0.0, 1.0, 2.0], margin=0.0) == pytest.approx(np.quantile([0.0, 1.0, 2.0], 0.99))
     with pytest.raises(ValueError, match="unknown threshold method"):
         calibrate_threshold(loo, method="gaussian")
+
+
+class _Recorder:
+    """A detector stand-in that remembers its training rows and scores a probe by its first feature."""
+
+    fitted: list[set] = []
+
+    def fit(self, features):
+        _Recorder.fitted.append(set(features["pooled/a"][:, 0].tolist()))
+        self.seen = _Recorder.fitted[-1]
+        return self
+
+    def score_samples(self, features):
+        return np.array([1.0 if v in self.seen else 0.0 for v in features["pooled/a"][:, 0]]) + 10 * len(self.seen)
+
+
+def test_held_out_scores_never_score_a_probe_with_a_model_that_saw_its_image() -> None:
+    # 7 groups of 3 rows; a row's value names its group (g*100 + row). Probes of varying length carry the
+    # values of their own group's rows, so a score of 1 in the first term would mean the model saw that image.
+    groups = [{"pooled/a": np.array([[g * 100 + r, 0.0] for r in range(3)])} for g in range(7)]
+    probes = [{"pooled/a": np.array([[g * 100 + r, 0.0] for r in range(1 + g % 3)])} for g in range(7)]
+    _Recorder.fitted = []
+    out = held_out_scores(_Recorder, groups, probes, max_folds=3)
+    assert len(_Recorder.fitted) == 3  # one fit per fold
+    assert [len(o) for o in out] == [1 + g % 3 for g in range(7)]
+    for scores in out:
+        assert np.all(scores % 10 == 0)  # no probe row was among its model's training rows
+        assert scores[0] // 10 in (12, 15)  # trained on 4 or 5 other images x 3 rows: only its own fold left out
+    with pytest.raises(ValueError, match="one probe set per group"):
+        held_out_scores(_Recorder, groups, probes[:3])

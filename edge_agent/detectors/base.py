@@ -177,6 +177,10 @@ class Detector(ABC):
     def score_samples(self, features: Features) -> np.ndarray:
         """Anomaly score per sample, shape (n,), float64; higher = more anomalous."""
 
+    def describe(self) -> dict[str, Any]:
+        """What the fit decided that an operator may want to read (JSON-able); most detectors have nothing."""
+        return {}
+
     def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """``score_samples`` and ``heatmaps`` (detectors with ``supports_heatmaps``) in one call.
 

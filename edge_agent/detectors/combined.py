@@ -13,7 +13,9 @@ mean z lost 0.02 AUROC to the patch memory alone). Without labelled defects, the
 damage (`edge_agent.pseudo_defects`: a few damaged copies of each good image, scored by the same out-of-fold
 models): part j gets weight proportional to mu_j, its mean z on the damaged copies (0 when negative). That is
 Fisher's linear discriminant for parts whose good z have unit variance and which a defect shifts by mu_j: the
-part that separates damage from the good images gets the larger say, and one that cannot see it none. When no
+part that separates damage from the good images gets the larger say, and one that cannot see it none (the
+rule ignores the parts' correlation, which 10 good images estimate poorly; a correlated Fisher rule did no better,
+see docs/results.md). A part with weight 0 is not even run when scoring. When no
 part puts the damage even one standard deviation above the good images (the damage says nothing about them),
 or without damaged copies (features given directly), the parts are weighted equally. ``damage_shift_`` keeps
 mu for the fit log and the operator.
@@ -66,7 +68,19 @@ class CombinedDetector(Detector):
 
     @property
     def supports_heatmaps(self) -> bool:
-        return any(p.supports_heatmaps for p in getattr(self, "parts_", []))
+        """Only a spatial part that has a say in the score may explain it."""
+        return self._map_part() is not None
+
+    def _map_part(self) -> int | None:
+        weights = getattr(self, "weights_", None)
+        for i, part in enumerate(getattr(self, "parts_", [])):
+            if part.supports_heatmaps and weights is not None and weights[i] > 0:
+                return i
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"weights": dict(zip(self.parts, np.round(self.weights_, 4).tolist())),
+                "damage_shift": dict(zip(self.parts, np.round(self.damage_shift_, 3).tolist()))}
 
     def fit(
         self,
@@ -99,7 +113,10 @@ class CombinedDetector(Detector):
             if len(defects) != len(groups):
                 raise ValueError(f"damaged copies for {len(defects)} images, but {len(groups)} good images")
             for i, d in enumerate(defects):
-                check_features(d, levels, trailing_shapes=shapes)  # names the level or shape that does not match
+                try:
+                    check_features(d, levels, trailing_shapes=shapes)
+                except ValueError as exc:
+                    raise ValueError(f"damaged copies of good image {i} do not match the good images: {exc}") from None
                 probes[i] = {k: np.concatenate([probes[i][k], np.asarray(d[k])]) for k in levels}
         held = [held_out_scores(lambda name=name: self._make(name), by_group, probes, self.max_folds)
                 for name in self.parts]
@@ -128,31 +145,36 @@ class CombinedDetector(Detector):
         """A part's distances (any shape) -> standard deviations above its good images."""
         return (np.log(np.maximum(scores, _TINY)) - self.loc_[part]) / self.scale_[part]
 
-    def _combine(self, part_scores: np.ndarray) -> np.ndarray:
-        """(parts, n) distances -> (n,) combined scores."""
-        z = sum(w * self._z(i, s) for i, (w, s) in enumerate(zip(self.weights_, part_scores)))
+    def _combine(self, part_scores: Sequence[np.ndarray | None]) -> np.ndarray:
+        """Per part (None for a part with weight 0) its (n,) distances -> (n,) combined scores."""
+        z = sum(w * self._z(i, s) for i, (w, s) in enumerate(zip(self.weights_, part_scores)) if w > 0)
         return np.exp(np.clip(float(self.weights_ @ self.scale_) * z, -_Z_CLIP, _Z_CLIP))
 
-    def score_samples(self, features: Features) -> np.ndarray:
+    def _score(self, features: Features, with_map: bool) -> tuple[np.ndarray, np.ndarray | None]:
         arrays = self._check_score_input(features)
-        return self._combine(np.stack([p.score_samples(arrays) for p in self.parts_]))
+        map_part = self._map_part() if with_map else None
+        if with_map and map_part is None:
+            raise ValueError(f"no part of {self.parts} with a say in the score gives a heat map")
+        scores: list[np.ndarray | None] = []
+        maps = None
+        for i, part in enumerate(self.parts_):
+            if i == map_part:
+                part_scores, part_maps = part.score_and_heatmaps(arrays)  # one search for both
+                maps = (part_maps / np.exp(self.loc_[i])).astype(np.float32)
+            else:
+                part_scores = part.score_samples(arrays) if self.weights_[i] > 0 else None
+            scores.append(part_scores)
+        return self._combine(scores), maps
+
+    def score_samples(self, features: Features) -> np.ndarray:
+        return self._score(features, with_map=False)[0]
 
     def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
-        """Scores, and the spatial part's map in its own standard deviations above its typical good score.
+        """Scores, and the spatial part's map as a ratio to its typical good image's score (1 = typical good).
 
-        The spatial part searches once for both (its score is the map's maximum)."""
-        arrays = self._check_score_input(features)
-        scores, maps = [], None
-        for i, part in enumerate(self.parts_):
-            if maps is None and part.supports_heatmaps:
-                part_scores, part_maps = part.score_and_heatmaps(arrays)
-                maps = self._z(i, part_maps).astype(np.float32)
-            else:
-                part_scores = part.score_samples(arrays)
-            scores.append(part_scores)
-        if maps is None:
-            raise ValueError(f"none of {self.parts} gives a heat map")
-        return self._combine(np.stack(scores)), maps
+        Linear, not in standard deviations of logs: the overlay stretches a map between its own extremes, and a
+        log scale lifts the many near-zero patches into the warm colours, hiding where the defect is."""
+        return self._score(features, with_map=True)  # type: ignore[return-value]
 
     def heatmaps(self, features: Features) -> np.ndarray:
         return self.score_and_heatmaps(features)[1]
@@ -184,5 +206,7 @@ class CombinedDetector(Detector):
                 "oof_scores": self.oof_scores_}
 
     def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if "weights" not in arrays:
+            raise ValueError("fitted by an earlier version (equal weights, other normalisation): retrain it")
         self.loc_, self.scale_, self.oof_scores_ = arrays["loc"], arrays["scale"], arrays["oof_scores"]
         self.weights_, self.damage_shift_ = arrays["weights"], arrays["damage_shift"]
