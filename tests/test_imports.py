@@ -4,6 +4,7 @@ A cycle (threshold -> detectors -> combined -> threshold) once made ``import edg
 the test suite, importing in another order, passed.
 """
 
+import os
 import pkgutil
 import subprocess
 import sys
@@ -22,3 +23,13 @@ def test_each_device_module_imports_alone():
         if proc.returncode:
             failed[name] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     assert len(MODULES) > 20 and not failed, failed
+
+
+def test_the_package_leaves_the_cores_to_the_interpreter():
+    script = "import edge_agent, cv2, os; print(cv2.getNumThreads(), os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "EDGE_AGENT_OPENCV_THREADS")}
+    default = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert default.stdout.split() == ["1", "1"]
+    env.update(OPENBLAS_NUM_THREADS="2", EDGE_AGENT_OPENCV_THREADS="2")
+    chosen = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert chosen.stdout.split() == ["2", "2"]  # an operator's setting wins
