@@ -14,7 +14,7 @@ from bench.common import add_image_args, emit, load_images, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
 from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitSettings, fit_features
+from edge_agent.fitting import FitSettings, fit_features, split_defects
 from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     cycle = iter(images * 1000)
     embed = timeit(lambda: ex.embed_one(next(cycle)), args.repeat)
     detectors = [(f"patch-knn coreset_ratio={r}", make_detector("patch-knn", coreset_ratio=r).fit(feats)) for r in (0.1, 1.0)]
-    damaged = ex.embed(pseudo_defects(train[:10], DEFECTS_PER_IMAGE, 0))
+    damaged = split_defects(ex.embed(pseudo_defects(train[:10], DEFECTS_PER_IMAGE, 0)), 10)
     detectors.append(("combined", fit_features(feats, 10, FitSettings(detector="combined"), damaged).detector))
     for name, det in detectors:
         batches = iter([{k: v[None] for k, v in f.items()} for f in frames] * 1000)

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_agent.augment import AugmentationPolicy, augment
 from edge_agent.datasets import MVTecSet, load_mvtec
-from edge_agent.detectors import make_detector
+from edge_agent.detectors import Detector, make_detector
 from edge_agent.features import FeatureExtractor, Features
 from edge_agent.fitting import FitError, FitSettings, check_fold_sizes, fit_features
 from edge_agent.images import read_image
@@ -139,16 +139,15 @@ def parse_detector_spec(spec: str) -> tuple[str, dict]:
     return name, params
 
 
-def _reads_spatial(spec: str) -> bool:
+def _detector(spec: str) -> Detector:
     name, params = parse_detector_spec(spec)
-    detector = make_detector(name, **params)
+    return make_detector(name, **params)
+
+
+def _reads_spatial(spec: str) -> bool:
+    detector = _detector(spec)
     parts = [make_detector(p) for p in getattr(detector, "parts", ())] or [detector]
     return any(p.level_prefix == "spatial/" for p in parts)
-
-
-def _needs_defects(spec: str) -> bool:
-    name, params = parse_detector_spec(spec)
-    return make_detector(name, **params).needs_defects
 
 
 def _resolve_sizes(sizes: Sequence[int | str], n_max: int, factor: int, max_folds: int | None) -> list[int]:
@@ -187,7 +186,8 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                     ", ".join(sorted(set(settings.detectors) - set(detectors))))
     n_max = len(dataset.train)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
-    damaged = embedder.defects(dataset.train) if any(_needs_defects(d) for d in detectors) else None
+    wants_damage = {d for d in detectors if _detector(d).needs_defects}
+    damaged = embedder.defects(dataset.train) if wants_damage else None
     rows = []
     for factor in settings.factors:
         copies = embedder.copies(dataset.train, factor) if factor > 0 else None
@@ -200,9 +200,7 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                     det, params = parse_detector_spec(name)
                     fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
                     t0 = time.perf_counter()
-                    defects = None
-                    if damaged is not None and _needs_defects(name):
-                        defects = {k: np.concatenate([damaged[i][k] for i in idx]) for k in damaged[0]}
+                    defects = [damaged[i] for i in idx] if name in wants_damage else None
                     result = fit_features(feats, n, fit, defects)
                     scores = result.detector.score_samples(test)
                     rows.append({

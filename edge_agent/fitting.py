@@ -119,12 +119,12 @@ def split_defects(defects: Features, n_originals: int) -> list[Features]:
 
 
 def fit_features(
-    features: Features, n_originals: int, settings: FitSettings, defects: Features | None = None
+    features: Features, n_originals: int, settings: FitSettings, defects: Sequence[Features] | None = None
 ) -> FitResult:
     """Detector and threshold from features laid out in `augment` order (originals, then copies).
 
-    ``defects``: features of `pseudo_defects` of the originals, for detectors that weigh their parts by them
-    (``needs_defects``); others ignore it.
+    ``defects``: per original, the features of its `pseudo_defects` (`split_defects` cuts an embedding of them
+    all), for detectors that weigh their parts by them (``needs_defects``); others ignore it.
     """
     check_fold_sizes(n_originals, settings.factor, settings.max_folds)
     groups_idx = group_indices(n_originals, settings.factor)
@@ -139,7 +139,7 @@ def fit_features(
     if detector.needs_groups:
         extra["groups"] = groups_idx
     if detector.needs_defects and defects is not None:
-        extra["defects"] = split_defects(defects, n_originals)
+        extra["defects"] = defects
     detector.fit(features, **extra)
     t1 = time.perf_counter()
     # A detector that held images out while fitting (the combined one) already has their scores.
@@ -168,7 +168,7 @@ def fit_images(
     defects = None
     if make_detector(settings.detector, **settings.detector_params).needs_defects:
         t1 = time.perf_counter()
-        defects = embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed))
+        defects = split_defects(embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed)), len(images))
         timings["damage_embed"] = round(time.perf_counter() - t1, 4)
     result = fit_features(features, len(images), settings, defects)
     result.timings = {**timings, **result.timings}

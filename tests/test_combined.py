@@ -122,7 +122,7 @@ def test_fit_images_embeds_damaged_copies_only_for_the_combined_detector(shipped
 
 def test_threshold_uses_the_out_of_fold_scores(bottle_features):
     feats, damaged, _, _ = bottle_features
-    result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3), damaged)
+    result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3), split_defects(damaged, 6))
     np.testing.assert_array_equal(result.loo_scores, result.detector.oof_scores_)
     assert result.threshold == pytest.approx(calibrate_threshold(result.loo_scores))
     assert result.threshold >= np.max(result.loo_scores) * 1.1  # never below the empirical quantile

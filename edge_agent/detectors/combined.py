@@ -50,6 +50,10 @@ _VISIBLE = 1.0  # damage that no part puts a standard deviation above the good i
 _TINY = 1e-12  # floor under a distance before its log: an exact match to the memory is 0
 
 
+def _log_distance(scores: Any) -> np.ndarray:
+    return np.log(np.maximum(scores, _TINY))
+
+
 class CombinedDetector(Detector):
     level_prefix = ""  # reads every level its parts read
     param_names = ("parts", "max_folds")
@@ -122,13 +126,13 @@ class CombinedDetector(Detector):
                 for name in self.parts]
         for part in self.parts_:
             part.fit(arrays)
-        oof = np.log(np.maximum([[h[0] for h in part] for part in held], _TINY))  # (parts, groups)
+        oof = _log_distance([[h[0] for h in part] for part in held])  # (parts, groups)
         self.loc_ = oof.mean(axis=1)
         self.scale_ = np.maximum(oof.std(axis=1, ddof=1), 1e-6)
         self.weights_ = np.full(len(self.parts), 1.0 / len(self.parts))
         self.damage_shift_ = np.full(len(self.parts), np.nan)
         if defects is not None:
-            damaged = np.log(np.maximum([np.concatenate([h[1:] for h in part]) for part in held], _TINY))
+            damaged = _log_distance([np.concatenate([h[1:] for h in part]) for part in held])
             self.damage_shift_ = ((damaged - self.loc_[:, None]) / self.scale_[:, None]).mean(axis=1)
             if self.damage_shift_.max() > _VISIBLE:
                 self.weights_ = np.maximum(self.damage_shift_, 0.0) / np.maximum(self.damage_shift_, 0.0).sum()
@@ -143,7 +147,7 @@ class CombinedDetector(Detector):
 
     def _z(self, part: int, scores: np.ndarray) -> np.ndarray:
         """A part's distances (any shape) -> standard deviations above its good images."""
-        return (np.log(np.maximum(scores, _TINY)) - self.loc_[part]) / self.scale_[part]
+        return (_log_distance(scores) - self.loc_[part]) / self.scale_[part]
 
     def _combine(self, part_scores: Sequence[np.ndarray | None]) -> np.ndarray:
         """Per part (None for a part with weight 0) its (n,) distances -> (n,) combined scores."""
