@@ -6,24 +6,15 @@ comparison with the paper's stack.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-from bench.common import add_image_args, emit, load_images, proc_status, timeit
+from bench.common import emit, model_bench, proc_status, timeit
 from edge_agent.augment import PRESETS
-from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings, fit_images
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("model", type=Path)
-    add_image_args(p)
-    p.add_argument("--repeat", type=int, default=30)
-    args = p.parse_args()
-    ex = FeatureExtractor(args.model, "cpu", 2)
-    images, train = load_images(args)
+    args, ex, images, train = model_bench(repeat=30)
     t0 = time.perf_counter()
     result = fit_images(ex.embed, train[:10], FitSettings(policy=PRESETS["object"]))
     fit_s = time.perf_counter() - t0

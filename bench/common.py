@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from edge_agent.features import FeatureExtractor
 from edge_agent.images import list_images, read_folder, read_image
 
 N_TRAIN = 10  # the few-shot fit every benchmark measures: N=10 good images
@@ -56,3 +57,14 @@ def load_images(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
     """(frames, the 10 training images). Only what is fitted is read, so peak RSS stays the process's own work."""
     _, images = read_folder(args.images)
     return images, [read_image(p) for p in list_images(args.train)[:N_TRAIN]]
+
+
+def model_bench(repeat: int) -> tuple[argparse.Namespace, FeatureExtractor, list[np.ndarray], list[np.ndarray]]:
+    """The command line of a benchmark on one converted model (MODEL --images --train --repeat): its arguments,
+    the model on CPU with 2 threads (the agent's default), the frames and the 10 training images."""
+    p = argparse.ArgumentParser()
+    p.add_argument("model", type=Path)
+    add_image_args(p)
+    p.add_argument("--repeat", type=int, default=repeat)
+    args = p.parse_args()
+    return (args, FeatureExtractor(args.model, "cpu", 2), *load_images(args))

@@ -7,25 +7,15 @@ for the combined detector (the default: Mahalanobis + the coreset patch memory, 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from bench.common import add_image_args, emit, load_images, timeit
+from bench.common import emit, model_bench, timeit
 from edge_agent.augment import PRESETS, augment
 from edge_agent.detectors import make_detector, upsample_heatmap
-from edge_agent.features import FeatureExtractor
 from edge_agent.fitting import FitSettings, fit_features, split_defects
 from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("model", type=Path)
-    add_image_args(p)
-    p.add_argument("--repeat", type=int, default=100)
-    args = p.parse_args()
-    ex = FeatureExtractor(args.model, "cpu", 2)
-    images, train = load_images(args)
+    args, ex, images, train = model_bench(repeat=100)
     feats = ex.embed(augment(train[:10], PRESETS["object"], 10, 0))
     frames = [ex.embed_one(im) for im in images[:20]]
     size = (ex.manifest.input.height, ex.manifest.input.width)

@@ -43,7 +43,11 @@ def make_publisher(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Callable
         return pub
 
     yield make
-    for pub in made:
+    close_publishers(*made)
+
+
+def close_publishers(*pubs: Publisher) -> None:
+    for pub in pubs:
         pub.stop(timeout=1)
         pub.spool.close()
 
@@ -248,9 +252,7 @@ def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCapt
         assert not bad.connected and bad.stats()["queued"] == 1
         assert "refused" in caplog.text
     finally:
-        for pub in (good, bad):
-            pub.stop(timeout=1)
-            pub.spool.close()
+        close_publishers(good, bad)
         sub.close()
         broker.stop()
 
@@ -283,8 +285,6 @@ def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: 
         assert sub.json_on("verdict") == [{"over": "tls", "seq": 1}]
         assert not anonymous.connected and anonymous.stats()["queued"] == 1
     finally:
-        for pub in (agent, anonymous):
-            pub.stop(timeout=1)
-            pub.spool.close()
+        close_publishers(agent, anonymous)
         sub.close()
         broker.stop()
