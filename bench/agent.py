@@ -17,9 +17,9 @@ from bench.common import add_image_args, emit, load_images, open_fds, proc_statu
 from edge_agent.agent import return_freed_memory
 from edge_agent.cli import build_agent
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, fit_settings
-from edge_agent.fitting import fit_images
-from edge_agent.outputs import RecordingPublisher
-from edge_agent.sources.base import Frame, FrameSource
+from edge_agent.learn.fitting import fit_images
+from edge_agent.deliver.outputs import RecordingPublisher
+from edge_agent.capture.base import Frame, FrameSource
 
 
 class MemorySource(FrameSource):
@@ -86,7 +86,7 @@ def main() -> None:
         args.broker = f"127.0.0.1:{port}"
     images, train = load_images(args)
     if args.frame_size:
-        from edge_agent.preprocess import resize_rgb
+        from edge_agent.capture.preprocess import resize_rgb
 
         images = [resize_rgb(im, (args.frame_size, args.frame_size)) for im in images]
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 from bench.common import emit, model_bench, proc_status, timeit
-from edge_agent.augment import PRESETS
-from edge_agent.fitting import FitSettings, fit_images
+from edge_agent.learn.augment import PRESETS
+from edge_agent.learn.fitting import FitSettings, fit_images
 
 
 def main() -> None:

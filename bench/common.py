@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from edge_agent.features import FeatureExtractor
-from edge_agent.images import list_images, read_folder, read_image
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.capture.images import list_images, read_folder, read_image
 
 N_TRAIN = 10  # the few-shot fit every benchmark measures: N=10 good images
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit, proc_status, timeit
-from edge_agent.manifest import load_manifest, verified_model_path
-from edge_agent.runtime import open_interpreter
+from edge_agent.embed.manifest import load_manifest, verified_model_path
+from edge_agent.embed.runtime import open_interpreter
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench.common import add_image_args, emit, load_images, proc_status, timeit  # noqa: E402
-from edge_agent.augment import PRESETS, augment  # noqa: E402
-from edge_agent.preprocess import resize_rgb  # noqa: E402
+from edge_agent.learn.augment import PRESETS, augment  # noqa: E402
+from edge_agent.capture.preprocess import resize_rgb  # noqa: E402
 
 
 def main() -> None:

@@ -8,10 +8,10 @@ for the combined detector (the default: Mahalanobis + the coreset patch memory, 
 from __future__ import annotations
 
 from bench.common import emit, model_bench, timeit
-from edge_agent.augment import PRESETS, augment
-from edge_agent.detectors import make_detector, upsample_heatmap
-from edge_agent.fitting import FitSettings, fit_features, split_defects
-from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+from edge_agent.learn.augment import PRESETS, augment
+from edge_agent.learn.detectors import make_detector, upsample_heatmap
+from edge_agent.learn.fitting import FitSettings, fit_features, split_defects
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 
 def main() -> None:

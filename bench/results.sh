@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 DATA=${EDGE_DATA_DIR:-../shared/data}
 OUT=build/results
 mkdir -p "$OUT"
-[ -d build/data/elpv_mono ] || $PY -m edge_agent.datasets build/data
+[ -d build/data/elpv_mono ] || $PY -m edge_agent.offline.datasets build/data
 [ -d build/calibration ] || $PY -m converter.calibration_set build/calibration
 LITE2=build/models/efficientnet-lite2-int8
 [ -f $LITE2/manifest.json ] || $PY -m converter.cli --backbone efficientnet-lite2 --calibration build/calibration \

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_agent.images import IMAGE_SUFFIXES
+from edge_agent.capture.images import IMAGE_SUFFIXES
 
 
 def rotate_set(src: Path, dst: Path) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.images import ImageFolderError, read_folder
-from edge_agent.preprocess import resize_rgb
+from edge_agent.capture.images import ImageFolderError, read_folder
+from edge_agent.capture.preprocess import resize_rgb
 
 MIN_CALIBRATION_IMAGES = 10
 

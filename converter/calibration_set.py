@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.datasets import elpv_labels
+from edge_agent.offline.datasets import elpv_labels
 
 COLOUR = ("astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry",
           "retina", "rocket", "logo")

@@ -24,12 +24,12 @@ from converter.feature_model import build_backbone, build_feature_model, output_
 from converter.fidelity import fidelity_report, keras_features
 from converter.quantize import PRECISIONS, convert
 from edge_agent import __version__
-from edge_agent.atomic import write_text_atomic
-from edge_agent.features import FeatureExtractor
-from edge_agent.manifest import (
+from edge_agent.system.atomic import write_text_atomic
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.embed.manifest import (
     MANIFEST_FILE, InputSpec, Manifest, OutputSpec, Quantization, sha256_file,
 )
-from edge_agent.runtime import interpreter_module
+from edge_agent.embed.runtime import interpreter_module
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from converter.backbones import BackboneSpec
 from converter import efficientnet_lite
 from converter.torch_legacy import WeightsFileError, load_state_dict
-from edge_agent.manifest import sha256_file
+from edge_agent.embed.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from converter.backbones import get_backbone
 from converter.feature_model import build_backbone, build_feature_model, output_levels, resolve_weights
 from converter.fidelity import fidelity_report, keras_features
-from edge_agent.features import FeatureExtractor
-from edge_agent.images import read_folder
-from edge_agent.preprocess import resize_rgb
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.capture.images import read_folder
+from edge_agent.capture.preprocess import resize_rgb
 
 
 def _taps(levels: list[str], kind: str) -> tuple[int, ...]:

@@ -23,16 +23,16 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.config import Config, fit_settings
-from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector
-from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitError, fit_images
-from edge_agent.images import read_folder
-from edge_agent.atomic import write_text_atomic
-from edge_agent.snapshot import jpeg, overlay
-from edge_agent.sources import EndOfStream, Frame, FrameSource, ReopeningSource, open_source
-from edge_agent.store import DetectorStore, StoreError
-from edge_agent.systemd_notify import Notifier
-from edge_agent.threshold import calibrate_threshold
+from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.fitting import FitError, fit_images
+from edge_agent.capture.images import read_folder
+from edge_agent.system.atomic import write_text_atomic
+from edge_agent.deliver.snapshot import jpeg, overlay
+from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource, open_source
+from edge_agent.learn.store import DetectorStore, StoreError
+from edge_agent.system.systemd_notify import Notifier
+from edge_agent.learn.threshold import calibrate_threshold
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,16 @@ def _model_dir(config: Config, override: Path | None) -> Path:
 
 
 def open_extractor(config: Config, model: Path | None = None):
-    from edge_agent.features import FeatureExtractor
+    from edge_agent.embed.features import FeatureExtractor
 
     return FeatureExtractor(_model_dir(config, model), config.model.delegate, config.model.threads,
                             config.model.edgetpu_device or None)
 
 
 def cmd_fit(args: argparse.Namespace, config: Config) -> int:
-    from edge_agent.fitting import fit_images
-    from edge_agent.images import read_folder
-    from edge_agent.store import DetectorStore
+    from edge_agent.learn.fitting import fit_images
+    from edge_agent.capture.images import read_folder
+    from edge_agent.learn.store import DetectorStore
 
     extractor = open_extractor(config, args.model)
     _, images = read_folder(args.images, min_images=2)
@@ -50,8 +50,8 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_score(args: argparse.Namespace, config: Config) -> int:
-    from edge_agent.images import read_image
-    from edge_agent.store import DetectorStore
+    from edge_agent.capture.images import read_image
+    from edge_agent.learn.store import DetectorStore
 
     extractor = open_extractor(config, args.model)
     loaded = DetectorStore(config.state_dir, config.retrain.keep).load_current(extractor.manifest)
@@ -68,8 +68,8 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
-    from edge_agent.augment import PRESETS
-    from edge_agent.evaluate import EvalSettings, evaluate, markdown_table
+    from edge_agent.learn.augment import PRESETS
+    from edge_agent.offline.evaluate import EvalSettings, evaluate, markdown_table
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -88,11 +88,11 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
 def make_publisher(config: Config):
     """MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false."""
     if not config.mqtt.enabled:
-        from edge_agent.outputs import StdoutPublisher
+        from edge_agent.deliver.outputs import StdoutPublisher
 
         return StdoutPublisher()
-    from edge_agent.publisher import MqttSettings, Publisher
-    from edge_agent.spool import Spool
+    from edge_agent.deliver.publisher import MqttSettings, Publisher
+    from edge_agent.deliver.spool import Spool
 
     m = config.mqtt
     config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
-    from edge_agent.remote import send_command
+    from edge_agent.deliver.remote import send_command
 
     if not config.mqtt.enabled:
         raise ConfigError("edge-agent retrain asks the running agent over MQTT: enable [mqtt] "
@@ -148,7 +148,7 @@ def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from edge_agent.demo import run_demo
+    from edge_agent.offline.demo import run_demo
 
     return run_demo(args.work, args.n_train, args.n_test, args.cell_type, args.broker)
 

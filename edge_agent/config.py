@@ -17,11 +17,11 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.augment import PRESETS, AugmentationPolicy
-from edge_agent.detectors import DETECTOR_NAMES, make_detector
+from edge_agent.learn.augment import PRESETS, AugmentationPolicy
+from edge_agent.learn.detectors import DETECTOR_NAMES, make_detector
 
 if TYPE_CHECKING:
-    from edge_agent.fitting import FitSettings
+    from edge_agent.learn.fitting import FitSettings
 
 
 class ConfigError(ValueError):
@@ -285,7 +285,7 @@ def load_config(path: str | Path | None) -> Config:
 
 def fit_settings(config: Config) -> "FitSettings":
     """The few-shot fit as the configuration describes it."""
-    from edge_agent.fitting import FitSettings
+    from edge_agent.learn.fitting import FitSettings
 
     t = config.threshold
     return FitSettings(

@@ -9,7 +9,7 @@
 #   3. For each interpreter spec, installs the device dependencies from aarch64 wheels into its own --target dir
 #      (numpy, opencv-python-headless, paho-mqtt + the interpreter, resolved together as on a device).
 #   4. Runs, under qemu-aarch64-static -L ROOT (no binfmt registration), a snippet that loads the shipped model
-#      with edge_agent.features.FeatureExtractor and embeds one real image; runs the same snippet on the host and
+#      with edge_agent.embed.features.FeatureExtractor and embeds one real image; runs the same snippet on the host and
 #      (venv reference, and the same versions installed for x86) and compares the features level by level.
 #   5. Prints a table: spec x CPU model -> pass / CRASH (SIGSEGV = rc 139) / TIMEOUT / MISMATCH, with wall times.
 #
@@ -287,11 +287,11 @@ def stage(name):
 model_dir, image_path, out_path = sys.argv[1:4]
 import numpy as np
 stage("numpy imported")
-from edge_agent.runtime.interpreter import interpreter_module
+from edge_agent.embed.runtime.interpreter import interpreter_module
 mod = interpreter_module()
 stage(f"interpreter module {mod.__name__}")
-from edge_agent.features import FeatureExtractor
-from edge_agent.images import read_image
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.capture.images import read_image
 import cv2
 from importlib import metadata
 def version(dist):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.augment import PRESETS, AugmentationPolicy, augment, group_indices
+from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 
 MVTEC_CATEGORIES = (
     "bottle cable capsule carpet grid hazelnut leather metal_nut pill screw tile toothbrush transistor wood zipper"

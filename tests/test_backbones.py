@@ -13,7 +13,7 @@ from converter.backbones import get_backbone  # noqa: E402
 from converter.convert import ConvertRequest, run  # noqa: E402
 from converter.feature_model import build_backbone, build_feature_model, resolve_weights  # noqa: E402
 from converter.torch_legacy import load_state_dict  # noqa: E402
-from edge_agent.preprocess import resize_rgb  # noqa: E402
+from edge_agent.capture.preprocess import resize_rgb  # noqa: E402
 
 
 def _centre_square(image: np.ndarray) -> np.ndarray:

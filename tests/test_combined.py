@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from edge_agent.augment import PRESETS, augment, group_indices
-from edge_agent.detectors import CombinedDetector, make_detector
-from edge_agent.detectors.persistence import DetectorFileError, load_detector, save_detector
-from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitSettings, fit_features, fit_images, split_defects
-from edge_agent.images import read_image
-from edge_agent.metrics import roc_auc
-from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
-from edge_agent.threshold import calibrate_threshold
+from edge_agent.learn.augment import PRESETS, augment, group_indices
+from edge_agent.learn.detectors import CombinedDetector, make_detector
+from edge_agent.learn.detectors.persistence import DetectorFileError, load_detector, save_detector
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.fitting import FitSettings, fit_features, fit_images, split_defects
+from edge_agent.capture.images import read_image
+from edge_agent.offline.metrics import roc_auc
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+from edge_agent.learn.threshold import calibrate_threshold
 from tests.synthetic import spatial
 
 

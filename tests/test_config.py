@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.augment import PRESETS, AugmentationPolicy
+from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.config import (
     Config,
     ConfigError,
@@ -19,7 +19,7 @@ from edge_agent.config import (
     fit_settings,
     load_config,
 )
-from edge_agent.fitting import FitSettings
+from edge_agent.learn.fitting import FitSettings
 
 
 def write_toml(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:

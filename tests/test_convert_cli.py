@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from converter.backbones import get_backbone  # noqa: E402
 from converter.cli import main  # noqa: E402
 from converter.feature_model import resolve_weights  # noqa: E402
-from edge_agent.features import FeatureExtractor  # noqa: E402
-from edge_agent.manifest import load_manifest  # noqa: E402
+from edge_agent.embed.features import FeatureExtractor  # noqa: E402
+from edge_agent.embed.manifest import load_manifest  # noqa: E402
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edge_agent.demo import run_demo
+from edge_agent.offline.demo import run_demo
 from tests.mqtt_broker import Subscriber, wait_until
 
 

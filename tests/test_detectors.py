@@ -9,7 +9,7 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
-from edge_agent.detectors import (
+from edge_agent.learn.detectors import (
     DETECTOR_NAMES,
     KNNDetector,
     MahalanobisDetector,
@@ -17,7 +17,7 @@ from edge_agent.detectors import (
     make_detector,
     upsample_heatmap,
 )
-from edge_agent.detectors import knn as knn_module
+from edge_agent.learn.detectors import knn as knn_module
 from tests.synthetic import spatial
 
 POOLED_DIMS = {"pooled/stage4": 12, "pooled/stage6": 20, "pooled/stage7": 30}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.augment import PRESETS
-from edge_agent.datasets import load_mvtec, write_elpv
-from edge_agent.evaluate import EvalSettings, evaluate
-from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import FitSettings
-from edge_agent.images import ImageFolderError, list_images
-from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE
+from edge_agent.learn.augment import PRESETS
+from edge_agent.offline.datasets import load_mvtec, write_elpv
+from edge_agent.offline.evaluate import EvalSettings, evaluate
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.fitting import FitSettings
+from edge_agent.capture.images import ImageFolderError, list_images
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTORS = ["mahalanobis", "knn", "padim"]

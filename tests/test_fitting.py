@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.augment import PRESETS
-from edge_agent.detectors import make_detector
-from edge_agent.features import FeatureExtractor
-from edge_agent.fitting import (
+from edge_agent.learn.augment import PRESETS
+from edge_agent.learn.detectors import make_detector
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.fitting import (
     FitError,
     FitResult,
     FitSettings,
@@ -16,9 +16,9 @@ from edge_agent.fitting import (
     fit_features,
     fit_images,
 )
-from edge_agent.images import list_images, read_image
-from edge_agent.metrics import roc_auc
-from edge_agent.threshold import calibrate_threshold
+from edge_agent.capture.images import list_images, read_image
+from edge_agent.offline.metrics import roc_auc
+from edge_agent.learn.threshold import calibrate_threshold
 
 
 def textured(seed: int, shape=(32, 32, 3)) -> np.ndarray:

@@ -8,7 +8,7 @@ from scipy.linalg import pinvh
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-from edge_agent.detectors import gaussian
+from edge_agent.learn.detectors import gaussian
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

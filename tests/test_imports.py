@@ -1,6 +1,6 @@
 """Every device module imports on its own, in a fresh interpreter: no import-order-dependent cycles.
 
-A cycle (threshold -> detectors -> combined -> threshold) once made ``import edge_agent.threshold`` fail while
+A cycle (threshold -> detectors -> combined -> threshold) once made ``import edge_agent.learn.threshold`` fail while
 the test suite, importing in another order, passed.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.metrics import area_under_auc_percent, roc_auc
+from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

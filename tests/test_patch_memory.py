@@ -13,9 +13,9 @@ from scipy.ndimage import uniform_filter
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
-import edge_agent.detectors as detectors_pkg
-from edge_agent.detectors import persistence, upsample_heatmap
-from edge_agent.detectors.patch_memory import (
+import edge_agent.learn.detectors as detectors_pkg
+from edge_agent.learn.detectors import persistence, upsample_heatmap
+from edge_agent.learn.detectors.patch_memory import (
     PatchMemoryDetector,
     box_filter_3x3,
     greedy_coreset,
@@ -260,10 +260,10 @@ def test_persistence_round_trip(registered: None, rng: np.random.Generator, tmp_
 
 def test_real_bottles_with_shipped_model(bottle_dir: Path, shipped_model: Path) -> None:
     pytest.importorskip("ai_edge_litert", reason="no TFLite interpreter installed")
-    from edge_agent.augment import PRESETS, augment
-    from edge_agent.features import FeatureExtractor
-    from edge_agent.images import list_images, read_image
-    from edge_agent.metrics import roc_auc
+    from edge_agent.learn.augment import PRESETS, augment
+    from edge_agent.embed.features import FeatureExtractor
+    from edge_agent.capture.images import list_images, read_image
+    from edge_agent.offline.metrics import roc_auc
 
     ex = FeatureExtractor(shipped_model)
     train = [read_image(p) for p in list_images(bottle_dir / "train" / "good")[:10]]

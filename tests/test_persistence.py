@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.augment import PRESETS
-from edge_agent.detectors import DETECTOR_NAMES, make_detector
-from edge_agent.detectors.persistence import (
+from edge_agent.learn.augment import PRESETS
+from edge_agent.learn.detectors import DETECTOR_NAMES, make_detector
+from edge_agent.learn.detectors.persistence import (
     FORMAT_VERSION,
     MAGIC,
     DetectorFileError,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edge_agent.images import read_image
-from edge_agent.pseudo_defects import KINDS, pseudo_defects
+from edge_agent.capture.images import read_image
+from edge_agent.learn.pseudo_defects import KINDS, pseudo_defects
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.publisher import MqttSettings, Publisher
-from edge_agent.spool import Spool
+from edge_agent.deliver.publisher import MqttSettings, Publisher
+from edge_agent.deliver.spool import Spool
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, make_tls_files, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +109,8 @@ def test_broker_restart_mid_stream_loses_nothing(broker: MosquittoBroker, make_p
 # An agent that spools verdicts and is then SIGKILLed: argv = host, port, spool path, number of verdicts.
 AGENT = f"""
 import sys, time
-from edge_agent.publisher import MqttSettings, Publisher
-from edge_agent.spool import Spool
+from edge_agent.deliver.publisher import MqttSettings, Publisher
+from edge_agent.deliver.spool import Spool
 host, port, path, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 pub = Publisher(MqttSettings(host=host, port=port, topic_prefix={PREFIX!r}, keepalive=5, reconnect_min_s=0.05,
                              reconnect_max_s=0.5), {DEVICE!r}, Spool(path))
@@ -216,7 +216,7 @@ def test_commands_reply_with_result_or_error(make_publisher, subscriber: Subscri
     started(make_publisher(on_command=handle))
     send = [("retrain", b'{"request_id": "r1", "n": 5}'), ("trigger", b""), ("threshold", b"not json"),
             ("threshold", b"[1, 2]"), ("explode", b'{"request_id": 7}'), ("trigger", b'{"request_id": "last"}')]
-    with caplog.at_level(logging.ERROR, logger="edge_agent.publisher"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.deliver.publisher"):
         for name, payload in send:
             subscriber.client.publish(f"{BASE}/cmd/{name}", payload, qos=1)
         assert wait_until(lambda: len([m for m in subscriber.messages if m.topic.endswith("/result")]) == 6, 5)
@@ -242,7 +242,7 @@ def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCapt
     bad = Publisher(settings_for(broker, username="agent", password="wrong", client_id="intruder"), DEVICE,
                     Spool(tmp_path / "b.db"))
     try:
-        with caplog.at_level(logging.WARNING, logger="edge_agent.publisher"):
+        with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.publisher"):
             bad.start()
             bad.publish_verdict({"from": "bad"})
             started(good).publish_verdict({"from": "good"})

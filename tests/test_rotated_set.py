@@ -3,8 +3,8 @@
 import numpy as np
 
 from bench.rotated_set import main
-from edge_agent.datasets import load_mvtec
-from edge_agent.images import read_image
+from edge_agent.offline.datasets import load_mvtec
+from edge_agent.capture.images import read_image
 
 
 def test_turned_copy_keeps_the_layout_and_is_reproducible(bottle_dir, tmp_path):

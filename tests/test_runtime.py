@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from edge_agent.manifest import load_manifest
-from edge_agent.runtime import open_interpreter
-from edge_agent.runtime.delegates import DelegateError
+from edge_agent.embed.manifest import load_manifest
+from edge_agent.embed.runtime import open_interpreter
+from edge_agent.embed.runtime.delegates import DelegateError
 
 
 def test_cpu_with_threads(shipped_model):

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_agent.features import FeatureExtractor
-from edge_agent.images import read_image
-from edge_agent.manifest import ManifestError, load_manifest, sha256_file
-from edge_agent.runtime import interpreter_module
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.capture.images import read_image
+from edge_agent.embed.manifest import ManifestError, load_manifest, sha256_file
+from edge_agent.embed.runtime import interpreter_module
 
 
 def test_manifest_matches_the_model_file(shipped_model):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import SourceConfig
-from edge_agent.sources import (
+from edge_agent.capture import (
     EndOfStream,
     Frame,
     FrameSource,
@@ -24,9 +24,9 @@ from edge_agent.sources import (
     SourceError,
     open_source,
 )
-from edge_agent.sources.folder import FolderSource
-from edge_agent.sources.opencv import OpenCVSource
-from edge_agent.sources.picamera import PiCameraSource
+from edge_agent.capture.folder import FolderSource
+from edge_agent.capture.opencv import OpenCVSource
+from edge_agent.capture.picamera import PiCameraSource
 
 WAIT_S = 5.0  # upper bound for anything that waits on a thread
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.spool import DROPPED, Spool
+from edge_agent.deliver.spool import DROPPED, Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_messages_counters_and_sequence_survive_reopen(spool_path: Path) -> None
 # Puts messages forever and prints each id once put() returned; the test SIGKILLs it mid-stream.
 WRITER = """
 import sys
-from edge_agent.spool import Spool
+from edge_agent.deliver.spool import Spool
 spool = Spool(sys.argv[1])
 i = 0
 while True:
@@ -85,7 +85,7 @@ def test_nothing_put_is_lost_when_the_process_is_killed(spool_path: Path) -> Non
 
 def test_drop_oldest_keeps_the_newest_and_counts(spool_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = Spool(spool_path, max_messages=3, on_full="drop-oldest")
-    with caplog.at_level(logging.WARNING, logger="edge_agent.spool"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.spool"):
         ids = [spool.put("t", b"%d" % i) for i in range(5)]
     assert DROPPED not in ids
     assert payloads(spool) == [b"2", b"3", b"4"] and len(spool) == 3 and spool.dropped == 2
@@ -95,7 +95,7 @@ def test_drop_oldest_keeps_the_newest_and_counts(spool_path: Path, caplog: pytes
 
 def test_drop_newest_keeps_the_oldest_and_counts(spool_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = Spool(spool_path, max_messages=3, on_full="drop-newest")
-    with caplog.at_level(logging.WARNING, logger="edge_agent.spool"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.spool"):
         ids = [spool.put("t", b"%d" % i) for i in range(5)]
     assert ids[3:] == [DROPPED, DROPPED]
     assert payloads(spool) == [b"0", b"1", b"2"] and spool.dropped == 2
@@ -107,7 +107,7 @@ def test_drop_newest_keeps_the_oldest_and_counts(spool_path: Path, caplog: pytes
 def test_flood_of_drops_logs_a_few_lines_not_one_per_message(spool_path: Path, caplog: pytest.LogCaptureFixture,
                                                            on_full: str) -> None:
     spool = Spool(spool_path, max_messages=1, on_full=on_full)
-    with caplog.at_level(logging.WARNING, logger="edge_agent.spool"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.spool"):
         for i in range(500):
             spool.put("t", b"x")
         spool.close()  # reports the drops not yet reported
@@ -163,7 +163,7 @@ def test_corrupt_file_is_moved_aside(spool_path: Path, caplog: pytest.LogCapture
     spool_path.parent.mkdir(parents=True)
     damage(spool_path)
     bad = spool_path.read_bytes()
-    with caplog.at_level(logging.ERROR, logger="edge_agent.spool"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.deliver.spool"):
         spool = Spool(spool_path)
     assert len(spool) == 0 and spool.next_sequence() == 1
     spool.put("t", b"fresh")

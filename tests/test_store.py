@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from edge_agent.detectors import MahalanobisDetector
-from edge_agent.detectors.persistence import DetectorFileError
-from edge_agent.fitting import FitSettings, fit_features
-from edge_agent.manifest import load_manifest
-from edge_agent.store import DetectorStore, StoreError
+from edge_agent.learn.detectors import MahalanobisDetector
+from edge_agent.learn.detectors.persistence import DetectorFileError
+from edge_agent.learn.fitting import FitSettings, fit_features
+from edge_agent.embed.manifest import load_manifest
+from edge_agent.learn.store import DetectorStore, StoreError
 
 
 @pytest.fixture(scope="module")

@@ -209,9 +209,9 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
     """A camera read that hangs (a stand-in source whose read blocks) must starve the watchdog."""
     from edge_agent.cli import build_agent
     from edge_agent.config import load_config
-    from edge_agent.images import read_image
-    from edge_agent.outputs import StdoutPublisher
-    from edge_agent.sources.base import Frame, FrameSource
+    from edge_agent.capture.images import read_image
+    from edge_agent.deliver.outputs import StdoutPublisher
+    from edge_agent.capture.base import Frame, FrameSource
 
     class HangingSource(FrameSource):
         name = "hanging"

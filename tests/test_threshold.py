@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.augment import group_indices
-from edge_agent.detectors import make_detector
-from edge_agent.threshold import (
+from edge_agent.learn.augment import group_indices
+from edge_agent.learn.detectors import make_detector
+from edge_agent.learn.threshold import (
     ThresholdReport,
     calibrate_threshold,
     is_anomalous,

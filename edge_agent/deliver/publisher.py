@@ -41,7 +41,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_agent.spool import Spool
+from edge_agent.deliver.spool import Spool
 
 log = logging.getLogger(__name__)
 

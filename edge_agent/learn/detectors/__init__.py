@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.detectors.base import Detector
-from edge_agent.detectors.combined import CombinedDetector
-from edge_agent.detectors.knn import KNNDetector
-from edge_agent.detectors.mahalanobis import MahalanobisDetector
-from edge_agent.detectors.padim import PadimDetector, upsample_heatmap
-from edge_agent.detectors.patch_memory import PatchMemoryDetector
+from edge_agent.learn.detectors.base import Detector
+from edge_agent.learn.detectors.combined import CombinedDetector
+from edge_agent.learn.detectors.knn import KNNDetector
+from edge_agent.learn.detectors.mahalanobis import MahalanobisDetector
+from edge_agent.learn.detectors.padim import PadimDetector, upsample_heatmap
+from edge_agent.learn.detectors.patch_memory import PatchMemoryDetector
 
 DEFAULT_DETECTOR = "mahalanobis"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edge_agent.images import ImageFolderError, list_images, read_image
-from edge_agent.atomic import write_text_atomic
-from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
+from edge_agent.capture.images import ImageFolderError, list_images, read_image
+from edge_agent.system.atomic import write_text_atomic
+from edge_agent.capture.base import EndOfStream, Frame, FrameSource, SourceError
 
 
 class FolderSource(FrameSource):

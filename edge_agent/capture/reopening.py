@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from edge_agent.sources.base import Frame, FrameSource, SourceError
+from edge_agent.capture.base import Frame, FrameSource, SourceError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig
-from edge_agent.datasets import link_or_copy, load_mvtec, write_elpv
-from edge_agent.metrics import roc_auc
-from edge_agent.outputs import RecordingPublisher, StdoutPublisher
+from edge_agent.offline.datasets import link_or_copy, load_mvtec, write_elpv
+from edge_agent.offline.metrics import roc_auc
+from edge_agent.deliver.outputs import RecordingPublisher, StdoutPublisher
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
+from edge_agent.capture.base import EndOfStream, Frame, FrameSource, SourceError
 
 
 class OpenCVSource(FrameSource):

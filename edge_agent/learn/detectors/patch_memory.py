@@ -45,7 +45,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
+from edge_agent.learn.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
 
 #: Storage types accepted for the memory bank.
 BANK_DTYPES = ("float32", "float16")
@@ -187,7 +187,7 @@ class PatchMemoryDetector(Detector):
 
     ``score_samples`` returns HIGHER = MORE ANOMALOUS: the largest nearest-neighbour distance over the
     image's patches. ``heatmaps`` returns the (n, h, w) float32 patch distances on the grid (blurred by
-    ``blur_sigma``); `edge_agent.detectors.upsample_heatmap` brings one to the image size.
+    ``blur_sigma``); `edge_agent.learn.detectors.upsample_heatmap` brings one to the image size.
 
     Fitted attributes: ``grid_`` (h, w), ``memory_bank_`` (k, d), ``memory_sq_norms_`` (k,) float32,
     ``coreset_indices_`` (k,) int32 (rows of the training patches, image-major: index // (h*w) is the

@@ -15,11 +15,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_agent.augment import PRESETS, AugmentationPolicy, augment, group_indices
-from edge_agent.detectors import Detector, make_detector
-from edge_agent.features import Features
-from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
-from edge_agent.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
+from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
+from edge_agent.learn.detectors import Detector, make_detector
+from edge_agent.embed.features import Features
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+from edge_agent.learn.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ of good parts are right-skewed, which the threshold models as log-normal too.
 
 Weighting: an equal-weight mean lets a weak part dilute a strong one (on cells whose defects are small cracks,
 mean z lost 0.02 AUROC to the patch memory alone). Without labelled defects, the weights come from synthetic
-damage (`edge_agent.pseudo_defects`: a few damaged copies of each good image, scored by the same out-of-fold
+damage (`edge_agent.learn.pseudo_defects`: a few damaged copies of each good image, scored by the same out-of-fold
 models): part j gets weight proportional to mu_j, its mean z on the damaged copies (0 when negative). That is
 Fisher's linear discriminant for parts whose good z have unit variance and which a defect shifts by mu_j: the
 part that separates damage from the good images gets the larger say, and one that cannot see it none (the
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.detectors.base import Detector, Features, check_features, select_levels
-from edge_agent.threshold import held_out_scores
+from edge_agent.learn.detectors.base import Detector, Features, check_features, select_levels
+from edge_agent.learn.threshold import held_out_scores
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class CombinedDetector(Detector):
 
     @staticmethod
     def _make(name: str) -> Detector:
-        from edge_agent.detectors import make_detector
+        from edge_agent.learn.detectors import make_detector
 
         return make_detector(name)
 
@@ -95,7 +95,7 @@ class CombinedDetector(Detector):
         """``groups``: index arrays, one per original image (row 0 the original, then its augmented copies).
 
         ``defects``: one entry per group, the features of damaged copies of that original
-        (`edge_agent.pseudo_defects`); they set the parts' weights. None weights the parts equally.
+        (`edge_agent.learn.pseudo_defects`); they set the parts' weights. None weights the parts equally.
         """
         if len(self.parts) < 2 or "combined" in self.parts:
             raise ValueError(f"combined needs at least two other detectors, got {self.parts}")
@@ -184,7 +184,7 @@ class CombinedDetector(Detector):
         return self.score_and_heatmaps(features)[1]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        from edge_agent.detectors.persistence import detector_spec
+        from edge_agent.learn.detectors.persistence import detector_spec
 
         attrs, arrays = super().get_state()
         attrs["parts_"] = []
@@ -195,7 +195,7 @@ class CombinedDetector(Detector):
         return attrs, arrays
 
     def set_state(self, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> CombinedDetector:
-        from edge_agent.detectors.persistence import detector_from_spec
+        from edge_agent.learn.detectors.persistence import detector_from_spec
 
         super().set_state(attrs, arrays)
         self.parts_ = []

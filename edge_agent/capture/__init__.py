@@ -4,8 +4,8 @@
 unplugged or a dropped stream is reopened with backoff while the agent keeps running.
 """
 
-from edge_agent.sources.base import EndOfStream, Frame, FrameSource, SourceError
-from edge_agent.sources.factory import open_source
-from edge_agent.sources.reopening import ReopeningSource
+from edge_agent.capture.base import EndOfStream, Frame, FrameSource, SourceError
+from edge_agent.capture.factory import open_source
+from edge_agent.capture.reopening import ReopeningSource
 
 __all__ = ["EndOfStream", "Frame", "FrameSource", "ReopeningSource", "SourceError", "open_source"]

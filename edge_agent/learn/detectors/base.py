@@ -114,7 +114,7 @@ class Detector(ABC):
     distance is the natural quantity here and a threshold on it reads directly as "too far from normal".
     Constructor arguments are the parameters (``get_params``/``set_params``); everything learnt ends with an
     underscore. ``get_state``/``set_state`` expose the learnt state as JSON-able attributes plus plain arrays,
-    which is all `edge_agent.detectors.persistence` stores (no pickle).
+    which is all `edge_agent.learn.detectors.persistence` stores (no pickle).
     """
 
     #: Feature family read by this detector, POOLED or SPATIAL.
@@ -128,7 +128,7 @@ class Detector(ABC):
     compute_dtype: ClassVar[type] = np.float64
     #: Whether ``fit`` takes ``groups`` (index arrays: an original and its augmented copies) to hold out together.
     needs_groups: ClassVar[bool] = False
-    #: Whether ``fit`` takes ``defects`` (per original, features of damaged copies: `edge_agent.pseudo_defects`).
+    #: Whether ``fit`` takes ``defects`` (per original, features of damaged copies: `edge_agent.learn.pseudo_defects`).
     needs_defects: ClassVar[bool] = False
 
     levels_: tuple[str, ...]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.images import ImageFolderError, list_images
+from edge_agent.capture.images import ImageFolderError, list_images
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 
-from edge_agent.sources.base import Frame, FrameSource, SourceError
+from edge_agent.capture.base import Frame, FrameSource, SourceError
 
 
 class PiCameraSource(FrameSource):

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edge_agent.detectors import gaussian
-from edge_agent.detectors.base import POOLED, Detector, Features
+from edge_agent.learn.detectors import gaussian
+from edge_agent.learn.detectors.base import POOLED, Detector, Features
 
 COVARIANCES = ("ledoit-wolf", "empirical")
 

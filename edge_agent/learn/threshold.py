@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.augment import group_indices
+from edge_agent.learn.augment import group_indices
 
-if TYPE_CHECKING:  # annotations only: the combined detector imports this module while edge_agent.detectors loads
-    from edge_agent.detectors.base import Detector, Features
+if TYPE_CHECKING:  # annotations only: the combined detector imports this module while edge_agent.learn.detectors loads
+    from edge_agent.learn.detectors.base import Detector, Features
 
 DEFAULT_SENSITIVITY = 0.5
 DEFAULT_QUANTILE = 0.99
@@ -31,7 +31,7 @@ DEFAULT_MARGIN = 0.10
 
 
 def split_groups(features: Features, n_originals: int, factor: int) -> list[dict[str, np.ndarray]]:
-    """Split features computed on `edge_agent.augment.augment`'s output into one group per original image.
+    """Split features computed on `edge_agent.learn.augment.augment`'s output into one group per original image.
 
     Row 0 of every group is the original; the other rows are its augmented copies.
     """

@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edge_agent.manifest import Manifest, ManifestError, OutputSpec, load_manifest, verified_model_path
-from edge_agent.preprocess import preprocess
-from edge_agent.runtime import RuntimeHandle, open_interpreter
+from edge_agent.embed.manifest import Manifest, ManifestError, OutputSpec, load_manifest, verified_model_path
+from edge_agent.capture.preprocess import preprocess
+from edge_agent.embed.runtime import RuntimeHandle, open_interpreter
 
 log = logging.getLogger(__name__)
 

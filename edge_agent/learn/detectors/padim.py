@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from edge_agent.detectors import gaussian
-from edge_agent.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
+from edge_agent.learn.detectors import gaussian
+from edge_agent.learn.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
 
 #: OpenCV resizes at most this many channels in one call (CV_CN_MAX).
 _CV_MAX_CHANNELS = 512

@@ -5,7 +5,7 @@ created; everything after that (set input, invoke, read outputs) is the same, so
 never knows which one it runs on beyond the name it reports.
 """
 
-from edge_agent.runtime.delegates import DELEGATES, RuntimeHandle, open_interpreter
-from edge_agent.runtime.interpreter import interpreter_module
+from edge_agent.embed.runtime.delegates import DELEGATES, RuntimeHandle, open_interpreter
+from edge_agent.embed.runtime.interpreter import interpreter_module
 
 __all__ = ["DELEGATES", "RuntimeHandle", "open_interpreter", "interpreter_module"]

@@ -13,11 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from edge_agent.detectors.base import Detector
-from edge_agent.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
-from edge_agent.fitting import FitResult, FitSettings
-from edge_agent.atomic import write_text_atomic
-from edge_agent.manifest import Manifest
+from edge_agent.learn.detectors.base import Detector
+from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
+from edge_agent.learn.fitting import FitResult, FitSettings
+from edge_agent.system.atomic import write_text_atomic
+from edge_agent.embed.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

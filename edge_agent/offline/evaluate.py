@@ -24,14 +24,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edge_agent.augment import AugmentationPolicy, augment
-from edge_agent.datasets import MVTecSet, load_mvtec
-from edge_agent.detectors import Detector, make_detector
-from edge_agent.features import FeatureExtractor, Features
-from edge_agent.fitting import FitError, FitSettings, check_fold_sizes, fit_features
-from edge_agent.images import read_image
-from edge_agent.metrics import area_under_auc_percent, roc_auc
-from edge_agent.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+from edge_agent.learn.augment import AugmentationPolicy, augment
+from edge_agent.offline.datasets import MVTecSet, load_mvtec
+from edge_agent.learn.detectors import Detector, make_detector
+from edge_agent.embed.features import FeatureExtractor, Features
+from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
+from edge_agent.capture.images import read_image
+from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_agent.runtime.interpreter import interpreter_module
+from edge_agent.embed.runtime.interpreter import interpreter_module
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.atomic import write_bytes_atomic
-from edge_agent.detectors import DETECTOR_CLASSES
-from edge_agent.detectors.base import Detector
+from edge_agent.system.atomic import write_bytes_atomic
+from edge_agent.learn.detectors import DETECTOR_CLASSES
+from edge_agent.learn.detectors.base import Detector
 
 MAGIC = b"EADETECT"
 FORMAT_VERSION = 1

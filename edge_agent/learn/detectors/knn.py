@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edge_agent.detectors.base import POOLED, Detector, Features, is_positive_int
+from edge_agent.learn.detectors.base import POOLED, Detector, Features, is_positive_int
 
 #: Upper bound on the elements of one (queries x training samples) distance block, about 32 MB in float64.
 _BLOCK_ELEMENTS = 1 << 22

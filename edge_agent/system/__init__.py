@@ -1,0 +1,1 @@
+"""What the agent needs from the operating system: atomic file writes, systemd notifications, memory trims."""
