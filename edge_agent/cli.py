@@ -8,7 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_agent.config import Config, ConfigError, fit_settings, load_config
+from edge_agent.system.threads import limit_threads
+
+limit_threads()  # the entry point: before the imports below load numpy
+
+from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
 
 log = logging.getLogger("edge_agent")
 

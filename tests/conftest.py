@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from edge_agent.capture.images import list_images
+from edge_agent.offline.datasets import write_elpv
 
 # Real Mosquitto brokers and a recording subscriber, as fixtures for every test module.
 pytest_plugins = ("tests.mqtt_broker",)
@@ -18,12 +22,39 @@ def data_dir() -> Path:
     return Path(os.environ.get("EDGE_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
+@dataclass(frozen=True)
+class RealSet:
+    """Real photographs of one kind of part in MVTec layout, as the tests use them.
+
+    ``defects`` are the clearly defective parts (bottle: ``broken_large``; solar cells: defect probability 1).
+    """
+
+    name: str
+    root: Path
+    train_good: list[Path]
+    test_good: list[Path]
+    defects: list[Path]
+
+
+def _mvtec_bottle(root: Path) -> RealSet:
+    return RealSet("mvtec_ad_bottle", root, list_images(root / "train" / "good"), list_images(root / "test" / "good"),
+                   list_images(root / "test" / "broken_large"))
+
+
+def _elpv_mono(out: Path) -> RealSet:
+    root = write_elpv(out, "mono", n_train=60)
+    return RealSet("elpv mono (elpv-dataset package)", root, list_images(root / "train" / "good"),
+                   list_images(root / "test" / "good"), list_images(root / "test" / "defective"))
+
+
 @pytest.fixture(scope="session")
-def bottle_dir() -> Path:
-    path = data_dir() / "mvtec_ad_bottle"
-    if not path.is_dir():
-        pytest.skip(f"real images not found at {path}: set EDGE_DATA_DIR to the folder holding mvtec_ad_bottle")
-    return path
+def real_set(tmp_path_factory) -> RealSet:
+    """MVTec AD bottle from ``$EDGE_DATA_DIR`` (default ``../shared/data``) when it is there; otherwise the
+    elpv solar cells that the test extra installs, so that a fresh clone runs every test on real images."""
+    bottle = data_dir() / "mvtec_ad_bottle"
+    if bottle.is_dir():
+        return _mvtec_bottle(bottle)
+    return _elpv_mono(tmp_path_factory.mktemp("elpv"))
 
 
 @pytest.fixture(scope="session")

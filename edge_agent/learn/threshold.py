@@ -113,6 +113,7 @@ def sensitivity_factor(sensitivity: float) -> float:
 
 
 THRESHOLD_METHODS = ("lognormal", "empirical")
+DEFAULT_METHOD = "lognormal"
 
 
 def lognormal_quantile(scores: np.ndarray, quantile: float) -> float:
@@ -133,7 +134,7 @@ def calibrate_threshold(
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
     override: float | None = None,
-    method: str = "lognormal",
+    method: str = DEFAULT_METHOD,
 ) -> float:
     """threshold = base * (1 + margin) * 2 ** (1 - 2 * sensitivity); a part is anomalous when its score is
     strictly above the threshold.
