@@ -1,19 +1,27 @@
-"""Timing and memory helpers shared by the benchmark scripts."""
+"""Timing and memory helpers shared by the benchmark scripts.
+
+Every benchmark imports this module before anything that loads numpy: importing it applies the agent's thread
+limits (``limit_threads``), as ``edge-agent`` does at its start, so the figures are the agent's own.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import time
-from pathlib import Path
-from typing import Callable
+from edge_agent.system.threads import limit_threads
 
-import numpy as np
+limit_threads()  # before numpy loads: OpenBLAS reads its thread count once
 
-from edge_agent.embed.features import FeatureExtractor
-from edge_agent.capture.images import list_images, read_folder, read_image
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from edge_agent.capture.images import list_images, read_folder, read_image  # noqa: E402
+from edge_agent.embed.features import FeatureExtractor  # noqa: E402
 
 N_TRAIN = 10  # the few-shot fit every benchmark measures: N=10 good images
 

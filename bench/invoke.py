@@ -1,18 +1,22 @@
-"""Invoke latency and peak memory of one TFLite model, in a fresh process (so its peak RSS is its own).
+"""Run latency and peak memory of one converted model on CPU, in a fresh process (so its peak RSS is its own).
+
+The time is the back-end's ``run`` (input in, invoke, outputs out), as the agent calls it, on whichever runtime the
+model folder needs.
 
     python -m bench.invoke MODEL_DIR --threads 1 --repeat 50
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from bench.common import emit, proc_status, timeit  # first: the thread limits, before numpy loads
 
-import numpy as np
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from bench.common import emit, proc_status, timeit
-from edge_agent.embed.manifest import load_manifest, verified_model_path
-from edge_agent.embed.runtime import open_interpreter
+import numpy as np  # noqa: E402
+
+from edge_agent.embed.manifest import load_manifest  # noqa: E402
+from edge_agent.embed.runtime import RuntimeOptions, open_backend  # noqa: E402
 
 
 def main() -> None:
@@ -22,12 +26,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=50)
     args = p.parse_args()
     m = load_manifest(args.model)
-    handle = open_interpreter(verified_model_path(args.model, m), "cpu", args.threads)
-    it = handle.interpreter
-    inp = it.get_input_details()[0]
-    x = np.random.default_rng(0).integers(0, 255, inp["shape"]).astype(inp["dtype"])
-    it.set_tensor(inp["index"], x)
-    t = timeit(it.invoke, args.repeat)
+    backend = open_backend(args.model, m, RuntimeOptions("cpu", args.threads))
+    x = np.random.default_rng(0).integers(0, 255, backend.input.shape).astype(backend.input.dtype)
+    t = timeit(lambda: backend.run(x), args.repeat)
     emit({"kind": "invoke", "model": m.name, "backbone": m.backbone, "precision": m.precision,
           "threads": args.threads, "size_mb": round((args.model / m.model_file).stat().st_size / 1e6, 2),
           "peak_rss_mb": round(proc_status("VmHWM") / 1024, 1), **t})

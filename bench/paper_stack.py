@@ -6,15 +6,15 @@ blocks 4, 6, 7 at 380x380) + scikit-learn LedoitWolf + Mahalanobis, per frame an
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
+from bench.common import add_image_args, emit, load_images, proc_status, timeit  # first: thread limits before numpy
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-
-from bench.common import add_image_args, emit, load_images, proc_status, timeit  # noqa: E402
 from edge_agent.learn.augment import PRESETS, augment  # noqa: E402
 from edge_agent.capture.preprocess import resize_rgb  # noqa: E402
 

@@ -11,13 +11,17 @@ turns the parts too (``--preset hazelnut``: any orientation).
 
 from __future__ import annotations
 
-import argparse
-import zlib
-from pathlib import Path
+from edge_agent.system.threads import limit_threads
 
-import cv2
+limit_threads()  # an entry point: before cv2 and numpy load, as edge-agent does
 
-from edge_agent.capture.images import IMAGE_SUFFIXES
+import argparse  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+
+from edge_agent.capture.images import IMAGE_SUFFIXES  # noqa: E402
 
 
 def rotate_set(src: Path, dst: Path) -> int:

@@ -183,7 +183,7 @@ def render(rows, agent, paper_detector, agent_nobroker, variants, b4_agent, pape
     lines += ["", "## Where a target does not hold (or only just), and why", "",
               "- **B4 int8 / fp32 sits at the target's edge** (0.35 to 0.39 over five runs of this script). Both models run on XNNPACK here. Without XNNPACK (op resolver "
               "`BUILTIN_WITHOUT_DEFAULT_DELEGATES`, measured once on this machine, 1 thread) B4 fp32 takes about 262 ms "
-              "and int8 147 ms; the 'fp32 about 230 ms' in DESIGN.md matches fp32 *without* XNNPACK. With it, fp32 "
+              "and int8 147 ms; the design estimate of 'fp32 about 230 ms' matches fp32 *without* XNNPACK. With it, fp32 "
               "drops to the figures above on this AVX-512 CPU and int8 to a third of them: the int8 model is delegated "
               "(147 -> 23 ms), but B4's 127 swish activations (LOGISTIC + MUL) and 35 squeeze-excitation means are "
               "element-wise work where int8 gains little over a fast fp32 kernel. The Lite models have neither, and "

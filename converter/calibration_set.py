@@ -10,14 +10,18 @@ the ``elpv-dataset`` PyPI package (CC BY-NC-SA 4.0) give both, offline and repro
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from edge_agent.system.threads import limit_threads
 
-import cv2
-import numpy as np
+limit_threads()  # an entry point (python -m converter.calibration_set): before cv2 and numpy load
 
-from edge_agent.offline.datasets import elpv_labels
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edge_agent.offline.datasets import elpv_labels  # noqa: E402
 
 COLOUR = ("astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry",
           "retina", "rocket", "logo")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import sys
-import time
-from pathlib import Path
+from edge_agent.system.threads import limit_threads
 
-from converter.backbones import BACKBONES
-from converter.quantize import PRECISIONS
+limit_threads()  # the entry point: before the imports below load numpy, as edge-agent does
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from converter.backbones import BACKBONES  # noqa: E402
+from converter.quantize import PRECISIONS  # noqa: E402
 
 
 def _taps(text: str) -> tuple[int, ...]:

@@ -9,26 +9,42 @@ weights, taps) and compares it, level by level, with what the device's FeatureEx
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
-import sys
-from pathlib import Path
+from edge_agent.system.threads import limit_threads
 
-from converter.backbones import get_backbone
-from converter.feature_model import build_backbone, build_feature_model, output_levels, resolve_weights
-from converter.fidelity import fidelity_report, keras_features
-from edge_agent.embed.features import FeatureExtractor
-from edge_agent.capture.images import read_folder
-from edge_agent.capture.preprocess import resize_rgb
+limit_threads()  # an entry point: before the imports below load numpy, as edge-agent does
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from converter.backbones import get_backbone  # noqa: E402
+from converter.feature_model import build_backbone, build_feature_model, output_levels, resolve_weights  # noqa: E402
+from converter.fidelity import fidelity_report, keras_features  # noqa: E402
+from edge_agent.capture.images import ImageFolderError, list_images, read_image  # noqa: E402
+from edge_agent.capture.preprocess import resize_rgb  # noqa: E402
+from edge_agent.embed.features import FeatureExtractor  # noqa: E402
 
 
 def _taps(levels: list[str], kind: str) -> tuple[int, ...]:
     return tuple(int(lv.split("stage")[1]) for lv in levels if lv.startswith(kind + "/"))
 
 
-def check(model_dir: Path, folders: list[Path], limit: int | None = None) -> dict:
+def _image_paths(sources: list[Path], limit: int | None) -> list[Path]:
+    """The images named, and those of the folders named, in the order given; the first ``limit`` of them."""
+    paths: list[Path] = []
+    for source in sources:
+        found = [source] if source.is_file() else list_images(source)
+        if not found:
+            raise ImageFolderError(f"no images in {source}")
+        paths += found
+    return paths[:limit] if limit else paths
+
+
+def check(model_dir: Path, sources: list[Path], limit: int | None = None) -> dict:
+    """Fidelity of the model in ``model_dir`` on images (files, or folders of them), as ``fidelity_report``."""
     extractor = FeatureExtractor(model_dir)
     m = extractor.manifest
     if m.weights.get("source") not in ("imagenet", "file"):
@@ -40,13 +56,9 @@ def check(model_dir: Path, folders: list[Path], limit: int | None = None) -> dic
     pooled, spatial = _taps(list(m.levels), "pooled"), _taps(list(m.levels), "spatial")
     model = build_feature_model(build_backbone(spec, m.input.height, weights), pooled, spatial)
     level_of = output_levels(pooled, spatial)
-    names, images = [], []
-    for folder in folders:
-        paths, imgs = read_folder(folder)
-        names += [f"{folder.name}/{p.name}" for p in paths]
-        images += [resize_rgb(im, (m.input.height, m.input.width)) for im in imgs]
-    if limit:
-        names, images = names[:limit], images[:limit]
+    paths = _image_paths(sources, limit)
+    names = [f"{p.parent.name}/{p.name}" for p in paths]
+    images = [resize_rgb(read_image(p), (m.input.height, m.input.width)) for p in paths]
     logging.info("comparing %d images", len(images))
     candidate = extractor.embed(images, progress="device model")
     reference = keras_features(model, images, level_of)
@@ -58,7 +70,7 @@ def check(model_dir: Path, folders: list[Path], limit: int | None = None) -> dic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--images", type=Path, nargs="+", required=True)
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image folders or files")
     p.add_argument("--limit", type=int)
     p.add_argument("--min-cosine", type=float, default=0.95, help="exit 1 if any level's mean is below this")
     args = p.parse_args(argv)

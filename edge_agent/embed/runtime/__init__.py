@@ -1,11 +1,16 @@
-"""TFLite runtime back-ends behind one small interface: ``open_interpreter(model_path, delegate, threads)``.
+"""Runtimes behind one seam: ``open_backend(model_dir, manifest, options)`` gives a ``Backend`` whose ``run(batch)``
+returns the model's outputs by level.
 
-Why one interface: CPU (XNNPACK), GPU delegate and Coral Edge TPU differ only in how the interpreter is
-created; everything after that (set input, invoke, read outputs) is the same, so the rest of the agent
-never knows which one it runs on beyond the name it reports.
+Why the seam is "run the model": CPU (XNNPACK), GPU delegate and Coral Edge TPU differ only in how the TFLite
+interpreter is created, and another runtime differs in how a model is run at all; the extractor needs neither,
+only the tensors the model declares, one call, and the name of what it runs on (``base``). One module per
+runtime (``tflite``), chosen by ``factory``; the TFLite delegates are loaded in ``delegates``.
 """
 
-from edge_agent.embed.runtime.delegates import DELEGATES, RuntimeHandle, open_interpreter
+from edge_agent.embed.runtime.base import Backend, RuntimeOptions, TensorInfo
+from edge_agent.embed.runtime.delegates import DELEGATES, DelegateError, RuntimeHandle, open_interpreter
+from edge_agent.embed.runtime.factory import RUNTIMES, open_backend
 from edge_agent.embed.runtime.interpreter import interpreter_module
 
-__all__ = ["DELEGATES", "RuntimeHandle", "open_interpreter", "interpreter_module"]
+__all__ = ["Backend", "DELEGATES", "DelegateError", "RUNTIMES", "RuntimeHandle", "RuntimeOptions", "TensorInfo",
+           "interpreter_module", "open_backend", "open_interpreter"]
