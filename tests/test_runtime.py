@@ -1,14 +1,54 @@
-"""Delegate selection on this machine (CPU only): explicit requests fail clearly, auto falls back and says why."""
+"""The TFLite back-end on the real interpreter and the shipped model, and delegate selection on this machine
+(CPU only): explicit requests fail clearly, auto falls back and says why."""
 
 import gc
+import json
 import logging
+import shutil
 import sys
 
+import numpy as np
 import pytest
 
-from edge_agent.embed.manifest import load_manifest
-from edge_agent.embed.runtime import open_interpreter
-from edge_agent.embed.runtime.delegates import DelegateError
+from edge_agent.embed.manifest import ManifestError, load_manifest
+from edge_agent.embed.runtime import DelegateError, RuntimeOptions, open_backend, open_interpreter
+from edge_agent.embed.runtime.tflite import TFLiteBackend
+
+
+def test_tflite_backend_declares_the_model_and_runs_it(shipped_model):
+    m = load_manifest(shipped_model)
+    backend = open_backend(shipped_model, m, RuntimeOptions("cpu", threads=1))
+    assert isinstance(backend, TFLiteBackend) and backend.delegate == "cpu"
+    assert backend.input.shape == (1, m.input.height, m.input.width, 3) and backend.input.dtype == m.input.dtype
+    assert {level: (t.name, t.shape, t.dtype) for level, t in backend.outputs.items()} == {
+        o.level: (o.tensor, o.shape, o.dtype) for o in m.outputs}
+    x = np.random.default_rng(0).integers(0, 256, backend.input.shape, dtype=np.uint8)
+    first = backend.run(x)
+    assert {level: (v.shape, v.dtype.name) for level, v in first.items()} == {o.level: (o.shape, o.dtype) for o in m.outputs}
+    again = backend.run(x)  # the same input gives the same outputs, and the first ones were copies, not views
+    backend.run(np.zeros_like(x))
+    for level in first:
+        np.testing.assert_array_equal(first[level], again[level])
+
+
+def test_tflite_backend_maps_levels_by_tensor_name(shipped_model, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(shipped_model, dst)
+    d = json.loads((dst / "manifest.json").read_text())
+    d["outputs"][1]["tensor"] = "no_such_tensor"
+    (dst / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="no output tensor 'no_such_tensor' for level pooled/stage6"):
+        open_backend(dst, load_manifest(dst))
+
+
+def test_a_model_file_of_no_known_runtime_is_refused(shipped_model, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(shipped_model, dst)
+    d = json.loads((dst / "manifest.json").read_text())
+    d["model_file"] = "model.onnx"
+    (dst / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match=r"model.onnx is of no runtime this device has \(.tflite files\)"):
+        open_backend(dst, load_manifest(dst))
 
 
 def test_cpu_with_threads(shipped_model):
