@@ -187,7 +187,7 @@ def _copy(images: list[Path], dst: Path, prefix: str = "") -> None:
         tmp.rename(dst / f"{prefix}{p.name}")  # appear whole, as a line PC should drop files
 
 
-def test_agent_sends_ready_then_watchdog_pings(tmp_path, bottle_dir):
+def test_agent_sends_ready_then_watchdog_pings(tmp_path):
     notify = _NotifySocket(tmp_path / "notify.sock")
     cfg = _agent_config(tmp_path, None, tmp_path / "frames")
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
@@ -205,7 +205,7 @@ def test_agent_sends_ready_then_watchdog_pings(tmp_path, bottle_dir):
     assert any(m == "STOPPING=1" for _, m in notify.messages)
 
 
-def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_model, monkeypatch, bottle_dir):
+def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_model, monkeypatch, real_set):
     """A camera read that hangs (a stand-in source whose read blocks) must starve the watchdog."""
     from edge_agent.cli import build_agent
     from edge_agent.config import load_config
@@ -219,15 +219,20 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
         def __init__(self):
             self.release = threading.Event()
             self.hang = threading.Event()
-            self.image = read_image(bottle_dir / "test" / "good" / "000.png")
+            self.hanging = threading.Event()  # set by the loop's own thread once it is inside the hanging read
+            self.reads = 0
+            self.image = read_image(real_set.test_good[0])
 
         def open(self):
             pass
 
         def read(self):
+            self.reads += 1
             if self.hang.is_set():
+                self.hanging.set()
                 self.release.wait(30)
                 self.hang.clear()
+                self.hanging.clear()
             time.sleep(0.05)
             return Frame(self.image, "frame")
 
@@ -239,7 +244,7 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
     agent = build_agent(config, publisher=StdoutPublisher(open(os.devnull, "w")), source=source)
     good = tmp_path / "good"
     good.mkdir()
-    _copy(sorted((bottle_dir / "train" / "good").iterdir())[:3], good)
+    _copy(real_set.train_good[:3], good)
     agent.request_retrain(folder=str(good))
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
@@ -249,14 +254,19 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
         time.sleep(1.0)
         assert notify.pings_between(t0, time.monotonic()) >= 3
         source.hang.set()
-        time.sleep(0.5)  # let the loop enter the hanging read
+        assert source.hanging.wait(10)  # the loop is inside the hanging read: it was alive up to here
+        time.sleep(0.3)  # a ping sent just before the read may still be on its way to the socket's reader thread
         t1 = time.monotonic()
         time.sleep(1.5)
+        # Silence while stuck, and proof that the silence is the hang's: the loop's thread is still there and
+        # still inside that same read, and the notify socket still hears the agent once the read returns.
         assert notify.pings_between(t1, time.monotonic()) == 0
+        assert thread.is_alive() and source.hanging.is_set()
+        reads_when_stuck = source.reads
         source.release.set()
         t2 = time.monotonic()
-        time.sleep(1.0)
-        assert notify.pings_between(t2, time.monotonic()) >= 2
+        assert _wait(lambda: notify.pings_between(t2, time.monotonic()) >= 2, timeout=10)
+        assert _wait(lambda: source.reads > reads_when_stuck, timeout=10)
     finally:
         agent.stop()
         source.release.set()
@@ -264,7 +274,7 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
         notify.close()
 
 
-def test_retrain_service_command_reaches_the_running_agent(tmp_path, bottle_dir):
+def test_retrain_service_command_reaches_the_running_agent(tmp_path, real_set):
     """The timer's unit runs edge-agent retrain: run its ExecStart (paths mapped to this checkout) against a live
     agent and broker; the agent retrains on the next good frames and the command exits 0."""
     broker = MosquittoBroker(tmp_path / "broker")
@@ -282,7 +292,7 @@ def test_retrain_service_command_reaches_the_running_agent(tmp_path, bottle_dir)
         assert argv[-1] == "retrain"
         service = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)  # the agent is now collecting: show it three good parts
-        _copy(sorted((bottle_dir / "train" / "good").iterdir())[:3], frames)
+        _copy(real_set.train_good[:3], frames)
         out, err = service.communicate(timeout=90)
         assert service.returncode == 0, err
         assert '"ok": true' in out and '"n_train": 3' in out
