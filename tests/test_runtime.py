@@ -31,22 +31,24 @@ def test_tflite_backend_declares_the_model_and_runs_it(shipped_model):
         np.testing.assert_array_equal(first[level], again[level])
 
 
-def test_tflite_backend_maps_levels_by_tensor_name(shipped_model, tmp_path):
+def _edited_copy(shipped_model, tmp_path, edit):
+    """The shipped model folder copied, its manifest changed by ``edit(dict)``."""
     dst = tmp_path / "model"
     shutil.copytree(shipped_model, dst)
     d = json.loads((dst / "manifest.json").read_text())
-    d["outputs"][1]["tensor"] = "no_such_tensor"
+    edit(d)
     (dst / "manifest.json").write_text(json.dumps(d))
+    return dst
+
+
+def test_tflite_backend_maps_levels_by_tensor_name(shipped_model, tmp_path):
+    dst = _edited_copy(shipped_model, tmp_path, lambda d: d["outputs"][1].update(tensor="no_such_tensor"))
     with pytest.raises(ManifestError, match="no output tensor 'no_such_tensor' for level pooled/stage6"):
         open_backend(dst, load_manifest(dst))
 
 
 def test_a_model_file_of_no_known_runtime_is_refused(shipped_model, tmp_path):
-    dst = tmp_path / "model"
-    shutil.copytree(shipped_model, dst)
-    d = json.loads((dst / "manifest.json").read_text())
-    d["model_file"] = "model.onnx"
-    (dst / "manifest.json").write_text(json.dumps(d))
+    dst = _edited_copy(shipped_model, tmp_path, lambda d: d.update(model_file="model.onnx"))
     with pytest.raises(ManifestError, match=r"model.onnx is of no runtime this device has \(.tflite files\)"):
         open_backend(dst, load_manifest(dst))
 
