@@ -1,20 +1,22 @@
-"""The inspection agent: source -> embed -> score -> verdict -> publish, with retrain, rollback and commands.
+"""The inspection loop: source -> embed -> score -> verdict -> sinks, with retrain, threshold changes and rollback.
 
-Threads: the main loop owns the interpreter and the source (a TFLite interpreter is not thread-safe), so
-every retrain, even one asked for over MQTT, is a job the main loop runs between frames. Commands arrive on
-the publisher's worker thread and only queue jobs or change small, atomically swapped state. Publishing only
-writes to the on-disk spool, so a slow or absent broker never slows capture.
+Threads (docs/architecture.md): the main loop owns the interpreter, the source, the fitted detector, its
+threshold and the detector store. Nothing else changes them: other threads (the MQTT command thread, a web
+server, a signal handler) hand the loop a job and get a `Future` back. The loop runs jobs between frames: a
+change (threshold, rollback) in one turn, a retrain over as many turns as it takes to collect its frames.
+Publishing only writes to the sinks (the MQTT one to its on-disk spool), so a slow or absent broker never slows
+capture.
 """
 
 from __future__ import annotations
 
-import ctypes
-import datetime as dt
 import json
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,34 +24,25 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.config import Config, fit_settings
-from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
-from edge_agent.embed.features import FeatureExtractor
-from edge_agent.learn.fitting import FitError, fit_images
-from edge_agent.capture.images import read_folder
-from edge_agent.system.atomic import write_text_atomic
-from edge_agent.deliver.snapshot import jpeg, overlay
 from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource, open_source
+from edge_agent.capture.images import read_folder
+from edge_agent.config import Config, fit_settings
+from edge_agent.deliver.messages import alert_message, event_message, state_message, verdict_message
+from edge_agent.deliver.sink import Sink
+from edge_agent.deliver.snapshot import jpeg, overlay
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
+from edge_agent.learn.fitting import FitError, fit_images
 from edge_agent.learn.store import DetectorStore, StoreError
+from edge_agent.learn.threshold import is_anomalous
+from edge_agent.system.atomic import write_text_atomic
+from edge_agent.system.memory import return_freed_memory
 from edge_agent.system.systemd_notify import Notifier
-from edge_agent.learn.threshold import calibrate_threshold
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _TICK_S = 0.5  # longest the main loop waits for anything, so the watchdog keeps being fed
-
-
-def return_freed_memory() -> None:
-    """Give the heap a fit freed back to the system (glibc keeps it otherwise, and the agent runs for months)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+_STATE_EVERY_S = 10.0
 
 
 @dataclass
@@ -57,30 +50,43 @@ class RetrainJob:
     n_images: int
     folder: str | None = None
     frames: list[np.ndarray] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] | None = None
-    error: str | None = None
+    future: Future = field(default_factory=Future)
     started: float = field(default_factory=time.monotonic)
 
-    def finish(self, result: dict[str, Any] | None = None, error: str | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
+
+@dataclass
+class Change:
+    """A change of the fitted detector's state, run by the main loop in one turn."""
+
+    apply: Callable[[], dict[str, Any]]
+    retrains_seen: int  # retrains finished when it was asked for: one more means it was meant for another model
+    future: Future = field(default_factory=Future)
+
+
+class RetrainInProgress(ValueError):
+    """A change of the detector asked for while a retrain runs."""
+
+    def __init__(self) -> None:
+        super().__init__("retrain in progress: threshold and rollback are refused until it ends; send it again then")
 
 
 class Agent:
-    def __init__(self, config: Config, extractor: FeatureExtractor, publisher: Any,
+    def __init__(self, config: Config, extractor: FeatureExtractor, sink: Sink,
                  source: FrameSource | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self.extractor = extractor
-        self.publisher = publisher
+        self.sink = sink
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
         self.store = DetectorStore(config.state_dir, config.retrain.keep)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.source = ReopeningSource(source or open_source(config.source, config.state_dir), config.source.reopen_min_s,
                                       config.source.reopen_max_s, self._source_status, self.stop_event)
-        self._jobs: queue.Queue[RetrainJob] = queue.Queue()
+        self._retrains: queue.Queue[RetrainJob] = queue.Queue()
+        self._changes: queue.Queue[Change] = queue.Queue()
         self._job: RetrainJob | None = None
+        self._retrains_done = 0
+        self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
         self._triggers = threading.Semaphore(0)
         self._wake = threading.Event()
         self._active: LoadedDetector | None = None
@@ -92,7 +98,42 @@ class Agent:
         self._tick = min(_TICK_S, self.notifier.watchdog_interval or _TICK_S)
         self._load_current()
 
-    # ---- detector -------------------------------------------------------------------------------------
+    # ---- requests from other threads: validated by the caller (`edge_agent.commands`), run by the loop -------
+    def request_retrain(self, n_images: int | None = None, folder: str | None = None) -> Future:
+        """Queue a retrain (on ``folder``'s images, or on the next ``n_images`` frames); its summary when done."""
+        job = RetrainJob(self.config.retrain.n_images if n_images is None else n_images, folder)
+        self._retrains.put(job)
+        self._wake.set()
+        return job.future
+
+    def retrain_on_signal(self) -> None:
+        """From a signal handler (SIGUSR1, the shift-start timer): only sets a flag the loop reads."""
+        self._retrain_signalled = True
+
+    def submit_change(self, apply: Callable[[], dict[str, Any]]) -> Future:
+        """Run ``apply`` on the loop between frames; refused at once while a retrain runs."""
+        if self.retraining:
+            raise RetrainInProgress()
+        change = Change(apply, self._retrains_done)
+        self._changes.put(change)
+        self._wake.set()
+        return change.future
+
+    def trigger(self) -> None:
+        if self.config.trigger.mode != "mqtt":
+            raise ValueError('trigger is only used with [trigger] mode = "mqtt"')
+        self._triggers.release()
+        self._wake.set()
+
+    @property
+    def retraining(self) -> bool:
+        return self._job is not None or not self._retrains.empty() or self._retrain_signalled
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    # ---- detector (main loop) ---------------------------------------------------------------------------------
     def _load_current(self) -> None:
         try:
             self._active = self.store.load_current(self.extractor.manifest)
@@ -107,24 +148,56 @@ class Agent:
     def fitted(self) -> bool:
         return self._active is not None
 
+    def set_threshold(self, recalibrate: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """New metadata from ``recalibrate`` (`edge_agent.commands.ThresholdChange.apply`), saved as a new
+        detector file, so rollback undoes it."""
+        active = self._active
+        if active is None:
+            raise ValueError("not fitted yet: retrain first")
+        meta = recalibrate(active.metadata)
+        path = self.store.save_loaded(active.detector, meta)
+        self._active, self._active_path = LoadedDetector(active.detector, meta), path
+        return {"threshold": meta["threshold"], "detector_file": path.name}
+
+    def rollback(self) -> dict[str, Any]:
+        try:
+            path = self.store.rollback(self.extractor.manifest)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        self._load_current()
+        if self._active is None:
+            raise ValueError(f"rolled back to {path.name}, which cannot be used: running unfitted")
+        return {"detector_file": path.name, "threshold": self._active.metadata["threshold"]}
+
+    def _run_changes(self) -> None:
+        while True:
+            try:
+                change = self._changes.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if self._job is not None or change.retrains_seen != self._retrains_done:
+                    raise RetrainInProgress()
+                change.future.set_result(change.apply())
+            except Exception as exc:
+                change.future.set_exception(exc)
+            self.publish_state()
+
+    # ---- state ------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """A snapshot (any thread may ask: it only reads references the loop swaps whole)."""
         m = self.extractor.manifest
-        meta = self._active.metadata if self._active else {}
-        status = "retraining" if self._job else ("running" if self._active else "unfitted")
-        return {
-            "schema": SCHEMA_VERSION, "device": self.config.device.id, "status": status, "version": __version__,
-            "model_id": m.model_id, "backbone": m.backbone, "precision": m.precision,
-            "delegate": self.extractor.delegate, "detector": meta.get("detector"),
-            "detector_file": self._active_path.name if self._active_path else None,
-            "fitted_at": meta.get("fitted_at"), "n_train": meta.get("n_train"), "threshold": meta.get("threshold"),
-            "sensitivity": meta.get("sensitivity"), "trigger": self.config.trigger.mode, "fps": round(self.fps(), 2),
-            "inspected": self.inspected, "source": self._source_state, "updated_at": _now(),
-            **{f"spool_{k}": v for k, v in self.publisher.stats().items() if k in ("queued", "dropped")},
-        }
+        active, path = self._active, self._active_path
+        status = "retraining" if self._job else ("running" if active else "unfitted")
+        detector = {**active.metadata, "detector_file": path.name if path else None} if active else {}
+        model = {"model_id": m.model_id, "backbone": m.backbone, "precision": m.precision,
+                 "delegate": self.extractor.delegate}
+        return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
+                             self.fps(), self.inspected, self._source_state, self.sink.stats())
 
     def publish_state(self) -> None:
         state = self.state()
-        self.publisher.publish_state(state)
+        self.sink.publish_state(state)
         try:
             write_text_atomic(self.config.state_dir / "state.json", json.dumps(state, indent=1) + "\n")
         except OSError as exc:
@@ -136,95 +209,22 @@ class Agent:
 
     def _source_status(self, status: dict[str, Any]) -> None:
         self._source_state = status
-        self.publisher.publish_event("source/status", {"device": self.config.device.id, "at": _now(), **status})
+        self.sink.publish_event("source/status", event_message(self.config.device.id, **status))
 
-    # ---- commands (publisher worker thread) -----------------------------------------------------------
-    def handle_command(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
-        handlers = {"retrain": self._cmd_retrain, "trigger": self._cmd_trigger, "threshold": self._cmd_threshold,
-                    "rollback": self._cmd_rollback, "status": lambda a: self.state()}
-        if name not in handlers:
-            raise ValueError(f"unknown command {name!r}; commands: {', '.join(handlers)}")
-        return handlers[name](args)
-
-    def request_retrain(self, n_images: int | None = None, folder: str | None = None) -> RetrainJob:
-        n = self.config.retrain.n_images if n_images is None else n_images
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-            raise ValueError(f"n_images must be an integer >= 2, got {n!r}")
-        if folder is not None and not Path(folder).is_dir():
-            raise ValueError(f"folder not found on the device: {folder}")
-        job = RetrainJob(n, folder)
-        self._jobs.put(job)
-        self._wake.set()
-        return job
-
-    def _cmd_retrain(self, args: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(args) - {"n_images", "folder", "request_id"}
-        if unknown:
-            raise ValueError(f"unknown retrain arguments: {', '.join(sorted(unknown))}")
-        job = self.request_retrain(args.get("n_images"), args.get("folder"))
-        if not job.done.wait(self.config.retrain.timeout_s + 5):
-            raise TimeoutError("retrain still running; its result will come on retrain/progress")
-        if job.error:
-            raise RuntimeError(job.error)
-        return job.result or {}
-
-    def _cmd_trigger(self, args: dict[str, Any]) -> dict[str, Any]:
-        if self.config.trigger.mode != "mqtt":
-            raise ValueError("trigger is only used with [trigger] mode = \"mqtt\"")
-        self._triggers.release()
-        self._wake.set()
-        return {"queued": True}
-
-    def _cmd_threshold(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Move the threshold: {"sensitivity": 0..1} recalibrates from the stored leave-one-out scores,
-        {"value": x} fixes it. Saved as a new detector file, so ``rollback`` undoes it too."""
-        active = self._active
-        if active is None:
-            raise ValueError("not fitted yet: retrain first")
-        meta = dict(active.metadata)
-        if set(args) - {"sensitivity", "value", "request_id"} or ("sensitivity" in args) == ("value" in args):
-            raise ValueError('give exactly one of {"sensitivity": 0..1} or {"value": threshold}')
-        if "value" in args:
-            value = args["value"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"value must be a number, got {value!r}")
-            threshold = calibrate_threshold(meta["loo_scores"], override=float(value))
-            meta["threshold_override"] = threshold
-        else:
-            s = args["sensitivity"]
-            if isinstance(s, bool) or not isinstance(s, (int, float)):
-                raise ValueError(f"sensitivity must be a number, got {s!r}")
-            threshold = calibrate_threshold(meta["loo_scores"], float(s), meta["quantile"], meta["margin"],
-                                            method=meta.get("threshold_method", "empirical"))
-            meta.update(sensitivity=float(s), threshold_override=None)
-        meta["threshold"] = threshold
-        path = self.store.save_loaded(active.detector, meta)
-        self._active, self._active_path = LoadedDetector(active.detector, meta), path
-        self.publish_state()
-        return {"threshold": threshold, "detector_file": path.name}
-
-    def _cmd_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            path = self.store.rollback(self.extractor.manifest)
-        except StoreError as exc:
-            raise ValueError(str(exc)) from None
-        self._load_current()
-        self.publish_state()
-        return {"detector_file": path.name, "threshold": self._active.metadata["threshold"]}
-
-    # ---- retrain (main loop) --------------------------------------------------------------------------
+    # ---- retrain (main loop) ----------------------------------------------------------------------------------
     def _progress(self, job: RetrainJob, stage: str, **extra: Any) -> None:
-        payload = {"device": self.config.device.id, "stage": stage, "at": _now(), "n_images": job.n_images, **extra}
-        log.info("retrain %s %s", stage, {k: v for k, v in extra.items()})
-        self.publisher.publish_event("retrain/progress", payload)
+        log.info("retrain %s %s", stage, extra)
+        self.sink.publish_event("retrain/progress", event_message(self.config.device.id, stage=stage,
+                                                                  n_images=job.n_images, **extra))
 
     def _fail(self, job: RetrainJob, error: str, reply: str) -> None:
         self._progress(job, "failed", error=error)
-        job.finish(error=reply)
+        job.future.set_exception(RuntimeError(reply))
 
     def _end_job(self) -> None:
         """Back to inspecting (with the new detector or the old one), and say so in the state."""
         self._job = None
+        self._retrains_done += 1
         self.publish_state()
 
     def _run_fit(self, job: RetrainJob, images: list[np.ndarray]) -> None:
@@ -242,7 +242,7 @@ class Agent:
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
                    "detector_summary": result.detector.describe()}
         self._progress(job, "done", **summary)
-        job.finish(summary)
+        job.future.set_result(summary)
         del result
         return_freed_memory()
 
@@ -262,6 +262,7 @@ class Agent:
 
     def _collect(self, frame: Frame) -> None:
         job = self._job
+        assert job is not None
         job.frames.append(frame.image)
         self._progress(job, "collecting", collected=len(job.frames))
         if len(job.frames) >= job.n_images:
@@ -275,7 +276,7 @@ class Agent:
             self._fail(job, msg, f"retrain timed out, previous model kept: {msg}")
             self._end_job()
 
-    # ---- inspection -----------------------------------------------------------------------------------
+    # ---- inspection -------------------------------------------------------------------------------------------
     def inspect(self, frame: Frame) -> dict[str, Any] | None:
         """Judge one frame and publish its verdict (and an alert if anomalous); ``None`` when unfitted."""
         active = self._active
@@ -294,19 +295,13 @@ class Agent:
         score = float(scores[0])
         t2 = time.perf_counter()
         threshold = float(active.metadata["threshold"])
-        anomalous = score > threshold
-        verdict = {
-            "schema": SCHEMA_VERSION, "device": self.config.device.id, "frame": frame.name,
-            "captured_at": dt.datetime.fromtimestamp(frame.captured_at, dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "published_at": _now(), "score": round(score, 5), "threshold": round(threshold, 5),
-            "verdict": "anomalous" if anomalous else "good", "model_id": self.extractor.manifest.model_id,
-            "detector_file": self._active_path.name if self._active_path else None,
-            "latency_ms": {**{k: round(v, 2) for k, v in self.extractor.last_timings.items()},
-                           "embed": round((t1 - t0) * 1e3, 2), "score": round((t2 - t1) * 1e3, 2)},
-        }
-        t3 = time.perf_counter()
-        verdict["latency_ms"]["total"] = round((t3 - t0) * 1e3, 2)
-        verdict["seq"] = self.publisher.publish_verdict(verdict)
+        anomalous = bool(is_anomalous(score, threshold))
+        latency = {**self.extractor.last_timings, "embed": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3,
+                   "total": (time.perf_counter() - t0) * 1e3}
+        verdict = verdict_message(self.config.device.id, frame.name, frame.captured_at, score, threshold, anomalous,
+                                  self.extractor.manifest.model_id,
+                                  self._active_path.name if self._active_path else None, latency)
+        self.sink.publish_verdict(verdict)
         if anomalous:
             self._alert(frame, verdict, heatmap)
         self.inspected += 1
@@ -323,10 +318,9 @@ class Agent:
         if a.snapshot:
             picture = frame.image if heatmap is None else overlay(frame.image, heatmap)
             image = jpeg(picture, a.jpeg_quality, a.max_side)
-        alert = {k: verdict[k] for k in ("schema", "device", "seq", "frame", "captured_at", "score", "threshold", "model_id")}
-        self.publisher.publish_alert(alert, image)
+        self.sink.publish_alert(alert_message(verdict), image)
 
-    # ---- main loop ------------------------------------------------------------------------------------
+    # ---- main loop --------------------------------------------------------------------------------------------
     def _next_frame(self) -> Frame | None:
         """A frame when one is due, ``None`` when there is nothing to do this tick."""
         if self._job is None and self.config.trigger.mode == "mqtt":
@@ -340,19 +334,31 @@ class Agent:
             return None
         return self.source.read()
 
+    def _run_jobs(self) -> bool:
+        """Changes first (in arrival order, before a retrain that came after them), then a pending retrain.
+        True when a retrain was started, so the turn ends there."""
+        if self._retrain_signalled:
+            self._retrain_signalled = False
+            self.request_retrain()
+        self._run_changes()
+        if self._job is None and not self._retrains.empty():
+            self._start_job(self._retrains.get())
+            return True
+        return False
+
     def run(self, max_frames: int | None = None) -> int:
         """Until stopped (or a finite source ends, or ``max_frames`` inspections); returns frames inspected."""
-        self.publisher.start()
+        self.sink.start()
         self.source.open()
         self.publish_state()
+        self.sink.publish_availability(True)
         self.notifier.ready(f"{self.state()['status']}, model {self.extractor.manifest.model_id}")
         min_period = 1.0 / self.config.trigger.max_fps
         last_state = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 self.notifier.watchdog()
-                if self._job is None and not self._jobs.empty():
-                    self._start_job(self._jobs.get())
+                if self._run_jobs():
                     continue
                 self._check_job_timeout()
                 started = time.monotonic()
@@ -368,7 +374,7 @@ class Agent:
                         self.inspect(frame)
                     if max_frames is not None and self.inspected >= max_frames:
                         break
-                if time.monotonic() - last_state > 10:
+                if time.monotonic() - last_state > _STATE_EVERY_S:
                     self.publish_state()
                     last_state = time.monotonic()
                 if frame is not None and self.config.trigger.mode == "continuous":
@@ -376,10 +382,17 @@ class Agent:
         finally:
             self.notifier.stopping()
             self.source.close()
+            self._refuse_pending()
             self.publish_state()
-            self.publisher.stop()
+            self.sink.stop()
         return self.inspected
 
-    def stop(self) -> None:
-        self.stop_event.set()
-        self._wake.set()
+    def _refuse_pending(self) -> None:
+        """Jobs nobody will run: their senders get an answer instead of waiting forever."""
+        pending: list[Future] = [self._job.future] if self._job else []
+        for q in (self._retrains, self._changes):
+            while not q.empty():
+                pending.append(q.get_nowait().future)
+        for future in pending:
+            if not future.done():
+                future.set_exception(RuntimeError("the agent is stopping; nothing was changed"))

@@ -13,6 +13,7 @@ from edge_agent.system.threads import limit_threads
 limit_threads()  # the entry point: before the imports below load numpy
 
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
+from edge_agent.deliver.sink import CommandSource, Sink, leaves  # noqa: E402
 
 log = logging.getLogger("edge_agent")
 
@@ -55,7 +56,9 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_score(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.capture.images import read_image
+    from edge_agent.deliver.messages import ANOMALOUS, GOOD
     from edge_agent.learn.store import DetectorStore
+    from edge_agent.learn.threshold import is_anomalous
 
     extractor = open_extractor(config, args.model)
     loaded = DetectorStore(config.state_dir, config.retrain.keep).load_current(extractor.manifest)
@@ -65,9 +68,10 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     anomalous = 0
     for path in args.images:
         score = float(loaded.detector.score_samples(extractor.embed([read_image(path)]))[0])
-        anomalous += score > threshold
+        bad = bool(is_anomalous(score, threshold))
+        anomalous += bad
         print(json.dumps({"image": str(path), "score": round(score, 4), "threshold": round(threshold, 4),
-                          "verdict": "anomalous" if score > threshold else "good"}))
+                          "verdict": ANOMALOUS if bad else GOOD}))
     return 1 if anomalous and args.exit_code else 0
 
 
@@ -89,30 +93,30 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def make_publisher(config: Config):
-    """MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false."""
+def make_sink(config: Config) -> Sink:
+    """The MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false."""
     if not config.mqtt.enabled:
-        from edge_agent.deliver.outputs import StdoutPublisher
+        from edge_agent.deliver.stdout import StdoutSink
 
-        return StdoutPublisher()
-    from edge_agent.deliver.publisher import MqttSettings, Publisher
+        return StdoutSink()
+    from edge_agent.deliver.publisher import Publisher
     from edge_agent.deliver.spool import Spool
 
-    m = config.mqtt
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool.sqlite3", config.spool.max_messages, config.spool.on_full)
-    settings = MqttSettings(host=m.host, port=m.port, username=m.username or None, password=m.password(),
-                            tls_ca=m.tls_ca or None, tls_cert=m.tls_cert or None, tls_key=m.tls_key or None,
-                            keepalive=m.keepalive, topic_prefix=m.topic_prefix)
-    return Publisher(settings, config.device.id, spool)
+    return Publisher(config.mqtt, config.device.id, spool)
 
 
-def build_agent(config: Config, model: Path | None = None, publisher=None, source=None):
+def build_agent(config: Config, model: Path | None = None, sink: Sink | None = None, source=None):
+    """The agent with its sinks; every sink that takes commands (the MQTT publisher) sends them to it."""
     from edge_agent.agent import Agent
+    from edge_agent.commands import Commands
 
-    publisher = publisher or make_publisher(config)
-    agent = Agent(config, open_extractor(config, model), publisher, source)
-    publisher.on_command = agent.handle_command
+    sink = sink or make_sink(config)
+    agent = Agent(config, open_extractor(config, model), sink, source)
+    for leaf in leaves(sink):
+        if isinstance(leaf, CommandSource):
+            leaf.on_command = Commands(agent)
     return agent
 
 
@@ -123,7 +127,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     # The shift-start timer may also just signal the process: systemctl kill -s USR1 edge-agent
-    signal.signal(signal.SIGUSR1, lambda *_: agent.request_retrain())
+    signal.signal(signal.SIGUSR1, lambda *_: agent.retrain_on_signal())
     n = agent.run(max_frames=args.max_frames)
     log.info("stopped after %d inspections", n)
     return 0

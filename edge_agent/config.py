@@ -110,6 +110,9 @@ class MqttConfig:
     tls_cert: str = ""
     tls_key: str = ""
     keepalive: int = 30
+    client_id: str = ""  # empty: <topic_prefix>-<device id>
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
 
     def password(self) -> str | None:
         """The broker password from the environment or a file (systemd credentials, docker secrets)."""
@@ -252,6 +255,8 @@ def _cross_checks(c: Config) -> None:
         raise ConfigError("[source] needs 0 < reopen_min_s <= reopen_max_s")
     if (c.source.width == 0) != (c.source.height == 0):
         raise ConfigError("[source] width and height must be given together")
+    if c.mqtt.reconnect_min_s <= 0 or c.mqtt.reconnect_max_s < c.mqtt.reconnect_min_s:
+        raise ConfigError("[mqtt] needs 0 < reconnect_min_s <= reconnect_max_s")
     if c.mqtt.password_env and c.mqtt.password_file:
         raise ConfigError("[mqtt] give password_env or password_file, not both")
     if bool(c.mqtt.tls_cert) != bool(c.mqtt.tls_key):

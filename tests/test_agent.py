@@ -1,4 +1,4 @@
-"""The agent end to end: real Mosquitto, the shipped TFLite model, real bottle images dropped into a folder."""
+"""The agent end to end: real Mosquitto, the shipped TFLite model, real images (`real_set`) dropped into a folder."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import cv2
 import numpy as np
 import pytest
 
+import edge_agent.agent
 from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
+from tests.conftest import RealSet
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, wait_until
 
 
 class Rig:
     """Starts agents on a watched folder; the test drops images into it as a line PC would."""
 
-    def __init__(self, tmp_path: Path, broker: MosquittoBroker, bottle_dir: Path):
-        self.tmp, self.broker, self.bottle = tmp_path, broker, bottle_dir
+    def __init__(self, tmp_path: Path, broker: MosquittoBroker, real_set: RealSet):
+        self.tmp, self.broker, self.set = tmp_path, broker, real_set
         self.frames = tmp_path / "frames"
         self.frames.mkdir()
         self.running: list[tuple] = []
@@ -42,7 +44,7 @@ class Rig:
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()
         self.running.append((agent, thread))
-        assert wait_until(lambda: agent.publisher.connected, 10), "agent did not connect to the broker"
+        assert wait_until(lambda: agent.sink.connected, 10), "agent did not connect to the broker"
         return agent
 
     def stop(self, agent):
@@ -53,11 +55,11 @@ class Rig:
                 assert not t.is_alive()
         self.running = [(a, t) for a, t in self.running if a is not agent]
 
-    def drop(self, kind: str, names: list[str], prefix: str = "") -> list[str]:
+    def drop(self, paths: list[Path], prefix: str) -> list[str]:
+        """Copy real images into the watched folder as finished files (written aside, then renamed)."""
         out = []
-        for name in names:
-            src = self.bottle / ("train" if kind == "train" else "test") / ("good" if kind == "train" else kind) / name
-            dst = self.frames / f"{prefix}{kind}_{name}"
+        for src in paths:
+            dst = self.frames / f"{prefix}_{src.name}"
             tmp = self.frames / f".{dst.name}.part"
             shutil.copyfile(src, tmp)
             tmp.rename(dst)
@@ -67,14 +69,14 @@ class Rig:
     def good_folder(self, n: int = 5) -> Path:
         folder = self.tmp / "good_parts"
         folder.mkdir(exist_ok=True)
-        for p in sorted((self.bottle / "train" / "good").iterdir())[:n]:
+        for p in self.set.train_good[:n]:
             shutil.copyfile(p, folder / p.name)
         return folder
 
 
 @pytest.fixture
-def rig(tmp_path, broker, bottle_dir):
-    r = Rig(tmp_path, broker, bottle_dir)
+def rig(tmp_path, broker, real_set):
+    r = Rig(tmp_path, broker, real_set)
     yield r
     for agent, thread in r.running:
         agent.stop()
@@ -92,13 +94,20 @@ def retained_state(sub: Subscriber) -> dict:
     return sub.json_on("state")[-1]
 
 
+def loop_turned(sub: Subscriber, request_id: str) -> None:
+    """Prove the main loop took turns: a rollback is a job only the loop runs (refused here, as nothing is older)."""
+    reply = command(sub, "rollback", {}, request_id, timeout=10)
+    assert not reply["ok"] and "retrain in progress" not in reply["error"], reply
+
+
 def test_unfitted_agent_reports_state_and_publishes_no_verdicts(rig, subscriber):
     rig.start()
     assert wait_until(lambda: subscriber.on("availability") and subscriber.on("availability")[-1].payload == b"online")
     assert wait_until(lambda: subscriber.json_on("state"))
     assert retained_state(subscriber)["status"] == "unfitted"
-    rig.drop("good", ["000.png", "001.png"])
-    assert not wait_until(lambda: subscriber.on("verdict"), timeout=1.5)
+    rig.drop(rig.set.test_good[:2], "good")
+    loop_turned(subscriber, "alive")  # the loop ran after the frames arrived...
+    assert not subscriber.on("verdict")  # ...and judged none of them
 
 
 def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
@@ -112,8 +121,8 @@ def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
     state = retained_state(subscriber)
     assert state["n_train"] == 5 and state["delegate"] == "cpu" and state["model_id"].startswith("efficientnet-lite0")
 
-    good = rig.drop("good", ["000.png", "001.png", "002.png"], "a")
-    bad = rig.drop("broken_large", ["000.png", "001.png", "002.png"], "b")
+    good = rig.drop(rig.set.test_good[:3], "a")
+    bad = rig.drop(rig.set.defects[:3], "b")
     assert wait_until(lambda: len(subscriber.verdict_seqs()) >= 6, 30)
     verdicts = {v["frame"]: v for v in subscriber.json_on("verdict")}
     assert [v["seq"] for v in subscriber.json_on("verdict")] == sorted(v["seq"] for v in subscriber.json_on("verdict"))
@@ -138,7 +147,7 @@ def test_threshold_and_rollback_commands(rig, subscriber):
     assert lower["ok"] and lower["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
     fixed = command(subscriber, "threshold", {"value": 1e6}, "t2")
     assert fixed["ok"] and fixed["result"]["threshold"] == 1e6
-    rig.drop("broken_large", ["003.png"])
+    rig.drop(rig.set.defects[3:4], "bad")
     assert wait_until(lambda: subscriber.json_on("verdict"), 20)
     assert subscriber.json_on("verdict")[0]["verdict"] == "good"  # nothing exceeds a huge fixed threshold
     back = command(subscriber, "rollback", {}, "b1")
@@ -148,6 +157,55 @@ def test_threshold_and_rollback_commands(rig, subscriber):
         bad = command(subscriber, "threshold", payload, rid)
         assert not bad["ok"] and fragment in bad["error"], bad
     assert "unknown command" in command(subscriber, "dance", {}, "u1")["error"]
+
+
+def agreed_detector(agent, subscriber: Subscriber) -> tuple[str, float]:
+    """The store's pointer, the loop's detector and the published state name the same file and threshold."""
+    pointer = json.loads((agent.store.dir / "current.json").read_text())["file"]
+    in_memory = (agent._active_path.name, agent._active.metadata["threshold"])
+    assert wait_until(lambda: retained_state(subscriber)["detector_file"] == pointer, 10)
+    state = retained_state(subscriber)
+    assert in_memory == (pointer, state["threshold"]), (in_memory, pointer, state)
+    assert agent.store.load_current(agent.extractor.manifest).metadata["threshold"] == state["threshold"]
+    return pointer, state["threshold"]
+
+
+def test_threshold_and_rollback_during_a_retrain_are_refused_and_all_agree_after(rig, subscriber, monkeypatch):
+    """A threshold move racing a retrain must not leave current.json on one detector and the loop on another."""
+    agent = rig.start()
+    command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
+    first = agreed_detector(agent, subscriber)
+    real_fit, fitting, release = edge_agent.agent.fit_images, threading.Event(), threading.Event()
+
+    def held_fit(*args, **kwargs):
+        fitting.set()
+        assert release.wait(60)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(edge_agent.agent, "fit_images", held_fit)
+    second = {}
+    retrain = threading.Thread(target=lambda: second.update(
+        command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r2")))
+    retrain.start()
+    try:
+        assert fitting.wait(30), "the retrain did not reach the fit"
+        status = command(subscriber, "status", {}, "s1", timeout=5)  # answered while the fit holds the loop
+        assert status["ok"] and status["result"]["status"] == "retraining"
+        for name, payload, rid in (("threshold", {"sensitivity": 1.0}, "t1"), ("rollback", {}, "b1")):
+            refused = command(subscriber, name, payload, rid, timeout=5)
+            assert not refused["ok"] and "retrain in progress" in refused["error"], refused
+    finally:
+        release.set()
+        retrain.join(60)
+    assert second["ok"], second
+    new_file, new_threshold = agreed_detector(agent, subscriber)
+    assert new_file == second["result"]["detector_file"] != first[0]
+    assert new_threshold == pytest.approx(second["result"]["threshold"])
+    moved = command(subscriber, "threshold", {"sensitivity": 1.0}, "t2")  # after the retrain: applied to the new one
+    assert moved["ok"] and moved["result"]["threshold"] == pytest.approx(new_threshold / 2, rel=1e-6)
+    assert agreed_detector(agent, subscriber) == (moved["result"]["detector_file"], moved["result"]["threshold"])
+    back = command(subscriber, "rollback", {}, "b2")
+    assert back["ok"] and agreed_detector(agent, subscriber) == (new_file, new_threshold)
 
 
 def test_failed_retrain_keeps_the_running_model(rig, subscriber):
@@ -172,7 +230,7 @@ def test_retrain_on_the_next_frames_from_the_source(rig, subscriber):
     t = threading.Thread(target=lambda: result.update(command(subscriber, "retrain", {"n_images": 3}, "r1")))
     t.start()
     assert wait_until(lambda: any(e["stage"] == "collecting" for e in subscriber.json_on("retrain/progress")), 10)
-    rig.drop("train", ["000.png", "001.png", "002.png"])
+    rig.drop(rig.set.train_good[:3], "train")
     t.join(60)
     assert result["ok"] and result["result"]["n_train"] == 3
     assert [e["collected"] for e in subscriber.json_on("retrain/progress") if e["stage"] == "collecting"] == [0, 1, 2, 3]
@@ -181,11 +239,13 @@ def test_retrain_on_the_next_frames_from_the_source(rig, subscriber):
 def test_trigger_mode_inspects_one_frame_per_trigger(rig, subscriber):
     rig.start(trigger={"mode": "mqtt"})
     command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
-    rig.drop("good", ["004.png", "005.png"])
-    assert not wait_until(lambda: subscriber.on("verdict"), timeout=1.0)
+    rig.drop(rig.set.test_good[4:6], "good")
+    loop_turned(subscriber, "alive1")
+    assert not subscriber.on("verdict")  # frames waiting, the loop turning, no trigger: nothing judged
     assert command(subscriber, "trigger", {}, "g1")["ok"]
     assert wait_until(lambda: len(subscriber.on("verdict")) == 1, 10)
-    assert not wait_until(lambda: len(subscriber.on("verdict")) > 1, timeout=1.0)
+    loop_turned(subscriber, "alive2")
+    assert len(subscriber.on("verdict")) == 1  # one trigger, one verdict
     command(subscriber, "trigger", {}, "g2")
     assert wait_until(lambda: len(subscriber.on("verdict")) == 2, 10)
 
@@ -203,21 +263,21 @@ def test_verdicts_made_during_an_outage_survive_an_agent_restart(rig, subscriber
     agent = rig.start()
     command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
     broker.stop()
-    rig.drop("good", ["006.png", "007.png", "008.png"])
+    rig.drop(rig.set.test_good[6:9], "good")
     assert wait_until(lambda: agent.inspected == 3, 20)
     rig.stop(agent)  # killed before it could send them: they wait in the spool on disk
     broker.start()
     rig.start()
     assert subscriber.wait_for_seqs(3, 20) == [1, 2, 3]
-    rig.drop("good", ["009.png"])
+    rig.drop(rig.set.test_good[9:10], "good")
     assert subscriber.wait_for_seqs(4, 20) == [1, 2, 3, 4]
 
 
 # ---- long streams: a broker outage and an agent killed mid-stream -------------------------------------------
 
 def _many_frames(rig: Rig, n: int = 500) -> list[str]:
-    """n small real frames (bottle images at 96 px, good and broken), named in line order."""
-    sources = sorted((rig.bottle / "test" / "good").iterdir()) + sorted((rig.bottle / "test" / "broken_large").iterdir())
+    """n small real frames (96 px, good and defective), named in line order."""
+    sources = rig.set.test_good[:20] + rig.set.defects[:20]
     small = [cv2.resize(cv2.imread(str(p)), (96, 96), interpolation=cv2.INTER_AREA) for p in sources]
     staging = rig.tmp / "staging"
     staging.mkdir()
@@ -326,8 +386,8 @@ def test_heat_map_detectors_put_the_map_in_the_alert(rig, subscriber):
     assert reply["ok"], reply
     assert retained_state(subscriber)["detector"] == "combined" or wait_until(
         lambda: retained_state(subscriber)["detector"] == "combined")
-    rig.drop("broken_large", ["004.png"])
+    rig.drop(rig.set.defects[4:5], "bad")
     assert wait_until(lambda: subscriber.on("alert/image"), 20)
     snapshot = cv2.imdecode(np.frombuffer(subscriber.on("alert/image")[0].payload, np.uint8), cv2.IMREAD_COLOR)
-    plain = cv2.resize(cv2.imread(str(rig.bottle / "test" / "broken_large" / "004.png")), snapshot.shape[1::-1])
+    plain = cv2.resize(cv2.imread(str(rig.set.defects[4])), snapshot.shape[1::-1])
     assert np.abs(snapshot.astype(int) - plain.astype(int)).mean() > 10  # the JET overlay is there

@@ -21,15 +21,16 @@ from typing import Any
 
 import pytest
 
-from edge_agent.deliver.publisher import MqttSettings, Publisher
+from edge_agent.config import MqttConfig
+from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, make_tls_files, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttSettings:
-    return MqttSettings(**{"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive": 5,
+def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttConfig:
+    return MqttConfig(**{"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive": 5,
                            "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, **overrides})
 
 
@@ -54,6 +55,7 @@ def close_publishers(*pubs: Publisher) -> None:
 
 def started(pub: Publisher) -> Publisher:
     pub.start()
+    pub.publish_availability(True)
     assert wait_until(lambda: pub.connected, 5), "publisher did not connect"
     return pub
 
@@ -109,12 +111,14 @@ def test_broker_restart_mid_stream_loses_nothing(broker: MosquittoBroker, make_p
 # An agent that spools verdicts and is then SIGKILLed: argv = host, port, spool path, number of verdicts.
 AGENT = f"""
 import sys, time
-from edge_agent.deliver.publisher import MqttSettings, Publisher
+from edge_agent.config import MqttConfig
+from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
 host, port, path, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-pub = Publisher(MqttSettings(host=host, port=port, topic_prefix={PREFIX!r}, keepalive=5, reconnect_min_s=0.05,
-                             reconnect_max_s=0.5), {DEVICE!r}, Spool(path))
+pub = Publisher(MqttConfig(host=host, port=port, topic_prefix={PREFIX!r}, keepalive=5, reconnect_min_s=0.05,
+                           reconnect_max_s=0.5), {DEVICE!r}, Spool(path))
 pub.start()
+pub.publish_availability(True)
 for i in range(n):
     pub.publish_verdict({{"i": i}})
 deadline = time.monotonic() + 5
@@ -234,12 +238,15 @@ def test_commands_reply_with_result_or_error(make_publisher, subscriber: Subscri
     assert "boom" in caplog.text
 
 
-def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    monkeypatch.setenv("GOOD_PASSWORD", "s3cret")
+    monkeypatch.setenv("BAD_PASSWORD", "wrong")
     broker = MosquittoBroker(tmp_path / "auth-broker", users={"agent": "s3cret", "dashboard": "d4sh"})
     broker.start()
     sub = Subscriber(broker, "dashboard", "d4sh")
-    good = Publisher(settings_for(broker, username="agent", password="s3cret"), DEVICE, Spool(tmp_path / "a.db"))
-    bad = Publisher(settings_for(broker, username="agent", password="wrong", client_id="intruder"), DEVICE,
+    good = Publisher(settings_for(broker, username="agent", password_env="GOOD_PASSWORD"), DEVICE,
+                     Spool(tmp_path / "a.db"))
+    bad = Publisher(settings_for(broker, username="agent", password_env="BAD_PASSWORD", client_id="intruder"), DEVICE,
                     Spool(tmp_path / "b.db"))
     try:
         with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.publisher"):
@@ -259,7 +266,7 @@ def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: Path, monkeypatch) -> None:
     """The agent's own path: config with TLS and a password named by an environment variable."""
-    from edge_agent.cli import make_publisher
+    from edge_agent.cli import make_sink
     from edge_agent.config import config_from_dict
 
     tls = make_tls_files(tmp_path / "tls")
@@ -274,8 +281,8 @@ def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: 
                                           "tls_ca": str(tls.ca), **mqtt}})
 
     sub = Subscriber(broker, "dashboard", "d4sh", tls_ca=tls.ca)
-    agent = make_publisher(config("a", username="agent", password_env="TEST_MQTT_PASSWORD"))
-    anonymous = make_publisher(config("b"))
+    agent = make_sink(config("a", username="agent", password_env="TEST_MQTT_PASSWORD"))
+    anonymous = make_sink(config("b"))
     try:
         anonymous.start()
         anonymous.publish_verdict({"from": "anonymous"})
@@ -288,3 +295,25 @@ def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: 
         close_publishers(agent, anonymous)
         sub.close()
         broker.stop()
+
+
+def test_a_command_answered_later_does_not_hold_up_the_next(make_publisher, subscriber: Subscriber) -> None:
+    """A handler may return a Future (a retrain): its reply comes when it resolves; others are answered meanwhile."""
+    from concurrent.futures import Future
+
+    slow: Future = Future()
+
+    def handle(name: str, args: dict) -> Any:
+        return slow if name == "retrain" else {"status": "retraining"}
+
+    started(make_publisher(on_command=handle))
+    subscriber.client.publish(f"{BASE}/cmd/retrain", b'{"request_id": "r"}', qos=1)
+    subscriber.client.publish(f"{BASE}/cmd/status", b'{"request_id": "s"}', qos=1)
+    assert wait_until(lambda: subscriber.json_on("cmd/status/result"), 5)
+    assert subscriber.json_on("cmd/status/result") == [{"ok": True, "result": {"status": "retraining"}, "request_id": "s"}]
+    assert not subscriber.on("cmd/retrain/result")  # the status reply came first, while the retrain is pending
+    slow.set_exception(RuntimeError("retrain failed, previous model kept: good image 2 is black"))
+    assert wait_until(lambda: subscriber.json_on("cmd/retrain/result"), 5)
+    assert subscriber.json_on("cmd/retrain/result") == [
+        {"ok": False, "error": "RuntimeError: retrain failed, previous model kept: good image 2 is black",
+         "request_id": "r"}]

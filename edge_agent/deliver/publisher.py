@@ -1,6 +1,6 @@
 """MQTT side of the agent: verdicts, alerts and events through the durable spool; state, availability, commands.
 
-Topics, for ``p = <topic_prefix>/<device_id>`` (DESIGN.md, "MQTT contract"):
+Topics, for ``p = <topic_prefix>/<device_id>`` (docs/architecture.md, "MQTT contract"; payloads: `messages`):
 
 ======================  ==========================================  ========  ======  ========
 topic                   payload                                     QoS       retain  spooled
@@ -22,7 +22,9 @@ resends them (DUP) after a reconnect, so an outage costs no duplicates within on
 restart between a PUBACK and the ack sends that window again. Subscribers drop duplicates by ``seq``, which the
 spool persists and only ever increases, also across restarts.
 
-Commands arrive with a clean session: a command sent while the device is offline is not queued for it.
+Commands arrive with a clean session: a command sent while the device is offline is not queued for it. A
+handler may answer with a `Future` (a retrain, or a change the main loop must make): the reply is published when
+it resolves, so the command thread never waits and ``status`` answers at once while a retrain runs.
 """
 
 from __future__ import annotations
@@ -35,55 +37,30 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
+from edge_agent.config import MqttConfig
+from edge_agent.deliver.messages import command_reply, to_json
+from edge_agent.deliver.mqtt_client import Topics, default_client_id, make_client
 from edge_agent.deliver.spool import Spool
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
+#: A command handler: ``(name, args) -> result``, or a `Future` of the result; raising means "refused".
+CommandHandler = Callable[[str, dict[str, Any]], Any]
 
 #: Spooled messages handed to paho before waiting for PUBACKs: enough to hide a round trip, small enough that
 #: paho's in-memory queue stays tiny during an outage (the spool, not RAM, holds the backlog).
 SEND_WINDOW = 20
+#: Verdicts, alerts and events: at least once.
+QOS = 1
 _POLL_S = 0.2
 #: The sender is woken by new messages and by connects; this only bounds how long a missed wake-up could cost.
 _IDLE_S = 1.0
-
-
-@dataclass
-class MqttSettings:
-    """Broker connection. Secrets are resolved by the caller (environment, files); this only uses them."""
-
-    host: str = "localhost"
-    port: int = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
-    keepalive: int = 30
-    topic_prefix: str = "edge-inspect"
-    reconnect_min_s: float = 1
-    reconnect_max_s: float = 60
-    qos: int = 1
-
-
-def _to_json(obj: Any) -> bytes:
-    """Compact JSON; numpy scalars and arrays (anything with ``tolist``) become plain numbers and lists."""
-
-    def default(o: Any) -> Any:
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-    return json.dumps(obj, separators=(",", ":"), default=default).encode()
 
 
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
@@ -99,11 +76,6 @@ def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _check_topic_level(what: str, value: str) -> None:
-    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
-        raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
-
-
 class Publisher:
     """Connects to the broker in the background and publishes the agent's messages (see the module docstring).
 
@@ -112,12 +84,10 @@ class Publisher:
     at a time, in arrival order. A Publisher is started once; make a new one to reconnect with new settings.
     """
 
-    def __init__(self, settings: MqttSettings, device_id: str, spool: Spool,
+    def __init__(self, settings: MqttConfig, device_id: str, spool: Spool,
                  on_command: CommandHandler | None = None):
-        _check_topic_level("topic_prefix", settings.topic_prefix)
-        _check_topic_level("device_id", device_id)
+        self.topic = Topics(settings.topic_prefix, device_id)
         self.settings = settings
-        self.device_id = device_id
         self.spool = spool
         self.on_command = on_command
         self._connected = threading.Event()
@@ -125,27 +95,17 @@ class Publisher:
         self._wake = threading.Event()
         self._state_lock = threading.Lock()
         self._state: bytes | None = None
+        self._online = False  # what the agent last said of itself; re-said on every (re)connect
         self._failing = False  # in a streak of failed connection attempts: log only its first one as WARNING
         self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self.client_id = settings.client_id or f"{settings.topic_prefix}-{device_id}"
+        self.client_id = default_client_id(settings, device_id)
         self._client = self._make_client()
 
-    def topic(self, name: str) -> str:
-        """``<prefix>/<device>/<name>``."""
-        return f"{self.settings.topic_prefix}/{self.device_id}/{name}"
-
     def _make_client(self) -> mqtt.Client:
-        s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        client = make_client(self.settings, self.client_id)
         client.max_inflight_messages_set(SEND_WINDOW)
-        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls_ca or s.tls_cert:
-            # No tls_ca with a client certificate: trust the system's CA store.
-            client.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
-            client.tls_insecure_set(s.tls_insecure)
+        client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         client.will_set(self.topic("availability"), b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -183,11 +143,10 @@ class Publisher:
         self._commands.put(None)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if self.connected:
-            info = self._client.publish(self.topic("availability"), b"offline", qos=1, retain=True)
-            # Not sent (the connection just dropped): the broker publishes the last will, also "offline".
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        info = self._say_availability(False)
+        # Not sent (the connection just dropped): the broker publishes the last will, also "offline".
+        if info is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
         log.info("MQTT: stopped (%d message(s) left in the spool)", len(self.spool))
@@ -201,15 +160,28 @@ class Publisher:
 
     # --- publishing ------------------------------------------------------------------------------------------
 
+    def publish_availability(self, online: bool) -> None:
+        """Retained ``online``/``offline``; ``online`` is said again after every reconnect (the broker may have
+        published the last will meanwhile)."""
+        self._say_availability(online)
+
+    def _say_availability(self, online: bool) -> mqtt.MQTTMessageInfo | None:
+        with self._state_lock:
+            self._online = online
+            if not self.connected:
+                return None
+            return self._client.publish(self.topic("availability"), b"online" if online else b"offline", qos=1,
+                                        retain=True)
+
     def publish_verdict(self, verdict: dict[str, Any]) -> int:
         """Set ``verdict["seq"]`` to the next persisted sequence number, spool the verdict, return ``seq``.
 
         Only local disk work: it never waits for the network, so capture keeps its pace during an outage.
         """
-        seq = self.spool.next_sequence()
-        verdict["seq"] = seq
+        if "seq" not in verdict:
+            verdict["seq"] = self.spool.next_sequence()
         self._spool("verdict", verdict)
-        return seq
+        return verdict["seq"]
 
     def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
         """Spool the alert JSON; send ``image_jpeg`` on ``alert/image`` (QoS 0) only if connected right now.
@@ -228,12 +200,12 @@ class Publisher:
     def publish_state(self, state: dict[str, Any]) -> None:
         """Publish the retained state now if connected; the latest state is re-sent on every (re)connect."""
         with self._state_lock:
-            self._state = _to_json(state)
+            self._state = to_json(state)
             if self.connected:
                 self._client.publish(self.topic("state"), self._state, qos=1, retain=True)
 
     def _spool(self, name: str, payload: dict[str, Any]) -> None:
-        self.spool.put(self.topic(name), _to_json(payload), qos=self.settings.qos)
+        self.spool.put(self.topic(name), to_json(payload), qos=QOS)
         self._wake.set()
 
     # --- paho callbacks (network thread) ---------------------------------------------------------------------
@@ -253,11 +225,12 @@ class Publisher:
             return
         self._failing = False
         log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
-        client.publish(self.topic("availability"), b"online", qos=1, retain=True)
         if self.on_command is not None:
-            client.subscribe(self.topic("cmd/+"), qos=1)
+            client.subscribe(self.topic.command("+"), qos=1)
         with self._state_lock:
             self._connected.set()
+            if self._online:
+                client.publish(self.topic("availability"), b"online", qos=1, retain=True)
             if self._state is not None:
                 client.publish(self.topic("state"), self._state, qos=1, retain=True)
         self._wake.set()
@@ -329,31 +302,42 @@ class Publisher:
 
     def _command_loop(self) -> None:
         while (message := self._commands.get()) is not None:
-            name = message.topic.rsplit("/", 1)[-1]
-            try:
-                reply = _to_json(self._run_command(name, message.payload))
-                self._client.publish(self.topic(f"cmd/{name}/result"), reply, qos=1)
-            except Exception:
-                log.exception("MQTT command %r: could not reply", name)
+            self._run_command(message.topic.rsplit("/", 1)[-1], message.payload)
 
-    def _run_command(self, name: str, payload: bytes) -> dict[str, Any]:
-        """Decode, run the handler, and build the reply; every failure becomes ``{"ok": false, "error": ...}``."""
+    def _run_command(self, name: str, payload: bytes) -> None:
+        """Decode and run the handler; its result (now, or when its `Future` resolves) or its refusal is the reply."""
         assert self.on_command is not None
         try:
             args = json.loads(payload) if payload.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             log.warning("MQTT command %r: payload is not JSON: %s", name, exc)
-            return {"ok": False, "error": f"payload is not JSON: {exc}"}
+            return self._reply(name, {}, error=f"payload is not JSON: {exc}")
         if not isinstance(args, dict):
-            return {"ok": False, "error": f"payload must be a JSON object, got {type(args).__name__}"}
-        reply: dict[str, Any]
+            return self._reply(name, {}, error=f"payload must be a JSON object, got {type(args).__name__}")
         try:
             result = self.on_command(name, args)
-            _to_json(result)  # a result that cannot be sent is the handler's failure, reported as such
-            reply = {"ok": True, "result": result}
         except Exception as exc:
-            log.exception("MQTT command %r failed", name)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        if "request_id" in args:
-            reply["request_id"] = args["request_id"]
-        return reply
+            return self._reply(name, args, error=exc)
+        if isinstance(result, Future):
+            result.add_done_callback(lambda done: self._reply(name, args, *_outcome(done)))
+        else:
+            self._reply(name, args, result)
+
+    def _reply(self, name: str, args: dict[str, Any], result: Any = None,
+               error: BaseException | str | None = None) -> None:
+        if isinstance(error, BaseException):
+            log.error("MQTT command %r refused: %s", name, error, exc_info=not isinstance(error, ValueError))
+        try:
+            try:
+                body = to_json(command_reply(args, result, error))
+            except (TypeError, ValueError) as exc:  # a result that cannot be sent is the handler's failure
+                log.exception("MQTT command %r: result is not JSON", name)
+                body = to_json(command_reply(args, error=exc))
+            self._client.publish(self.topic.command_result(name), body, qos=1)
+        except Exception:
+            log.exception("MQTT command %r: could not reply", name)
+
+
+def _outcome(future: Future) -> tuple[Any, BaseException | None]:
+    error = future.exception()
+    return (None, error) if error is not None else (future.result(), None)

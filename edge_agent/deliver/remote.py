@@ -11,10 +11,8 @@ import threading
 import uuid
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from edge_agent.config import Config
+from edge_agent.deliver.mqtt_client import Topics, make_client
 
 
 class CommandTimeout(RuntimeError):
@@ -23,7 +21,7 @@ class CommandTimeout(RuntimeError):
 
 def send_command(config: Config, name: str, payload: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     m = config.mqtt
-    base = f"{m.topic_prefix}/{config.device.id}/cmd/{name}"
+    topics = Topics(m.topic_prefix, config.device.id)
     request_id = uuid.uuid4().hex
     reply: dict[str, Any] = {}
     got = threading.Event()
@@ -34,10 +32,10 @@ def send_command(config: Config, name: str, payload: dict[str, Any], timeout: fl
             reply.update(ok=False, error=f"broker refused the connection: {reason}")
             got.set()
             return
-        client.subscribe(f"{base}/result", qos=1)
+        client.subscribe(topics.command_result(name), qos=1)
 
     def on_subscribe(client, userdata, mid, reasons, properties):
-        client.publish(base, json.dumps({**payload, "request_id": request_id}), qos=1)
+        client.publish(topics.command(name), json.dumps({**payload, "request_id": request_id}), qos=1)
         subscribed.set()
 
     def on_message(client, userdata, msg):
@@ -49,11 +47,7 @@ def send_command(config: Config, name: str, payload: dict[str, Any], timeout: fl
             reply.update(data)
             got.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-agent-cli-{request_id[:8]}")
-    if m.username:
-        client.username_pw_set(m.username, m.password())
-    if m.tls_ca:
-        client.tls_set(ca_certs=m.tls_ca, certfile=m.tls_cert or None, keyfile=m.tls_key or None)
+    client = make_client(m, f"edge-agent-cli-{request_id[:8]}")
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     try:
         client.connect(m.host, m.port, keepalive=m.keepalive)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,15 @@ import numpy as np
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig
 from edge_agent.offline.datasets import link_or_copy, load_mvtec, write_elpv
 from edge_agent.offline.metrics import roc_auc
-from edge_agent.deliver.outputs import RecordingPublisher, StdoutPublisher
+from edge_agent.deliver.recording import RecordingSink
+from edge_agent.deliver.stdout import StdoutSink
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono", broker: str | None = None) -> int:
     """With ``broker`` (HOST:PORT) the verdicts also go to MQTT under edge-inspect/demo-camera/."""
-    from edge_agent.cli import build_agent, make_publisher
+    from edge_agent.cli import build_agent, make_sink
 
     dataset = load_mvtec(write_elpv(work / "data", cell_type))
     rng = np.random.default_rng(0)
@@ -49,11 +49,12 @@ def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "
                     source=SourceConfig(kind="folder", path=str(line_dir)), mqtt=mqtt)
     config.trigger.max_fps = 1000
     shutil.rmtree(config.state_dir, ignore_errors=True)
-    publisher = RecordingPublisher(make_publisher(config), echo=sys.stdout) if broker else RecordingPublisher(StdoutPublisher())
-    agent = build_agent(config, publisher=publisher)
+    # Verdicts as JSON lines on stdout, and over MQTT too when a broker is given.
+    sink = RecordingSink(make_sink(config), StdoutSink()) if broker else RecordingSink(StdoutSink())
+    agent = build_agent(config, sink=sink)
     agent.request_retrain(n_images=n_train, folder=str(train_dir))
     agent.run()
-    v = publisher.verdicts
+    v = sink.verdicts
     if not v:
         log.error("no verdicts: the retrain failed (see above)")
         return 1

@@ -1,0 +1,56 @@
+"""One way to build the MQTT client and its topics, for the agent's publisher and for ``edge-agent retrain``.
+
+Why one: the two used to differ (the CLI skipped TLS when only a client certificate was configured), so a
+command tool could connect in clear text where the agent used TLS. Everything that decides how a connection is
+made from ``[mqtt]`` lives here.
+"""
+
+from __future__ import annotations
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config import MqttConfig
+
+
+def check_topic_level(what: str, value: str) -> None:
+    """Refuse a prefix or device id that would change the meaning of a topic (wildcards, NUL, an extra level)."""
+    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
+        raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
+
+
+class Topics:
+    """``<prefix>/<device>/<name>``: every topic the agent publishes or listens on."""
+
+    def __init__(self, prefix: str, device_id: str) -> None:
+        check_topic_level("topic_prefix", prefix)
+        check_topic_level("device_id", device_id)
+        self.base = f"{prefix}/{device_id}"
+
+    def __call__(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def command(self, name: str) -> str:
+        return self(f"cmd/{name}")
+
+    def command_result(self, name: str) -> str:
+        return self(f"cmd/{name}/result")
+
+
+def default_client_id(config: MqttConfig, device_id: str) -> str:
+    return config.client_id or f"{config.topic_prefix}-{device_id}"
+
+
+def make_client(config: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client with the credentials and TLS that ``[mqtt]`` asks for (not yet connected).
+
+    TLS is on when a CA file or a client certificate is given; without ``tls_ca`` the system's CA store is trusted.
+    The password is read now (environment or file), so a missing secret fails here, naming the key.
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if config.username:
+        client.username_pw_set(config.username, config.password())
+    if config.tls_ca or config.tls_cert:
+        client.tls_set(ca_certs=config.tls_ca or None, certfile=config.tls_cert or None,
+                       keyfile=config.tls_key or None)
+    return client

@@ -1,0 +1,103 @@
+"""Where verdicts go: one small interface (`Sink`) that every output implements, and `FanOut`, which hands the
+same messages to several of them (MQTT, a local web page, GPIO...).
+
+Why an interface: the agent's loop must not know what listens. A sink's methods are called on the main loop and
+must return quickly: a sink that talks to something slow (a broker, a browser) queues or drops, never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def start(self) -> None:
+        """Begin delivering (connect in the background, open a file...); returns at once."""
+
+    def stop(self, timeout: float = 5) -> None:
+        """Deliver what can be delivered within ``timeout``, then close."""
+
+    def publish_availability(self, online: bool) -> None:
+        """The agent is up and judging (``True``) or going away (``False``)."""
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        """Deliver one verdict. If it has no ``seq`` yet, set the next sequence number on it; return ``seq``."""
+
+    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
+        """An anomalous part, with the snapshot (JPEG, heat map drawn on it) when there is one."""
+
+    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
+        """Something that happened (``retrain/progress``, ``source/status``)."""
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        """The agent's current state; only the latest matters."""
+
+    def stats(self) -> dict[str, Any]:
+        """``queued``, ``dropped`` (messages not delivered yet / given up) and ``connected``."""
+
+
+@runtime_checkable
+class CommandSource(Protocol):
+    """An output that also brings commands in (the MQTT publisher): the agent's builder sets ``on_command``."""
+
+    on_command: Callable[[str, dict[str, Any]], Any] | None
+
+
+def leaves(sink: Sink) -> list[Sink]:
+    """The sinks behind ``sink`` (itself, or what a `FanOut` hands messages to, at any depth)."""
+    if isinstance(sink, FanOut):
+        return [leaf for inner in sink.sinks for leaf in leaves(inner)]
+    return [sink]
+
+
+class FanOut:
+    """The same messages to several sinks. The first one numbers the verdicts (give the MQTT publisher first:
+    its spool keeps ``seq`` increasing across restarts); the others receive them numbered.
+
+    A sink that raises is logged and skipped for that message: one broken output must not stop inspection or
+    starve the others. ``stats`` are the first sink's, as it is the one whose backlog counts.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        if not sinks:
+            raise ValueError("FanOut needs at least one sink")
+        self.sinks = list(sinks)
+
+    def _each(self, method: str, *args: Any, first: bool = True) -> None:
+        for sink in self.sinks if first else self.sinks[1:]:
+            try:
+                getattr(sink, method)(*args)
+            except Exception:
+                log.exception("sink %s: %s failed", type(sink).__name__, method)
+
+    def start(self) -> None:
+        self._each("start")
+
+    def stop(self, timeout: float = 5) -> None:
+        self._each("stop", timeout)
+
+    def publish_availability(self, online: bool) -> None:
+        self._each("publish_availability", online)
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        seq = self.sinks[0].publish_verdict(verdict)
+        verdict["seq"] = seq
+        self._each("publish_verdict", verdict, first=False)
+        return seq
+
+    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
+        self._each("publish_alert", alert, image_jpeg)
+
+    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
+        self._each("publish_event", name, payload)
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        self._each("publish_state", state)
+
+    def stats(self) -> dict[str, Any]:
+        return self.sinks[0].stats()
