@@ -16,7 +16,7 @@ from edge_agent.learn.fitting import FitSettings, fit_images
 def main() -> None:
     args, ex, images, train = model_bench(repeat=30)
     t0 = time.perf_counter()
-    result = fit_images(ex.embed, train[:10], FitSettings(policy=PRESETS["object"]))
+    result = fit_images(ex.embed, train[:10], FitSettings(detector="mahalanobis", policy=PRESETS["object"]))
     fit_s = time.perf_counter() - t0
     detector = result.detector
     frames = iter(images * 100)

@@ -7,9 +7,11 @@ for the combined detector (the default: Mahalanobis + the coreset patch memory, 
 
 from __future__ import annotations
 
+import cv2
+
 from bench.common import emit, model_bench, timeit
 from edge_agent.learn.augment import PRESETS, augment
-from edge_agent.learn.detectors import make_detector, upsample_heatmap
+from edge_agent.learn.detectors import make_detector
 from edge_agent.learn.fitting import FitSettings, fit_features, split_defects
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 
@@ -18,7 +20,7 @@ def main() -> None:
     args, ex, images, train = model_bench(repeat=100)
     feats = ex.embed(augment(train[:10], PRESETS["object"], 10, 0))
     frames = [ex.embed_one(im) for im in images[:20]]
-    size = (ex.manifest.input.height, ex.manifest.input.width)
+    size = (ex.manifest.input.width, ex.manifest.input.height)  # OpenCV's (width, height)
     cycle = iter(images * 1000)
     embed = timeit(lambda: ex.embed_one(next(cycle)), args.repeat)
     detectors = [(f"patch-knn coreset_ratio={r}", make_detector("patch-knn", coreset_ratio=r).fit(feats)) for r in (0.1, 1.0)]
@@ -29,7 +31,7 @@ def main() -> None:
 
         def score(det=det, batches=batches):
             scores, maps = det.score_and_heatmaps(next(batches))
-            return scores, upsample_heatmap(maps[0], size)
+            return scores, cv2.resize(maps[0], size, interpolation=cv2.INTER_LINEAR)
 
         t = timeit(score, args.repeat)
         patch = next(p for p in getattr(det, "parts_", [det]) if hasattr(p, "memory_bank_"))

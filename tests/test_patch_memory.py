@@ -1,5 +1,5 @@
 """PatchMemoryDetector (PatchCore-style patch memory bank): references, coreset, localisation, errors, files,
-and real bottle images through the shipped int8 model."""
+and real images (`real_set`) through the shipped int8 model."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from scipy.ndimage import uniform_filter
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
-import edge_agent.learn.detectors as detectors_pkg
-from edge_agent.learn.detectors import persistence, upsample_heatmap
-from edge_agent.learn.detectors.patch_memory import (
-    PatchMemoryDetector,
-    box_filter_3x3,
-    greedy_coreset,
-    to_grid,
-)
+from edge_agent.capture.images import read_image
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.augment import PRESETS, augment
+from edge_agent.learn.detectors import persistence
+from edge_agent.learn.detectors.coreset import greedy_coreset
+from edge_agent.learn.detectors.patch_memory import PatchMemoryDetector, box_filter_3x3, to_grid
+from edge_agent.offline.metrics import roc_auc
 from tests.synthetic import spatial
 
 MODEL_SHA = "cd" * 32
@@ -46,14 +45,6 @@ def naive_greedy(X: np.ndarray, n_select: int, start: int) -> list[int]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
-
-
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry is owned elsewhere: add the class by name where persistence looks it up."""
-    classes = {**detectors_pkg.DETECTOR_CLASSES, PatchMemoryDetector.__name__: PatchMemoryDetector}
-    monkeypatch.setattr(detectors_pkg, "DETECTOR_CLASSES", classes)
-    monkeypatch.setattr(persistence, "DETECTOR_CLASSES", classes)
 
 
 # ---------------------------------------------------------------- numeric core
@@ -175,8 +166,6 @@ def test_finds_injected_local_anomaly(rng: np.random.Generator) -> None:
     y, x = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
     assert 5 <= y <= 6 and 1 <= x <= 2, (y, x)
     assert scores[0] > det.score_samples(good).max()
-    up = upsample_heatmap(maps[0], (128, 96))
-    assert up.shape == (128, 96) and up.dtype == np.float32
     raw = PatchMemoryDetector(coreset_ratio=0.25, blur_sigma=0).fit(spatial(rng, 40)).heatmaps(bad)
     assert maps.std() < raw.std()  # the blur smooths the heat map
 
@@ -239,7 +228,7 @@ def test_errors(rng: np.random.Generator) -> None:
     assert only4.score_samples({"spatial/stage4": good["spatial/stage4"]}).shape == (6,)
 
 
-def test_persistence_round_trip(registered: None, rng: np.random.Generator, tmp_path: Path) -> None:
+def test_persistence_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
     train, test = spatial(rng, 10), spatial(rng, 4)
     for params in ({"coreset_ratio": 0.2, "seed": 5, "levels": ("spatial/stage3", "spatial/stage4")},
                    {"coreset_ratio": 1.0, "dtype": "float16", "blur_sigma": 0.0, "coreset_max": 300}):
@@ -258,20 +247,14 @@ def test_persistence_round_trip(registered: None, rng: np.random.Generator, tmp_
 # ---------------------------------------------------------------- real images, shipped model
 
 
-def test_real_bottles_with_shipped_model(bottle_dir: Path, shipped_model: Path) -> None:
-    pytest.importorskip("ai_edge_litert", reason="no TFLite interpreter installed")
-    from edge_agent.learn.augment import PRESETS, augment
-    from edge_agent.embed.features import FeatureExtractor
-    from edge_agent.capture.images import list_images, read_image
-    from edge_agent.offline.metrics import roc_auc
-
+def test_real_images_with_shipped_model(real_set, shipped_model: Path) -> None:
     ex = FeatureExtractor(shipped_model)
-    train = [read_image(p) for p in list_images(bottle_dir / "train" / "good")[:10]]
-    good = [read_image(p) for p in list_images(bottle_dir / "test" / "good")[:10]]
-    broken = [read_image(p) for p in list_images(bottle_dir / "test" / "broken_small")[:10]]
+    train = [read_image(p) for p in real_set.train_good[:10]]
+    good = [read_image(p) for p in real_set.test_good[:10]]
+    defective = [read_image(p) for p in real_set.defects[:10]]
     fit_feats = ex.embed(augment(train, PRESETS["bottle"], factor=2, seed=0))
-    test_feats = ex.embed(good + broken)
-    labels = np.r_[np.zeros(len(good)), np.ones(len(broken))]
+    test_feats = ex.embed(good + defective)
+    labels = np.r_[np.zeros(len(good)), np.ones(len(defective))]
     one = {k: v[:1] for k, v in test_feats.items() if k.startswith("spatial/")}
     embed_ms = []
     for _ in range(20):
@@ -289,13 +272,14 @@ def test_real_bottles_with_shipped_model(bottle_dir: Path, shipped_model: Path) 
         score_ms = []
         for _ in range(20):
             t = time.perf_counter()
-            _, maps = det.score_and_heatmaps(one)
-            upsample_heatmap(maps[0], (224, 224))
+            det.score_and_heatmaps(one)
             score_ms.append((time.perf_counter() - t) * 1e3)
-        print(f"\npatch-knn coreset_ratio={ratio}: AUROC {auroc:.3f}, fit {fit_s:.2f} s, "
+        print(f"\n{real_set.name} patch-knn coreset_ratio={ratio}: AUROC {auroc:.3f}, fit {fit_s:.2f} s, "
               f"score+heat map {np.median(score_ms):.2f} ms/image (int8 embedding {np.median(embed_ms):.2f} ms), "
               f"{det.memory_bank_.shape[0]} patches, {det.nbytes_ / 1e6:.2f} MB")
-        assert auroc >= 0.95, f"coreset_ratio={ratio}: AUROC {auroc:.3f}"
+        # Bottle (broken_large) measured 1.000 and elpv mono cells 0.99 with ten images each: 9 in 10 of the
+        # 100 (defective, good) pairs ranked right on either set.
+        assert auroc >= 0.9, f"{real_set.name}, coreset_ratio={ratio}: AUROC {auroc:.3f}"
 
 
 def test_coreset_is_capped_by_default_but_exact_mode_is_not() -> None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import lognorm
 
 from edge_agent.learn.augment import group_indices
 from edge_agent.learn.detectors import make_detector
+from edge_agent.learn.heldout import first_rows, held_out_scores, leave_one_out_scores, take_groups
 from edge_agent.learn.threshold import (
     ThresholdReport,
     calibrate_threshold,
     is_anomalous,
-    held_out_scores,
-    leave_one_out_scores,
     sensitivity_factor,
-    split_groups,
 )
 
 DIMS = {"pooled/a": 8, "pooled/b": 12}
@@ -67,25 +66,22 @@ def test_loo_holds_out_the_whole_group() -> None:
     assert loo[0] == pytest.approx(manual.score_samples({k: groups[0][k][:1] for k in DIMS})[0])
 
 
-def test_split_groups_follows_augment_order() -> None:
+def test_groups_follow_augment_order() -> None:
     n, factor = 4, 2
     rows = np.arange(n * (factor + 1), dtype=float)[:, None]
-    groups = split_groups({"pooled/a": rows}, n, factor)
-    assert [g["pooled/a"].ravel().tolist() for g in groups] == [
-        rows[idx].ravel().tolist() for idx in group_indices(n, factor)
-    ]
-    assert groups[2]["pooled/a"][0, 0] == 2.0  # row 0 of a group is its original
-    with pytest.raises(ValueError, match="augment order"):
-        split_groups({"pooled/a": rows[:-1]}, n, factor)
+    groups = take_groups({"pooled/a": rows}, group_indices(n, factor))
+    # originals 0-3, then the two copies of original 0 (rows 4, 5), of original 1 (6, 7), ...
+    assert [g["pooled/a"].ravel().tolist() for g in groups] == [[0, 4, 5], [1, 6, 7], [2, 8, 9], [3, 10, 11]]
+    assert [g["pooled/a"].ravel().tolist() for g in first_rows(groups)] == [[0], [1], [2], [3]]
 
 
 def test_loo_errors() -> None:
     rng = np.random.default_rng(2)
     groups = gaussian_groups(rng, 2, 1)
     with pytest.raises(ValueError, match="at least 2 good images"):
-        leave_one_out_scores(lambda: make_detector(), groups[:1])
+        leave_one_out_scores(lambda: make_detector("mahalanobis"), groups[:1])
     with pytest.raises(ValueError, match="group 1 has levels"):
-        leave_one_out_scores(lambda: make_detector(), [groups[0], {"pooled/a": groups[1]["pooled/a"]}])
+        leave_one_out_scores(lambda: make_detector("mahalanobis"), [groups[0], {"pooled/a": groups[1]["pooled/a"]}])
 
 
 def test_calibration_knobs() -> None:
@@ -108,6 +104,18 @@ def test_calibration_knobs() -> None:
         calibrate_threshold([1.0, np.nan])
     with pytest.raises(ValueError, match="no leave-one-out scores"):
         calibrate_threshold([])
+
+
+def test_lognormal_threshold_on_known_numbers() -> None:
+    """Logs -1, 0, 1: mean 0, sample standard deviation 1, so the 0.99 quantile of the fitted log-normal is
+    exp(z_0.99) = exp(2.3263...) = 10.24, far above the largest score e = 2.72; scipy's log-normal agrees."""
+    loo = np.exp([-1.0, 0.0, 1.0])
+    reference = lognorm(s=1.0, scale=1.0).ppf(0.99)
+    assert reference == pytest.approx(10.2405, rel=1e-4)
+    assert calibrate_threshold(loo, margin=0.0) == pytest.approx(reference, rel=1e-9)
+    assert calibrate_threshold(loo) == pytest.approx(1.1 * reference, rel=1e-9)  # the default 10 % margin
+    assert calibrate_threshold(loo, quantile=0.9, margin=0.0) == pytest.approx(lognorm(s=1.0).ppf(0.9), rel=1e-9)
+    assert calibrate_threshold(loo, margin=0.0, method="empirical") == pytest.approx(np.quantile(loo, 0.99))
 
 
 def test_report_rates() -> None:

@@ -16,10 +16,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
-from edge_agent.learn.detectors import Detector, make_detector
-from edge_agent.embed.features import Features
+from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
+from edge_agent.learn.heldout import Features, leave_one_out_scores, take_groups
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
-from edge_agent.learn.threshold import ThresholdReport, calibrate_threshold, leave_one_out_scores
+from edge_agent.learn.threshold import (
+    DEFAULT_MARGIN,
+    DEFAULT_METHOD,
+    DEFAULT_QUANTILE,
+    DEFAULT_SENSITIVITY,
+    ThresholdReport,
+    calibrate_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +40,16 @@ class FitError(ValueError):
 
 @dataclass
 class FitSettings:
-    detector: str = "mahalanobis"
+    detector: str = DEFAULT_DETECTOR
     detector_params: dict[str, Any] = field(default_factory=dict)
     policy: AugmentationPolicy = field(default_factory=lambda: PRESETS["object"])
     factor: int = 10
     seed: int = 0
-    sensitivity: float = 0.5
-    quantile: float = 0.99
-    margin: float = 0.10
+    sensitivity: float = DEFAULT_SENSITIVITY
+    quantile: float = DEFAULT_QUANTILE
+    margin: float = DEFAULT_MARGIN
     threshold_override: float | None = None
-    threshold_method: str = "lognormal"
+    threshold_method: str = DEFAULT_METHOD
     max_folds: int | None = DEFAULT_MAX_FOLDS
 
 
@@ -128,7 +135,7 @@ def fit_features(
     """
     check_fold_sizes(n_originals, settings.factor, settings.max_folds)
     groups_idx = group_indices(n_originals, settings.factor)
-    groups = [{k: v[idx] for k, v in features.items()} for idx in groups_idx]
+    groups = take_groups(features, groups_idx)
 
     def new_detector() -> Detector:
         return make_detector(settings.detector, **settings.detector_params)

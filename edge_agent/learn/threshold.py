@@ -2,9 +2,10 @@
 
 No defect is labelled on site, so the threshold must come from how the good images themselves score. Scoring
 the training images with the model fitted on them is optimistic (they sit inside the fitted Gaussian), so each
-original good image is scored by a model fitted WITHOUT it and without its augmented copies (leave-one-out):
-those scores are honest samples of how a new good part will score. The threshold is a high quantile of them,
-widened by a margin, and scaled by an operator sensitivity knob.
+original good image is scored by a model fitted WITHOUT it and without its augmented copies (leave-one-out,
+`edge_agent.learn.heldout`): those scores are honest samples of how a new good part will score. The threshold
+is a high quantile of them, widened by a margin, and scaled by an operator sensitivity knob. A part is
+anomalous when its score is strictly above the threshold: `is_anomalous` is that rule, for every caller.
 
 The leave-one-out models see one image less than the final model, so their scores are, if anything, slightly
 higher than the final model's on new good parts: the resulting threshold errs towards fewer false rejects.
@@ -13,92 +14,19 @@ higher than the final model's on new good parts: the resulting threshold errs to
 from __future__ import annotations
 
 import dataclasses
-from statistics import NormalDist
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
-from edge_agent.learn.augment import group_indices
-
-if TYPE_CHECKING:  # annotations only: the combined detector imports this module while edge_agent.learn.detectors loads
-    from edge_agent.learn.detectors.base import Detector, Features
-
+#: The defaults of the fit (`edge_agent.learn.fitting.FitSettings`) and of the configuration: owned here.
 DEFAULT_SENSITIVITY = 0.5
 DEFAULT_QUANTILE = 0.99
 DEFAULT_MARGIN = 0.10
-
-
-def split_groups(features: Features, n_originals: int, factor: int) -> list[dict[str, np.ndarray]]:
-    """Split features computed on `edge_agent.learn.augment.augment`'s output into one group per original image.
-
-    Row 0 of every group is the original; the other rows are its augmented copies.
-    """
-    n = len(next(iter(features.values())))
-    if n != n_originals * (factor + 1):
-        raise ValueError(
-            f"expected {n_originals} x ({factor} + 1) = {n_originals * (factor + 1)} samples in augment order, got {n}"
-        )
-    return [
-        {name: np.asarray(arr)[idx] for name, arr in features.items()} for idx in group_indices(n_originals, factor)
-    ]
-
-
-def held_out_scores(
-    make_detector: Callable[[], Detector],
-    features_by_group: Sequence[Mapping[str, np.ndarray]],
-    probes: Sequence[Mapping[str, np.ndarray]],
-    max_folds: int | None = None,
-) -> list[np.ndarray]:
-    """Scores of ``probes[i]`` under a detector fitted without group i and without the groups in its fold.
-
-    ``make_detector`` returns a fresh unfitted detector (e.g. ``lambda: make_detector("mahalanobis")``).
-    With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
-    once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
-    copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
-    A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
-    damaged copies of it (the combined detector's weights).
-    """
-    if len(features_by_group) < 2:
-        raise ValueError(f"leave-one-out needs at least 2 good images, got {len(features_by_group)}")
-    if len(probes) != len(features_by_group):
-        raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(features_by_group)} groups")
-    if max_folds is not None and max_folds < 2:
-        raise ValueError(f"max_folds must be at least 2, got {max_folds}")
-    levels = set(features_by_group[0])
-    for i, group in enumerate(features_by_group):
-        if set(group) != levels:
-            raise ValueError(f"group {i} has levels {sorted(group)}, group 0 has {sorted(levels)}")
-    n = len(features_by_group)
-    n_folds = n if max_folds is None else min(n, max_folds)
-    fold_of = np.arange(n) % n_folds
-    scores: list[np.ndarray] = [np.empty(0)] * n
-    for fold in range(n_folds):
-        held = np.flatnonzero(fold_of == fold)
-        train = {
-            name: np.concatenate([np.asarray(g[name]) for j, g in enumerate(features_by_group) if fold_of[j] != fold])
-            for name in levels
-        }
-        detector = make_detector().fit(train)
-        sizes = [len(next(iter(probes[j].values()))) for j in held]
-        probe = {name: np.concatenate([np.asarray(probes[j][name]) for j in held]) for name in levels}
-        for j, part in zip(held, np.split(detector.score_samples(probe), np.cumsum(sizes)[:-1])):
-            scores[j] = part
-    return scores
-
-
-def leave_one_out_scores(
-    make_detector: Callable[[], Detector],
-    features_by_group: Sequence[Mapping[str, np.ndarray]],
-    max_folds: int | None = None,
-) -> np.ndarray:
-    """Score of each group's ORIGINAL (row 0) under a detector fitted without it: shape (n_groups,).
-
-    See `held_out_scores` for the folds.
-    """
-    originals = [{name: np.asarray(arr)[:1] for name, arr in g.items()} for g in features_by_group]
-    return np.concatenate(held_out_scores(make_detector, features_by_group, originals, max_folds))
+THRESHOLD_METHODS = ("lognormal", "empirical")
+DEFAULT_METHOD = "lognormal"
 
 
 def sensitivity_factor(sensitivity: float) -> float:
@@ -110,10 +38,6 @@ def sensitivity_factor(sensitivity: float) -> float:
     if not (0.0 <= float(sensitivity) <= 1.0):
         raise ValueError(f"sensitivity must be within [0, 1], got {sensitivity}")
     return float(2.0 ** (1.0 - 2.0 * float(sensitivity)))
-
-
-THRESHOLD_METHODS = ("lognormal", "empirical")
-DEFAULT_METHOD = "lognormal"
 
 
 def lognormal_quantile(scores: np.ndarray, quantile: float) -> float:

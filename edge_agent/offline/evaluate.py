@@ -24,14 +24,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edge_agent.learn.augment import AugmentationPolicy, augment
-from edge_agent.offline.datasets import MVTecSet, load_mvtec
-from edge_agent.learn.detectors import Detector, make_detector
-from edge_agent.embed.features import FeatureExtractor, Features
-from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
 from edge_agent.capture.images import read_image
-from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
+from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.augment import AugmentationPolicy, augment
+from edge_agent.learn.detectors import Detector, make_detector
+from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
+from edge_agent.learn.heldout import Features
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+from edge_agent.learn.threshold import is_anomalous
+from edge_agent.offline.datasets import MVTecSet, load_mvtec
+from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +205,13 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
                     defects = [damaged[i] for i in idx] if name in wants_damage else None
                     result = fit_features(feats, n, fit, defects)
                     scores = result.detector.score_samples(test)
+                    flagged = is_anomalous(scores, result.threshold)
                     rows.append({
                         "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,
                         "factor": factor, "n": n, "replicate": rep, "auroc": roc_auc(dataset.test_labels, scores),
                         "threshold": result.threshold,
-                        "false_reject_rate": float(np.mean(scores[good] > result.threshold)),
-                        "detection_rate": float(np.mean(scores[bad] > result.threshold)),
+                        "false_reject_rate": float(np.mean(flagged[good])),
+                        "detection_rate": float(np.mean(flagged[bad])),
                         "fit_s": round(time.perf_counter() - t0, 3),
                     })
                 log.info("factor %d, N=%d, replicate %d: %s", factor, n, rep,

@@ -17,11 +17,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-Features = Mapping[str, np.ndarray]
+from edge_agent.learn.heldout import Features
 
 POOLED = "pooled/"
 SPATIAL = "spatial/"
 _NDIM = {POOLED: 2, SPATIAL: 4}
+#: Upper bound on the elements of one (queries x training samples or memory patches) distance block, whatever the
+#: batch size (a camera has little RAM): 32 MB in float64, 16 MB in float32.
+BLOCK_ELEMENTS = 1 << 22
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -154,6 +157,11 @@ class Detector(ABC):
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "levels_")
+
+    @property
+    def nbytes_(self) -> int:
+        """Bytes held by the fitted model's arrays (what `get_state` saves), e.g. to check it fits a camera."""
+        return int(sum(np.asarray(a).nbytes for a in self.get_state()[1].values()))
 
     def _check_fit_input(self, features: Features) -> dict[str, np.ndarray]:
         """Select levels, validate, and record the common fitted attributes."""

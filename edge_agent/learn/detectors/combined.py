@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from edge_agent.learn.detectors.base import Detector, Features, check_features, select_levels
-from edge_agent.learn.threshold import held_out_scores
+from edge_agent.learn.detectors.registry import detector_from_spec, detector_spec, make_detector
+from edge_agent.learn.heldout import first_rows, held_out_scores, take_groups
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,6 @@ class CombinedDetector(Detector):
     def __init__(self, parts: Sequence[str] = ("mahalanobis", "patch-knn"), max_folds: int = 5) -> None:
         self.parts = tuple(parts)
         self.max_folds = max_folds
-
-    @staticmethod
-    def _make(name: str) -> Detector:
-        from edge_agent.learn.detectors import make_detector
-
-        return make_detector(name)
 
     @property
     def supports_heatmaps(self) -> bool:
@@ -105,14 +101,14 @@ class CombinedDetector(Detector):
         groups = [np.array([i]) for i in range(n)] if groups is None else [np.asarray(g) for g in groups]
         if len(groups) < 2:
             raise ValueError("combined needs at least 2 good images to normalise its parts")
-        self.parts_ = [self._make(name) for name in self.parts]
+        self.parts_ = [make_detector(name) for name in self.parts]
         levels = sorted({lv for p in self.parts_ for lv in select_levels(features, p.level_prefix, None)})
         shapes = {k: tuple(int(s) for s in v.shape[1:]) for k, v in check_features(features, levels, min_samples=2).items()}
         # The parts validate and convert for themselves: keeping the caller's (float32) arrays here instead of the
         # float64 copies check_features returns halves the fit's peak memory on the camera.
         arrays = {k: np.asarray(features[k]) for k in levels}
-        by_group = [{k: v[g] for k, v in arrays.items()} for g in groups]
-        probes = [{k: v[:1] for k, v in g.items()} for g in by_group]
+        by_group = take_groups(arrays, groups)
+        probes = first_rows(by_group)
         if defects is not None:
             if len(defects) != len(groups):
                 raise ValueError(f"damaged copies for {len(defects)} images, but {len(groups)} good images")
@@ -122,8 +118,7 @@ class CombinedDetector(Detector):
                 except ValueError as exc:
                     raise ValueError(f"damaged copies of good image {i} do not match the good images: {exc}") from None
                 probes[i] = {k: np.concatenate([probes[i][k], np.asarray(d[k])]) for k in levels}
-        held = [held_out_scores(lambda name=name: self._make(name), by_group, probes, self.max_folds)
-                for name in self.parts]
+        held = [held_out_scores(partial(make_detector, name), by_group, probes, self.max_folds) for name in self.parts]
         for part in self.parts_:
             part.fit(arrays)
         oof = _log_distance([[h[0] for h in part] for part in held])  # (parts, groups)
@@ -184,8 +179,6 @@ class CombinedDetector(Detector):
         return self.score_and_heatmaps(features)[1]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        from edge_agent.learn.detectors.persistence import detector_spec
-
         attrs, arrays = super().get_state()
         attrs["parts_"] = []
         for i, part in enumerate(self.parts_):
@@ -195,8 +188,6 @@ class CombinedDetector(Detector):
         return attrs, arrays
 
     def set_state(self, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> CombinedDetector:
-        from edge_agent.learn.detectors.persistence import detector_from_spec
-
         super().set_state(attrs, arrays)
         self.parts_ = []
         for i, spec in enumerate(attrs["parts_"]):

@@ -11,10 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edge_agent.learn.detectors.base import POOLED, Detector, Features, is_positive_int
-
-#: Upper bound on the elements of one (queries x training samples) distance block, about 32 MB in float64.
-_BLOCK_ELEMENTS = 1 << 22
+from edge_agent.learn.detectors.base import BLOCK_ELEMENTS, POOLED, Detector, Features, is_positive_int
 
 
 def _concat(arrays: Mapping[str, np.ndarray], levels: tuple[str, ...]) -> np.ndarray:
@@ -25,12 +22,12 @@ def knn_mean_sq_distance(queries: np.ndarray, train: np.ndarray, k: int) -> np.n
     """Mean of the k smallest squared euclidean distances from each query row to the training rows.
 
     Uses ||q - x||^2 = ||q||^2 + ||x||^2 - 2 q.x in float64, in blocks of queries so that the distance matrix
-    never exceeds ``_BLOCK_ELEMENTS`` entries whatever the batch size (a camera has little RAM), and
+    never exceeds ``BLOCK_ELEMENTS`` entries whatever the batch size (a camera has little RAM), and
     ``np.partition`` instead of a full sort (O(N) per query).
     """
     train64 = np.asarray(train, dtype=np.float64)
     train_sq = np.einsum("ij,ij->i", train64, train64)
-    block = max(1, _BLOCK_ELEMENTS // max(1, train64.shape[0]))
+    block = max(1, BLOCK_ELEMENTS // max(1, train64.shape[0]))
     out = np.empty(queries.shape[0], dtype=np.float64)
     for start in range(0, queries.shape[0], block):
         q = np.asarray(queries[start : start + block], dtype=np.float64)

@@ -12,45 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import cv2
 import numpy as np
 
 from edge_agent.learn.detectors import gaussian
 from edge_agent.learn.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
+from edge_agent.learn.detectors.spatial import blur_maps, resize_maps
 
-#: OpenCV resizes at most this many channels in one call (CV_CN_MAX).
-_CV_MAX_CHANNELS = 512
 #: Samples scored together: bounds the (locations x samples x channels) temporaries on a camera.
 _SCORE_BATCH = 16
-
-
-def _resize_stack(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Resize (n, h, w, c) maps to (n, H, W, c): area averaging to shrink, bilinear to enlarge."""
-    n, h, w, c = maps.shape
-    H, W = grid
-    if (h, w) == (H, W):
-        return maps
-    interp = cv2.INTER_AREA if (h >= H and w >= W) else cv2.INTER_LINEAR
-    out = np.empty((n, H, W, c), dtype=maps.dtype)
-    for i in range(n):
-        for start in range(0, c, _CV_MAX_CHANNELS):
-            part = np.ascontiguousarray(maps[i, :, :, start : start + _CV_MAX_CHANNELS])
-            out[i, :, :, start : start + _CV_MAX_CHANNELS] = cv2.resize(part, (W, H), interpolation=interp).reshape(
-                H, W, -1
-            )
-    return out
-
-
-def upsample_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of one (h, w) heat map to an image shape (height, width), e.g. to overlay it on a frame.
-
-    Takes numpy's (height, width) order; OpenCV's (width, height) is handled here so callers do not flip it.
-    """
-    hm = np.asarray(heatmap, dtype=np.float32)
-    if hm.ndim != 2:
-        raise ValueError(f"expected one (h, w) heat map, got shape {hm.shape}")
-    height, width = (int(s) for s in shape)
-    return cv2.resize(hm, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 class PadimDetector(Detector):
@@ -75,7 +44,7 @@ class PadimDetector(Detector):
     EfficientNet-B4's stage 3+4 maps at 380 px (48 x 48 locations, 56 + 112 = 168 channels) need
     2304 x 168^2 x 4 B = 260 MB in float32. With k = 100 channels a 28 x 28 grid needs 784 x 100^2 x 4 B =
     31 MB, a 48 x 48 grid 92 MB: reduce ``n_channels`` or the input size to fit. ``nbytes_`` reports the
-    fitted figure.
+    fitted figure (means, precisions, shrinkages, channel indices, grid).
     """
 
     level_prefix = SPATIAL
@@ -94,11 +63,6 @@ class PadimDetector(Detector):
         self.levels = levels
         self.sigma = sigma
 
-    @property
-    def nbytes_(self) -> int:
-        """Bytes held by the fitted model (means, precisions, shrinkages, channel indices, grid)."""
-        return int(sum(a.nbytes for a in self._get_arrays().values()))
-
     def _embed(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """Selected channels of every level on the common grid, as (n, h*w, k) float32.
 
@@ -109,7 +73,7 @@ class PadimDetector(Detector):
             c = self.shapes_[name][2]
             idx = self.channel_indices_[(self.channel_indices_ >= offset) & (self.channel_indices_ < offset + c)]
             if idx.size:
-                parts.append(_resize_stack(arrays[name][..., idx - offset].astype(np.float32), self.grid_))
+                parts.append(resize_maps(arrays[name][..., idx - offset].astype(np.float32), self.grid_))
             offset += c
         emb = np.concatenate(parts, axis=-1)
         return emb.reshape(emb.shape[0], -1, emb.shape[-1])
@@ -142,10 +106,7 @@ class PadimDetector(Detector):
             batch = emb[start : start + _SCORE_BATCH]
             dist = gaussian.mahalanobis(batch, self.means_, self.precisions_)
             maps[start : start + _SCORE_BATCH] = dist.reshape(-1, h, w)
-        if self.sigma > 0:
-            for i in range(maps.shape[0]):
-                maps[i] = cv2.GaussianBlur(maps[i], (0, 0), sigmaX=float(self.sigma), borderType=cv2.BORDER_REFLECT)
-        return maps
+        return blur_maps(maps, self.sigma, out=maps)
 
     def score_samples(self, features: Features) -> np.ndarray:
         return max_over_locations(self.heatmaps(features))

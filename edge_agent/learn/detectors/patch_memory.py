@@ -14,8 +14,9 @@ Numeric core, in the paper's terms:
 3. Coreset (Sec. 3.2, Alg. 1): greedy k-center selection of a fraction of M so that every discarded patch is
    close to a kept one. Few-shot training with 10x augmentation is highly redundant (the same bottle rim
    turned eleven times), so 10 % of the bank keeps nearly all of its coverage while the camera stores and
-   searches 10x less (`greedy_coreset`). As in PatchCore, distances for the selection may be computed on a
-   random projection (Johnson-Lindenstrauss) to make selection cheaper; the bank keeps the full vectors.
+   searches 10x less (`edge_agent.learn.detectors.coreset`). As in PatchCore, distances for the selection may be
+   computed on a random projection (Johnson-Lindenstrauss) to make selection cheaper; the bank keeps the full
+   vectors.
 4. Scoring (eq. 6-7): a test patch's score is the euclidean distance to its nearest memory patch; the image
    score is the MAXIMUM over its patches. The max, not a mean, because a defect on a part is typically small
    (a chip on a bottle rim covers one or two of 196 cells): averaging would dilute it among the good cells.
@@ -34,7 +35,7 @@ other size ratio falls back to an area resize.
 Cost: the coreset selection is O(P * k * d') time and O(P * d') memory for P training patches, k selected and
 d' = projection dimensions (no P x P distance matrix: PatchCore's exact variant would need 21560^2 x 4 B =
 1.9 GB at N = 10 with 10x augmentation). Scoring one image is one (L x d) @ (d x k) float32 matrix product
-for its L patches, i.e. O(L * k * d), with the matrix bounded by ``_BLOCK_ELEMENTS``.
+for its L patches, i.e. O(L * k * d), with the matrix bounded by ``BLOCK_ELEMENTS``.
 """
 
 from __future__ import annotations
@@ -42,15 +43,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import cv2
 import numpy as np
 
-from edge_agent.learn.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
+from edge_agent.learn.detectors.base import (
+    BLOCK_ELEMENTS,
+    SPATIAL,
+    Detector,
+    Features,
+    is_positive_int,
+    max_over_locations,
+)
+from edge_agent.learn.detectors.coreset import coreset_indices
+from edge_agent.learn.detectors.spatial import blur_maps, resize_maps
 
 #: Storage types accepted for the memory bank.
 BANK_DTYPES = ("float32", "float16")
-#: Upper bound on the elements of one (query patches x memory patches) distance block: 16 MB in float32.
-_BLOCK_ELEMENTS = 1 << 22
 
 
 def box_filter_3x3(maps: np.ndarray) -> np.ndarray:
@@ -87,61 +94,12 @@ def _axis_subsample(size: int, target: int) -> slice | None:
 def to_grid(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(n, h, w, c) maps on the (H, W) grid: stride-2 subsampling for the 2H/2H-1/2H+1 sizes of consecutive
     backbone stages (aligned cell centres, see the module docstring), an area resize for any other size."""
-    n, h, w, c = maps.shape
+    _, h, w, _ = maps.shape
     H, W = grid
     sy, sx = _axis_subsample(h, H), _axis_subsample(w, W)
     if sy is not None and sx is not None:
         return maps[:, sy, sx, :]
-    out = np.empty((n, H, W, c), dtype=np.float32)
-    for i in range(n):
-        for start in range(0, c, 512):  # OpenCV handles at most 512 channels per call
-            part = np.ascontiguousarray(maps[i, :, :, start : start + 512])
-            out[i, :, :, start : start + 512] = cv2.resize(part, (W, H), interpolation=cv2.INTER_AREA).reshape(H, W, -1)
-    return out
-
-
-def greedy_coreset(points: np.ndarray, n_select: int, start: int = 0) -> np.ndarray:
-    """Greedy k-center coreset (PatchCore, Roth et al. 2022, Alg. 1; Sener & Savarese 2018): indices of
-    ``n_select`` rows of ``points``, in selection order, beginning with ``start``.
-
-    Each step adds the point farthest from everything selected so far, i.e. the one whose nearest selected
-    point is farthest (it maximises the coverage gain, minimising max_i min_j ||x_i - c_j||). Only one vector
-    of squared distances to the current coreset is kept and updated with the distances to the newest point,
-    computed as ||x||^2 - 2 x.c + ||c||^2 with one matrix-vector product: O(P * d) work and no allocation per
-    step, O(P * n_select * d) time and O(P * d) memory in all. Selected points are marked so that none is
-    picked twice even among duplicate rows. Computes in float64 for float64 input, float32 otherwise.
-
-    The matrix-vector product goes through ``np.einsum`` (single-threaded SIMD), not BLAS. A multi-threaded
-    OpenBLAS wakes its threads for each of the thousands of small products; on a busy 2-core machine that
-    was measured 10-20x slower (21560 x 120, 10 %: 7.8 s against 0.6-1.1 s). `edge_agent` pins OpenBLAS to
-    one thread, but only when it is imported before numpy; einsum does not depend on import order, BLAS build
-    or thread count (so the same features select the same coreset anywhere), at about 1.4x the time of a
-    single-threaded BLAS product.
-    """
-    X = np.asarray(points)
-    dtype = np.float64 if X.dtype == np.float64 else np.float32
-    X = np.ascontiguousarray(X, dtype=dtype)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"points must be a non-empty (n, d) array, got shape {X.shape}")
-    n = X.shape[0]
-    if not is_positive_int(n_select) or n_select > n:
-        raise ValueError(f"n_select must be an integer in [1, {n}], got {n_select!r}")
-    if not (isinstance(start, (int, np.integer)) and 0 <= start < n):
-        raise ValueError(f"start must be an index in [0, {n}), got {start!r}")
-    sq = np.einsum("ij,ij->i", X, X)
-    min_d2 = np.full(n, np.inf, dtype=dtype)
-    buf = np.empty(n, dtype=dtype)
-    selected = np.empty(int(n_select), dtype=np.int64)
-    current = int(start)
-    for t in range(int(n_select)):
-        selected[t] = current
-        np.einsum("ij,j->i", X, X[current] * dtype(-2.0), out=buf)
-        buf += sq
-        buf += sq[current]
-        np.minimum(min_d2, buf, out=min_d2)
-        min_d2[current] = -np.inf  # never again, whatever rounding says
-        current = int(np.argmax(min_d2))
-    return selected
+    return resize_maps(maps.astype(np.float32, copy=False), grid)
 
 
 def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
@@ -149,13 +107,13 @@ def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray
 
     min_j ||q - b_j||^2 = ||q||^2 + min_j (||b_j||^2 - 2 q.b_j): one float32 matrix product per block of
     queries, ``bank_sq`` = ||b_j||^2 precomputed at fit. Blocks keep the (queries x bank) matrix within
-    ``_BLOCK_ELEMENTS`` whatever the batch. Rounding can make the squared distance of a query equal to a bank
+    ``BLOCK_ELEMENTS`` whatever the batch. Rounding can make the squared distance of a query equal to a bank
     row slightly negative: it is clamped to 0 before the square root.
     """
     Q = np.ascontiguousarray(queries, dtype=np.float32)
     B = bank if bank.dtype == np.float32 else bank.astype(np.float32)  # float16 storage: search in float32
     out = np.empty(Q.shape[0], dtype=np.float32)
-    block = max(1, _BLOCK_ELEMENTS // max(1, B.shape[0]))
+    block = max(1, BLOCK_ELEMENTS // max(1, B.shape[0]))
     for s in range(0, Q.shape[0], block):
         q = Q[s : s + block]
         g = np.dot(q * np.float32(-2.0), B.T)
@@ -187,11 +145,12 @@ class PatchMemoryDetector(Detector):
 
     ``score_samples`` returns HIGHER = MORE ANOMALOUS: the largest nearest-neighbour distance over the
     image's patches. ``heatmaps`` returns the (n, h, w) float32 patch distances on the grid (blurred by
-    ``blur_sigma``); `edge_agent.learn.detectors.upsample_heatmap` brings one to the image size.
+    ``blur_sigma``); `edge_agent.deliver.snapshot.overlay` stretches one over the frame.
 
     Fitted attributes: ``grid_`` (h, w), ``memory_bank_`` (k, d), ``memory_sq_norms_`` (k,) float32,
     ``coreset_indices_`` (k,) int32 (rows of the training patches, image-major: index // (h*w) is the
-    training image a memory patch came from), ``levels_``, ``shapes_``, ``n_train_``; ``nbytes_``.
+    training image a memory patch came from), ``levels_``, ``shapes_``, ``n_train_``; ``nbytes_`` (memory bank, its
+    squared norms, coreset indices and grid).
 
     Camera cost at N = 10 images x 11 (10x augmentation) x 196 patches x 120 dims (Lite0): full bank
     10.3 MB float32, coreset 0.1 about 1.1 MB; scoring is one 196 x 120 @ 120 x k product.
@@ -237,11 +196,6 @@ class PatchMemoryDetector(Detector):
         ):
             raise ValueError(f"blur_sigma must be a finite number >= 0, got {s!r}")
 
-    @property
-    def nbytes_(self) -> int:
-        """Bytes held by the fitted model: memory bank, its squared norms, coreset indices and grid."""
-        return int(sum(a.nbytes for a in self._get_arrays().values()))
-
     # ------------------------------------------------------------------ numeric core
     def patch_embeddings(self, features: Features) -> np.ndarray:
         """Locally aware patch features (PatchCore eq. 2-3) of validated input, (n, h, w, d) float32 on ``grid_``."""
@@ -269,19 +223,7 @@ class PatchMemoryDetector(Detector):
         n_keep = total if self.coreset_ratio >= 1 else max(1, math.ceil(float(self.coreset_ratio) * total))
         if self.coreset_max is not None and self.coreset_ratio < 1:
             n_keep = min(n_keep, int(self.coreset_max))
-        if n_keep >= total:
-            indices = np.arange(total)
-        else:
-            rng = np.random.default_rng(self.seed)
-            start = int(rng.integers(total))
-            d = patches.shape[1]
-            if self.projection_dim is not None and int(self.projection_dim) < d:
-                k = int(self.projection_dim)
-                projection = rng.normal(0.0, 1.0 / math.sqrt(k), size=(d, k)).astype(np.float32)
-                reduced = patches @ projection
-            else:
-                reduced = patches
-            indices = greedy_coreset(reduced, n_keep, start)
+        indices = coreset_indices(patches, n_keep, self.seed, self.projection_dim)
         bank = patches[indices].astype(self.dtype)
         self.memory_bank_ = np.ascontiguousarray(bank)
         as32 = self.memory_bank_.astype(np.float32)
@@ -296,21 +238,14 @@ class PatchMemoryDetector(Detector):
         dist = nearest_distances(emb.reshape(-1, d), self.memory_bank_, self.memory_sq_norms_)
         return dist.reshape(n, h, w)
 
-    def _blur(self, maps: np.ndarray) -> np.ndarray:
-        if self.blur_sigma > 0:
-            maps = maps.copy()
-            for i in range(maps.shape[0]):
-                maps[i] = cv2.GaussianBlur(maps[i], (0, 0), sigmaX=float(self.blur_sigma), borderType=cv2.BORDER_REFLECT)
-        return maps
-
     def score_and_heatmaps(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """``score_samples`` and ``heatmaps`` from one search (what a camera raising an alert needs)."""
         raw = self._patch_scores(features)
-        return max_over_locations(raw), self._blur(raw)
+        return max_over_locations(raw), blur_maps(raw, self.blur_sigma)
 
     def heatmaps(self, features: Features) -> np.ndarray:
         """Nearest-memory patch distances on the grid, (n, h, w) float32, blurred by ``blur_sigma`` cells."""
-        return self._blur(self._patch_scores(features))
+        return blur_maps(self._patch_scores(features), self.blur_sigma)
 
     def score_samples(self, features: Features) -> np.ndarray:
         """Largest patch distance per image (PatchCore eq. 6, without the eq. 7 reweighting), float64."""

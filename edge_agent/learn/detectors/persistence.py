@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.system.atomic import write_bytes_atomic
-from edge_agent.learn.detectors import DETECTOR_CLASSES
 from edge_agent.learn.detectors.base import Detector
+from edge_agent.learn.detectors.registry import detector_classes, detector_from_spec, detector_spec
+from edge_agent.system.atomic import write_bytes_atomic
 
 MAGIC = b"EADETECT"
 FORMAT_VERSION = 1
@@ -54,24 +54,6 @@ class DetectorFileError(ValueError):
 class LoadedDetector(NamedTuple):
     detector: Detector
     metadata: dict[str, Any]
-
-
-def detector_spec(detector: Detector) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A fitted detector as a JSON-able spec (class, parameters, attributes) plus its arrays.
-
-    Shared by the file format and by detectors that hold other detectors (the combined one).
-    """
-    attrs, arrays = detector.get_state()
-    return {"class": type(detector).__name__, "params": detector.get_params(), "attrs": attrs}, arrays
-
-
-def detector_from_spec(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Detector:
-    """Inverse of `detector_spec`; ValueError for an unknown class, KeyError/TypeError for an incomplete spec."""
-    cls = DETECTOR_CLASSES.get(spec.get("class"))
-    if cls is None:
-        raise ValueError(f"unknown detector class {spec.get('class')!r}; known: {sorted(DETECTOR_CLASSES)}")
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
-    return cls(**params).set_state(spec["attrs"], arrays)
 
 
 def _encode(detector: Detector, metadata: Mapping[str, Any]) -> bytes:
@@ -152,10 +134,9 @@ def load_detector(
             loaded = f"model {expected_model_id or '<unnamed>'} (sha256 {expected_model_sha256})"
             raise DetectorFileError(f"{path} was fitted for {fitted}, but the loaded feature model is {loaded}: refit")
     spec = header.get("detector", {})
-    if spec.get("class") not in DETECTOR_CLASSES:
-        raise DetectorFileError(
-            f"{path} holds an unknown detector class {spec.get('class')!r}; known: {sorted(DETECTOR_CLASSES)}"
-        )
+    known = detector_classes()
+    if spec.get("class") not in known:
+        raise DetectorFileError(f"{path} holds an unknown detector class {spec.get('class')!r}; known: {sorted(known)}")
     try:
         detector = detector_from_spec(spec, arrays)
     except (KeyError, TypeError, ValueError) as exc:

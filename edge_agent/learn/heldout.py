@@ -1,0 +1,97 @@
+"""Held-out scoring: how a good image scores under a model that never saw it nor its augmented copies.
+
+Both the label-free threshold (`edge_agent.learn.threshold`, through `edge_agent.learn.fitting`) and the combined
+detector's normalisation (`edge_agent.learn.detectors.combined`) need honest scores of the good training images:
+scoring an image with the model fitted on it is optimistic (it sits inside the fitted distribution). So each
+original is scored by a model fitted WITHOUT it and without its augmented copies (a "group").
+
+This module sits below the detectors and the threshold: it imports neither, and only needs something with
+``fit(features) -> self`` and ``score_samples(features) -> (n,)`` (`Scorer`). It also owns `Features`, the
+one type of the feature mappings every module in ``edge_agent.learn`` passes around.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+#: Features as every part of ``edge_agent.learn`` takes them: level name -> array, one row per sample
+#: (``"pooled/<tap>"`` (n, d) vectors, ``"spatial/<tap>"`` (n, h, w, c) maps; see `edge_agent.learn.detectors.base`).
+Features = Mapping[str, np.ndarray]
+
+
+class Scorer(Protocol):
+    """What held-out scoring needs of a detector (`edge_agent.learn.detectors.base.Detector` is one)."""
+
+    def fit(self, features: Features) -> Scorer: ...
+
+    def score_samples(self, features: Features) -> np.ndarray: ...
+
+
+def take_groups(features: Features, groups: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One feature mapping per group of row indices (e.g. `edge_agent.learn.augment.group_indices`: an original
+    followed by its augmented copies, so that row 0 of every group is the original)."""
+    arrays = {name: np.asarray(arr) for name, arr in features.items()}
+    return [{name: arr[np.asarray(idx)] for name, arr in arrays.items()} for idx in groups]
+
+
+def first_rows(features_by_group: Sequence[Features], n: int = 1) -> list[dict[str, np.ndarray]]:
+    """The first ``n`` rows of every group: its original, with `take_groups`' layout."""
+    return [{name: np.asarray(arr)[:n] for name, arr in g.items()} for g in features_by_group]
+
+
+def held_out_scores(
+    make_detector: Callable[[], Scorer],
+    features_by_group: Sequence[Features],
+    probes: Sequence[Features],
+    max_folds: int | None = None,
+) -> list[np.ndarray]:
+    """Scores of ``probes[i]`` under a detector fitted without group i and without the groups in its fold.
+
+    ``make_detector`` returns a fresh unfitted detector (e.g. ``lambda: make_detector("mahalanobis")``).
+    With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
+    once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
+    copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
+    A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
+    damaged copies of it (the combined detector's weights).
+    """
+    if len(features_by_group) < 2:
+        raise ValueError(f"leave-one-out needs at least 2 good images, got {len(features_by_group)}")
+    if len(probes) != len(features_by_group):
+        raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(features_by_group)} groups")
+    if max_folds is not None and max_folds < 2:
+        raise ValueError(f"max_folds must be at least 2, got {max_folds}")
+    levels = set(features_by_group[0])
+    for i, group in enumerate(features_by_group):
+        if set(group) != levels:
+            raise ValueError(f"group {i} has levels {sorted(group)}, group 0 has {sorted(levels)}")
+    n = len(features_by_group)
+    n_folds = n if max_folds is None else min(n, max_folds)
+    fold_of = np.arange(n) % n_folds
+    scores: list[np.ndarray] = [np.empty(0)] * n
+    for fold in range(n_folds):
+        held = np.flatnonzero(fold_of == fold)
+        train = {
+            name: np.concatenate([np.asarray(g[name]) for j, g in enumerate(features_by_group) if fold_of[j] != fold])
+            for name in levels
+        }
+        detector = make_detector().fit(train)
+        sizes = [len(next(iter(probes[j].values()))) for j in held]
+        probe = {name: np.concatenate([np.asarray(probes[j][name]) for j in held]) for name in levels}
+        for j, part in zip(held, np.split(detector.score_samples(probe), np.cumsum(sizes)[:-1])):
+            scores[j] = part
+    return scores
+
+
+def leave_one_out_scores(
+    make_detector: Callable[[], Scorer],
+    features_by_group: Sequence[Features],
+    max_folds: int | None = None,
+) -> np.ndarray:
+    """Score of each group's ORIGINAL (row 0) under a detector fitted without it: shape (n_groups,).
+
+    See `held_out_scores` for the folds.
+    """
+    return np.concatenate(held_out_scores(make_detector, features_by_group, first_rows(features_by_group), max_folds))
