@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import textwrap
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -464,3 +466,64 @@ def test_a_directory_given_as_config_is_a_config_error(tmp_path):
 def test_detector_params_typo_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"\[detector\] params"):
         config_from_dict(minimal(detector={"name": "knn", "params": {"kk": 3}}))
+
+
+# ---- the shipped example ----------------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "config.example.toml"
+
+
+def _example_sections(text: str) -> dict[str, list[str]]:
+    """The lines of each ``[section]`` of the example, commented-out ones included."""
+    sections: dict[str, list[str]] = {}
+    name = None
+    for line in text.splitlines():
+        header = re.match(r"\s*\[(\w+)\]\s*(#.*)?$", line)
+        if header:
+            name = header.group(1)
+            sections.setdefault(name, [])
+        elif name is not None:
+            sections[name].append(line)
+    return sections
+
+
+def _commented_out(lines: list[str]) -> dict[str, object]:
+    """Settings shown only as comments: ``# kind = "folder"; path = "/srv/incoming"  # prose``."""
+    shown: dict[str, object] = {}
+    for line in lines:
+        text = line.strip()
+        if not text.startswith("#"):
+            continue
+        for piece in text.lstrip("#").split(" #")[0].split(";"):
+            try:
+                shown.update(tomllib.loads(piece.strip()))
+            except tomllib.TOMLDecodeError:
+                pass  # prose, not a setting
+    return shown
+
+
+def test_the_example_config_shows_every_key_the_config_accepts():
+    """systemd/config.example.toml says it lists every key: each field of each section of Config is set there or
+    shown in a commented-out line, and nothing is shown that the config would refuse as unknown."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    sections = _example_sections(text)
+    missing, unknown = [], []
+    for section, cls in typing.get_type_hints(Config).items():
+        accepted = {f.name for f in dataclasses.fields(cls)}
+        lines = sections.get(section, [])
+        shown = set(data.get(section, {})) | set(_commented_out(lines))
+        missing += [f"[{section}] {key}" for key in sorted(accepted - shown)]
+        unknown += [f"[{section}] {key}" for key in sorted(shown - accepted)]
+    unknown += [f"[{name}]" for name in sorted(set(sections) - set(typing.get_type_hints(Config)))]
+    assert not missing, f"keys the config accepts but {EXAMPLE.name} does not show: {missing}"
+    assert not unknown, f"keys {EXAMPLE.name} shows but the config does not accept: {unknown}"
+
+
+def test_the_example_config_loads_and_every_value_it_sets_arrives():
+    config = load_config(EXAMPLE)
+    data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert data, "the example sets nothing"
+    for section, values in data.items():
+        for key, value in values.items():
+            assert getattr(getattr(config, section), key) == value, f"[{section}] {key}"
