@@ -15,13 +15,19 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edge_agent.deliver.spool import ON_FULL_POLICIES
+from edge_agent.embed.runtime.delegates import DELEGATES
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
-from edge_agent.learn.detectors import DETECTOR_NAMES, make_detector
+from edge_agent.learn.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES, make_detector
+from edge_agent.learn.fitting import FitSettings
+from edge_agent.learn.threshold import (DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_QUANTILE, DEFAULT_SENSITIVITY,
+                                        THRESHOLD_METHODS)
 
-if TYPE_CHECKING:
-    from edge_agent.learn.fitting import FitSettings
+#: Frame sources `edge_agent.capture.open_source` can open, and the trigger modes of the agent's loop.
+SOURCE_KINDS = ("folder", "opencv", "picamera2")
+TRIGGER_MODES = ("continuous", "mqtt")
 
 
 class ConfigError(ValueError):
@@ -44,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
-    kind: str = "folder"  # folder | opencv | picamera2
+    kind: str = SOURCE_KINDS[0]
     path: str = ""  # folder
     watch: bool = False
     loop: bool = False
@@ -57,15 +63,13 @@ class SourceConfig:
 
 @dataclass
 class TriggerConfig:
-    mode: str = "continuous"  # continuous | mqtt
+    mode: str = TRIGGER_MODES[0]
     max_fps: float = 5.0
 
 
 @dataclass
 class DetectorConfig:
-    # The Gaussian and the patch memory weighted by synthetic damage: level with the patch memory where it wins,
-    # ahead of both where parts turn (docs/results.md, "Choice of the shipped default").
-    name: str = "combined"
+    name: str = DEFAULT_DETECTOR
     params: dict = field(default_factory=dict)
 
 
@@ -83,11 +87,11 @@ class AugmentationConfig:
 
 @dataclass
 class ThresholdConfig:
-    sensitivity: float = 0.5
-    quantile: float = 0.99
-    margin: float = 0.10
+    sensitivity: float = DEFAULT_SENSITIVITY
+    quantile: float = DEFAULT_QUANTILE
+    margin: float = DEFAULT_MARGIN
     override: float = -1.0  # < 0: calibrated from the good images
-    method: str = "lognormal"  # or "empirical" (the plain quantile of the leave-one-out scores)
+    method: str = DEFAULT_METHOD
 
 
 @dataclass
@@ -132,7 +136,7 @@ class MqttConfig:
 @dataclass
 class SpoolConfig:
     max_messages: int = 100_000
-    on_full: str = "drop-oldest"
+    on_full: str = ON_FULL_POLICIES[0]
 
 
 @dataclass
@@ -163,13 +167,13 @@ class Config:
 
 
 _CHOICES = {
-    ("model", "delegate"): ("cpu", "gpu", "edgetpu", "auto"),
-    ("source", "kind"): ("folder", "opencv", "picamera2"),
-    ("trigger", "mode"): ("continuous", "mqtt"),
+    ("model", "delegate"): DELEGATES,
+    ("source", "kind"): SOURCE_KINDS,
+    ("trigger", "mode"): TRIGGER_MODES,
     ("detector", "name"): DETECTOR_NAMES,
     ("augmentation", "preset"): tuple(PRESETS),
-    ("spool", "on_full"): ("drop-oldest", "drop-newest"),
-    ("threshold", "method"): ("lognormal", "empirical"),
+    ("spool", "on_full"): ON_FULL_POLICIES,
+    ("threshold", "method"): THRESHOLD_METHODS,
 }
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
@@ -288,10 +292,8 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def fit_settings(config: Config) -> "FitSettings":
+def fit_settings(config: Config) -> FitSettings:
     """The few-shot fit as the configuration describes it."""
-    from edge_agent.learn.fitting import FitSettings
-
     t = config.threshold
     return FitSettings(
         detector=config.detector.name, detector_params=dict(config.detector.params),

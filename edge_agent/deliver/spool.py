@@ -1,7 +1,7 @@
 """A durable, bounded, ordered on-disk queue of outgoing MQTT messages (SQLite, standard library only).
 
 Why a spool: a verdict is made whether or not the broker is reachable, and "none is lost, across an agent
-restart too" (DESIGN.md, MQTT contract). So every QoS 1 message is committed here first by the capture thread
+restart too" (docs/architecture.md, "MQTT contract"). So every QoS 1 message is committed here first by the capture thread
 and removed (``ack``) by the sender thread only after the broker acknowledged it (PUBACK). A crash between the
 PUBACK and the ack sends the message again after a restart: delivery is at least once, never at most once.
 
