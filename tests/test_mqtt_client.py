@@ -53,3 +53,13 @@ def test_topics_of_the_contract() -> None:
     assert t("verdict") == "plant/line-3/cam-7/verdict"
     assert t.command("retrain") == "plant/line-3/cam-7/cmd/retrain"
     assert t.command_result("retrain") == "plant/line-3/cam-7/cmd/retrain/result"
+
+
+def test_reconnect_backoff_must_be_positive_and_ordered() -> None:
+    from edge_agent.config import ConfigError
+
+    base = {"source": {"path": "."}}
+    with pytest.raises(ConfigError, match="reconnect_min_s <= reconnect_max_s"):
+        config_from_dict({**base, "mqtt": {"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}})
+    with pytest.raises(ConfigError, match="reconnect_min_s"):
+        config_from_dict({**base, "mqtt": {"reconnect_min_s": 0.0}})
