@@ -67,7 +67,7 @@ def test_save_makes_it_current_and_loads_back(tmp_path, manifest, features, prob
 
 
 def test_save_of_a_real_fit_result(tmp_path, manifest, features):
-    settings = FitSettings(factor=0, max_folds=4)
+    settings = FitSettings(detector="mahalanobis", factor=0, max_folds=4)
     result = fit_features(features, 24, settings)
     store = DetectorStore(tmp_path)
     path = store.save(result, settings, manifest)
