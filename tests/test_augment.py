@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -125,13 +124,12 @@ def test_presets_cover_mvtec_and_generic() -> None:
         assert not (PRESETS[name].hflip or PRESETS[name].vflip or PRESETS[name].rot90), name
 
 
-def test_on_real_bottle_image() -> None:
-    root = Path(os.environ.get("EDGE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    path = root / "mvtec_ad_bottle" / "train" / "good" / "000.png"
-    if not path.is_file():
-        pytest.skip(f"real image not found at {path}: set EDGE_DATA_DIR to the folder holding mvtec_ad_bottle")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def test_on_a_real_image(real_set) -> None:
+    img = cv2.imread(str(real_set.train_good[0]), cv2.IMREAD_COLOR)
     out = augment([img], PRESETS["bottle"], factor=3, seed=0)
     assert len(out) == 4 and all(o.shape == img.shape for o in out)
-    # A rotated bottle keeps its overall brightness: the reflect border adds no black wedges.
+    # A turned part keeps its overall brightness: the reflect border adds no black wedges.
     assert all(abs(float(o.mean()) - float(img.mean())) < 0.1 * float(img.mean()) + 5 for o in out[1:])
+    # The reference: the same turn with a black border darkens the corners it uncovers.
+    black = augment([img], dataclasses.replace(PRESETS["bottle"], border="constant"), factor=3, seed=0)
+    assert any(float(b.mean()) < float(o.mean()) for b, o in zip(black[1:], out[1:]))

@@ -1,5 +1,6 @@
-"""The paper's evaluation protocol on a tiny MVTec-layout set made of real bottle images, with the shipped int8
-model: output files, summary rows, the embedding cache, data set errors, the elpv writer and the CLI entry."""
+"""The paper's evaluation protocol on a tiny MVTec-layout set made of real images (`real_set`: bottle or elpv cells),
+with the shipped int8 model: output files, summary rows, the embedding cache, data set errors, the elpv writer and
+the CLI entry."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTORS = ["mahalanobis", "knn", "padim"]
-LAYOUT = {"train/good": ("train/good", 6), "test/good": ("test/good", 4), "test/broken_large": ("test/broken_large", 4)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,12 +35,19 @@ def one_blas_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_bottle(bottle_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sets") / "tiny_bottle"
-    for dst, (src, n) in LAYOUT.items():
+def defect_kind(real_set) -> str:
+    """The real set's defect folder: ``broken_large`` (bottle) or ``defective`` (elpv); both sort before good."""
+    return real_set.defects[0].parent.name
+
+
+@pytest.fixture(scope="module")
+def tiny_set(real_set, defect_kind, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sets") / "tiny_set"
+    layout = {"train/good": real_set.train_good[:6], "test/good": real_set.test_good[:4],
+              f"test/{defect_kind}": real_set.defects[:4]}
+    for dst, paths in layout.items():
         (root / dst).mkdir(parents=True)
-        paths = list_images(bottle_dir / src)[:n]
-        assert len(paths) == n
+        assert len(paths) == (6 if dst == "train/good" else 4)
         for p in paths:
             shutil.copyfile(p, root / dst / p.name)
     return root
@@ -74,24 +81,24 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tiny_bottle, shipped_model, tmp_path_factory):
+def first_run(tiny_set, shipped_model, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
         counting = CountingExtractor(shipped_model, mp)
         work = tmp_path_factory.mktemp("eval")
         out, cache = work / "out", work / "cache"
-        summary = evaluate(tiny_bottle, counting.extractor, out, cache, settings())
+        summary = evaluate(tiny_set, counting.extractor, out, cache, settings())
     finally:
         mp.undo()
     return {"summary": summary, "out": out, "cache": cache, "calls": counting.calls,
             "model_id": counting.extractor.manifest.model_id}
 
 
-def test_load_mvtec_indexes_the_tiny_set(tiny_bottle):
-    ds = load_mvtec(tiny_bottle)
-    assert ds.name == "tiny_bottle"
+def test_load_mvtec_indexes_the_tiny_set(tiny_set, defect_kind):
+    ds = load_mvtec(tiny_set)
+    assert ds.name == "tiny_set"
     assert len(ds.train) == 6 and len(ds.test) == 8
-    assert ds.test_kinds == ["broken_large"] * 4 + ["good"] * 4  # folders in name order
+    assert ds.test_kinds == [defect_kind] * 4 + ["good"] * 4  # folders in name order
     assert ds.test_labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
     assert all(p.parent.name == "good" for p in ds.train)
 
@@ -112,7 +119,7 @@ def test_results_have_one_row_per_fit(first_run):
                       for rep in range(reps))
     assert keys == expected
     for r in rows:
-        assert r["dataset"] == "tiny_bottle" and r["model"] == first_run["model_id"]
+        assert r["dataset"] == "tiny_set" and r["model"] == first_run["model_id"]
         assert 0.0 <= float(r["auroc"]) <= 1.0
         assert float(r["threshold"]) > 0
         assert 0.0 <= float(r["false_reject_rate"]) <= 1.0 and 0.0 <= float(r["detection_rate"]) <= 1.0
@@ -132,14 +139,15 @@ def test_summary_rows(first_run):
     on_disk = read_csv(first_run["out"] / "summary.csv")
     assert len(on_disk) == len(summary)
     assert [float(r["auroc_mean"]) for r in on_disk] == pytest.approx([s["auroc_mean"] for s in summary])
-    # Real large breaks on real bottles: with all six good images the paper's detector ranks them well.
+    # Clear real defects (large breaks, cells certainly defective): with all six good images the paper's detector
+    # ranks them well (measured 1.0 on both sets).
     maha = {(s["factor"], s["n"]): s for s in summary if s["detector"] == "mahalanobis"}
     assert maha[(0, 6)]["auroc_mean"] >= 0.8 and maha[(2, 6)]["auroc_mean"] >= 0.8
 
 
 def test_summary_markdown(first_run):
     md = (first_run["out"] / "summary.md").read_text()
-    assert md.startswith(f"### tiny_bottle - {first_run['model_id']}")
+    assert md.startswith(f"### tiny_set - {first_run['model_id']}")
     assert "| N=3 | N=6 |" in md
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| detector")]
     assert len(table_rows) == len(DETECTORS) * 2
@@ -154,12 +162,12 @@ def test_first_run_embeds_each_image_once(first_run):
     assert len(list(first_run["cache"].rglob("*.npz"))) == 8 + 6 + 6
 
 
-def test_second_run_reuses_the_cache(first_run, tiny_bottle, shipped_model, tmp_path, monkeypatch):
+def test_second_run_reuses_the_cache(first_run, tiny_set, shipped_model, tmp_path, monkeypatch):
     # Same data, sizes, factors and policy: the same embeddings. PaDiM is left out only to save its fit time.
     counting = CountingExtractor(shipped_model, monkeypatch)
     again = settings()
     again.detectors = ["mahalanobis", "knn"]
-    summary = evaluate(tiny_bottle, counting.extractor, tmp_path / "out2", first_run["cache"], again)
+    summary = evaluate(tiny_set, counting.extractor, tmp_path / "out2", first_run["cache"], again)
     assert counting.calls == 0
     before = {(s["detector"], s["factor"], s["n"]): s for s in first_run["summary"]}
     assert len(summary) == 8
@@ -168,7 +176,7 @@ def test_second_run_reuses_the_cache(first_run, tiny_bottle, shipped_model, tmp_
     assert (tmp_path / "out2" / "summary.md").is_file()
 
 
-def test_combined_gets_damaged_copies_embedded_once(first_run, tiny_bottle, shipped_model, tmp_path, monkeypatch):
+def test_combined_gets_damaged_copies_embedded_once(first_run, tiny_set, shipped_model, tmp_path, monkeypatch):
     # The combined detector is weighted by synthetic damage: 3 damaged copies of each of the 6 training images are
     # embedded once (everything else comes from the first run's cache), and a second run embeds nothing.
     cache = tmp_path / "cache"
@@ -176,12 +184,12 @@ def test_combined_gets_damaged_copies_embedded_once(first_run, tiny_bottle, ship
     counting = CountingExtractor(shipped_model, monkeypatch)
     combined = EvalSettings(sizes=["max"], replicates=1, factors=[2], detectors=["patch-knn", "combined"],
                             policy=PRESETS["bottle"], fit=FitSettings(max_folds=3))
-    summary = evaluate(tiny_bottle, counting.extractor, tmp_path / "o1", cache, combined)
+    summary = evaluate(tiny_set, counting.extractor, tmp_path / "o1", cache, combined)
     assert counting.calls == 6 * DEFECTS_PER_IMAGE
     assert {s["detector"] for s in summary} == {"patch-knn", "combined"}
-    assert all(s["auroc_mean"] >= 0.8 for s in summary)  # real large breaks, all six good bottles
+    assert all(s["auroc_mean"] >= 0.8 for s in summary)  # clear real defects, all six good images
     counting.calls = 0
-    evaluate(tiny_bottle, counting.extractor, tmp_path / "o2", cache, combined)
+    evaluate(tiny_set, counting.extractor, tmp_path / "o2", cache, combined)
     assert counting.calls == 0
 
 
@@ -189,9 +197,9 @@ def originals_only() -> EvalSettings:
     return EvalSettings(sizes=["max"], factors=[0], detectors=["knn"])
 
 
-def test_a_changed_image_is_embedded_again(tiny_bottle, shipped_model, tmp_path, monkeypatch):
+def test_a_changed_image_is_embedded_again(tiny_set, shipped_model, tmp_path, monkeypatch):
     data = tmp_path / "data"
-    shutil.copytree(tiny_bottle, data)
+    shutil.copytree(tiny_set, data)
     cache = tmp_path / "cache"
     counting = CountingExtractor(shipped_model, monkeypatch)
     evaluate(data, counting.extractor, tmp_path / "o1", cache, originals_only())
@@ -204,22 +212,22 @@ def test_a_changed_image_is_embedded_again(tiny_bottle, shipped_model, tmp_path,
     assert counting.calls == 1
 
 
-def test_a_truncated_cache_file_is_recomputed(tiny_bottle, shipped_model, tmp_path, monkeypatch):
+def test_a_truncated_cache_file_is_recomputed(tiny_set, shipped_model, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     counting = CountingExtractor(shipped_model, monkeypatch)
-    evaluate(tiny_bottle, counting.extractor, tmp_path / "o1", cache, originals_only())
+    evaluate(tiny_set, counting.extractor, tmp_path / "o1", cache, originals_only())
     victim = min(cache.rglob("*.npz"))
     victim.write_bytes(victim.read_bytes()[:50])
     counting.calls = 0
-    evaluate(tiny_bottle, counting.extractor, tmp_path / "o2", cache, originals_only())
+    evaluate(tiny_set, counting.extractor, tmp_path / "o2", cache, originals_only())
     assert counting.calls == 1
 
 
-def test_evaluate_with_two_images_and_no_augmentation(first_run, tiny_bottle, shipped_model, tmp_path):
+def test_evaluate_with_two_images_and_no_augmentation(first_run, tiny_set, shipped_model, tmp_path):
     extractor = FeatureExtractor(shipped_model)
     two = settings(sizes=(2, "max"))
     two.detectors = ["mahalanobis"]
-    summary = evaluate(tiny_bottle, extractor, tmp_path / "out", first_run["cache"], two)
+    summary = evaluate(tiny_set, extractor, tmp_path / "out", first_run["cache"], two)
     assert {(s["factor"], s["n"]) for s in summary} >= {(2, 2), (0, 6), (2, 6)}
     assert (0, 2) not in {(s["factor"], s["n"]) for s in summary}  # skipped: one sample per fold
     assert all(0.0 <= s["auroc_mean"] <= 1.0 for s in summary)
@@ -228,30 +236,30 @@ def test_evaluate_with_two_images_and_no_augmentation(first_run, tiny_bottle, sh
 # ---- data sets ---------------------------------------------------------------------------------------------
 
 
-def test_load_mvtec_without_train_good(tiny_bottle, tmp_path):
-    shutil.copytree(tiny_bottle / "test", tmp_path / "set" / "test")
+def test_load_mvtec_without_train_good(tiny_set, tmp_path):
+    shutil.copytree(tiny_set / "test", tmp_path / "set" / "test")
     with pytest.raises(ImageFolderError, match=r"train/good holds no images: is .*set in MVTec layout"):
         load_mvtec(tmp_path / "set")
 
 
-def test_load_mvtec_with_an_empty_train_good(tiny_bottle, tmp_path):
-    shutil.copytree(tiny_bottle / "test", tmp_path / "set" / "test")
+def test_load_mvtec_with_an_empty_train_good(tiny_set, tmp_path):
+    shutil.copytree(tiny_set / "test", tmp_path / "set" / "test")
     (tmp_path / "set" / "train" / "good").mkdir(parents=True)
     with pytest.raises(ImageFolderError, match="train/good holds no images"):
         load_mvtec(tmp_path / "set")
 
 
-def test_load_mvtec_without_defects(tiny_bottle, tmp_path):
-    shutil.copytree(tiny_bottle / "train", tmp_path / "set" / "train")
-    shutil.copytree(tiny_bottle / "test" / "good", tmp_path / "set" / "test" / "good")
+def test_load_mvtec_without_defects(tiny_set, tmp_path):
+    shutil.copytree(tiny_set / "train", tmp_path / "set" / "train")
+    shutil.copytree(tiny_set / "test" / "good", tmp_path / "set" / "test" / "good")
     (tmp_path / "set" / "test" / "scratch").mkdir()  # a defect folder with nothing in it does not count
     with pytest.raises(ImageFolderError, match="needs both good images and at least one defect folder"):
         load_mvtec(tmp_path / "set")
 
 
-def test_load_mvtec_without_test_good(tiny_bottle, tmp_path):
-    shutil.copytree(tiny_bottle / "train", tmp_path / "set" / "train")
-    shutil.copytree(tiny_bottle / "test" / "broken_large", tmp_path / "set" / "test" / "broken_large")
+def test_load_mvtec_without_test_good(tiny_set, defect_kind, tmp_path):
+    shutil.copytree(tiny_set / "train", tmp_path / "set" / "train")
+    shutil.copytree(tiny_set / "test" / defect_kind, tmp_path / "set" / "test" / defect_kind)
     with pytest.raises(ImageFolderError, match=r"test/good is missing"):
         load_mvtec(tmp_path / "set")
 

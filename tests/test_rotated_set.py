@@ -7,11 +7,13 @@ from edge_agent.offline.datasets import load_mvtec
 from edge_agent.capture.images import read_image
 
 
-def test_turned_copy_keeps_the_layout_and_is_reproducible(bottle_dir, tmp_path):
+def test_turned_copy_keeps_the_layout_and_is_reproducible(real_set, tmp_path):
     src = tmp_path / "src"
-    for sub in ("train/good", "test/good", "test/broken_large"):
+    defect_kind = real_set.defects[0].parent.name
+    for sub, paths in (("train/good", real_set.train_good), ("test/good", real_set.test_good),
+                       (f"test/{defect_kind}", real_set.defects)):
         (src / sub).mkdir(parents=True)
-        for p in sorted((bottle_dir / sub).iterdir())[:2]:
+        for p in paths[:2]:
             (src / sub / p.name).write_bytes(p.read_bytes())
     assert main([str(src), str(tmp_path / "a")]) == 0
     assert main([str(src), str(tmp_path / "b")]) == 0
