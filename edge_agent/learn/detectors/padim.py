@@ -15,14 +15,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_agent.learn.detectors import gaussian
-from edge_agent.learn.detectors.base import SPATIAL, Detector, Features, is_positive_int, max_over_locations
-from edge_agent.learn.detectors.spatial import blur_maps, resize_maps
+from edge_agent.learn.detectors.base import Features, is_positive_int, max_over_locations
+from edge_agent.learn.detectors.spatial import GridDetector, blur_maps, resize_maps
 
 #: Samples scored together: bounds the (locations x samples x channels) temporaries on a camera.
 _SCORE_BATCH = 16
 
 
-class PadimDetector(Detector):
+class PadimDetector(GridDetector):
     """Per-location Gaussian on concatenated spatial maps; image score = max of the blurred distance map.
 
     Parameters
@@ -47,8 +47,6 @@ class PadimDetector(Detector):
     fitted figure (means, precisions, shrinkages, channel indices, grid).
     """
 
-    level_prefix = SPATIAL
-    supports_heatmaps = True
     param_names = ("n_channels", "seed", "levels", "sigma")
 
     def __init__(
@@ -58,10 +56,7 @@ class PadimDetector(Detector):
         levels: tuple[str, ...] | None = None,
         sigma: float = 1.0,
     ) -> None:
-        self.n_channels = n_channels
-        self.seed = seed
-        self.levels = levels
-        self.sigma = sigma
+        self.set_params(n_channels=n_channels, seed=seed, levels=levels, sigma=sigma)
 
     def _embed(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """Selected channels of every level on the common grid, as (n, h*w, k) float32.
@@ -115,17 +110,15 @@ class PadimDetector(Detector):
         maps = self.heatmaps(features)
         return max_over_locations(maps), maps
 
-    def _get_arrays(self) -> dict[str, np.ndarray]:
+    def _get_map_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "grid": np.asarray(self.grid_, dtype=np.int64),
             "channel_indices": self.channel_indices_,
             "means": self.means_,
             "precisions": self.precisions_,
             "shrinkages": self.shrinkages_,
         }
 
-    def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self.grid_ = tuple(int(s) for s in arrays["grid"])
+    def _set_map_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.channel_indices_ = np.asarray(arrays["channel_indices"])
         self.means_ = np.asarray(arrays["means"])
         self.precisions_ = np.asarray(arrays["precisions"])

@@ -45,16 +45,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edge_agent.learn.detectors.base import (
-    BLOCK_ELEMENTS,
-    SPATIAL,
-    Detector,
-    Features,
-    is_positive_int,
-    max_over_locations,
-)
+from edge_agent.learn.detectors.base import BLOCK_ELEMENTS, Features, is_positive_int, max_over_locations
 from edge_agent.learn.detectors.coreset import coreset_indices
-from edge_agent.learn.detectors.spatial import blur_maps, resize_maps
+from edge_agent.learn.detectors.spatial import GridDetector, blur_maps, resize_maps
 
 #: Storage types accepted for the memory bank.
 BANK_DTYPES = ("float32", "float16")
@@ -123,7 +116,7 @@ def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray
     return np.sqrt(out, out=out)
 
 
-class PatchMemoryDetector(Detector):
+class PatchMemoryDetector(GridDetector):
     """PatchCore-style patch memory bank (Roth et al. 2022) on the spatial levels; nearest-neighbour scoring.
 
     Parameters
@@ -156,8 +149,6 @@ class PatchMemoryDetector(Detector):
     10.3 MB float32, coreset 0.1 about 1.1 MB; scoring is one 196 x 120 @ 120 x k product.
     """
 
-    level_prefix = SPATIAL
-    supports_heatmaps = True
     compute_dtype = np.float32
     param_names = ("coreset_ratio", "coreset_max", "projection_dim", "seed", "levels", "dtype", "blur_sigma")
 
@@ -171,13 +162,8 @@ class PatchMemoryDetector(Detector):
         dtype: str = "float32",
         blur_sigma: float = 0.5,
     ) -> None:
-        self.coreset_ratio = coreset_ratio
-        self.coreset_max = coreset_max
-        self.projection_dim = projection_dim
-        self.seed = seed
-        self.levels = levels
-        self.dtype = dtype
-        self.blur_sigma = blur_sigma
+        self.set_params(coreset_ratio=coreset_ratio, coreset_max=coreset_max, projection_dim=projection_dim, seed=seed,
+                        levels=levels, dtype=dtype, blur_sigma=blur_sigma)
 
     # ------------------------------------------------------------------ parameters and memory
     def _check_params(self) -> None:
@@ -252,20 +238,18 @@ class PatchMemoryDetector(Detector):
         return max_over_locations(self._patch_scores(features))
 
     # ------------------------------------------------------------------ persistence
-    def _get_arrays(self) -> dict[str, np.ndarray]:
+    def _get_map_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "grid": np.asarray(self.grid_, dtype=np.int64),
             "memory_bank": self.memory_bank_,
             "memory_sq_norms": self.memory_sq_norms_,
             "coreset_indices": self.coreset_indices_,
         }
 
-    def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def _set_map_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         bank = np.ascontiguousarray(arrays["memory_bank"])
         norms = np.ascontiguousarray(arrays["memory_sq_norms"], dtype=np.float32)
         if bank.ndim != 2 or norms.shape != (bank.shape[0],):
             raise ValueError(f"memory bank {bank.shape} and its norms {norms.shape} do not match")
-        self.grid_ = tuple(int(s) for s in arrays["grid"])
         self.memory_bank_ = bank
         self.memory_sq_norms_ = norms
         self.coreset_indices_ = np.asarray(arrays["coreset_indices"])
