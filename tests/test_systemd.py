@@ -210,7 +210,7 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
     from edge_agent.cli import build_agent
     from edge_agent.config import load_config
     from edge_agent.capture.images import read_image
-    from edge_agent.deliver.outputs import StdoutPublisher
+    from edge_agent.deliver.stdout import StdoutSink
     from edge_agent.capture.base import Frame, FrameSource
 
     class HangingSource(FrameSource):
@@ -241,7 +241,7 @@ def test_watchdog_pings_stop_while_the_main_loop_is_stuck(tmp_path, shipped_mode
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     config = load_config(_agent_config(tmp_path, None, tmp_path / "frames"))
     source = HangingSource()
-    agent = build_agent(config, publisher=StdoutPublisher(open(os.devnull, "w")), source=source)
+    agent = build_agent(config, sink=StdoutSink(open(os.devnull, "w")), source=source)
     good = tmp_path / "good"
     good.mkdir()
     _copy(real_set.train_good[:3], good)
