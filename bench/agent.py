@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from bench.common import add_image_args, emit, load_images, open_fds, proc_status, timeit
-from edge_agent.agent import return_freed_memory
+from edge_agent.capture.base import Frame, FrameSource
 from edge_agent.cli import build_agent
 from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, fit_settings
+from edge_agent.deliver.recording import RecordingSink
 from edge_agent.learn.fitting import fit_images
-from edge_agent.deliver.outputs import RecordingPublisher
-from edge_agent.capture.base import Frame, FrameSource
+from edge_agent.system.memory import return_freed_memory
 
 
 class MemorySource(FrameSource):
@@ -48,15 +48,15 @@ def _config(state: Path, broker: str | None) -> Config:
 
 
 def _agent(state: Path, broker: str | None, images, model: Path | None, detector: str | None):
-    from edge_agent.cli import make_publisher
+    from edge_agent.cli import make_sink
 
     config = _config(state, broker)
     if detector:
         config.detector.name = detector
     if model is not None:
         config.model.path = str(model)
-    publisher = RecordingPublisher(make_publisher(config), keep=False)
-    agent = build_agent(config, publisher=publisher, source=MemorySource(images))
+    publisher = RecordingSink(make_sink(config), keep=False)  # the MQTT publisher with its spool, timed
+    agent = build_agent(config, sink=publisher, source=MemorySource(images))
     return agent, publisher, config
 
 
@@ -149,13 +149,13 @@ def main() -> None:
                   "fps_broker_gone": round((args.frames - args.outage_at - 200) / (t_end - t_after), 1),
                   "publish_up_median_ms": round(statistics.median(up), 3),
                   "publish_gone_median_ms": round(statistics.median(down), 3),
-                  "spool_left": len(publisher.inner.spool)})
+                  "spool_left": len(publisher.sinks[0].spool)})
             broker.wait(10)
         emit({"kind": "steady", "broker": bool(args.broker), "frames": args.frames,
               "fps_after_500": round((args.frames - 500) / (t_end - t500), 1),
               "rss_growth_mb": round((rss1 - rss0) / 1024, 2), "fd_growth": fd1 - fd0,
               "rss_mb": round(rss1 / 1024, 1), "peak_rss_mb": round(proc_status("VmHWM") / 1024, 1),
-              "spool_left": len(publisher.inner.spool) if hasattr(publisher.inner, "spool") else 0})
+              "spool_left": len(publisher.sinks[0].spool)})
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ for the combined detector (the default: Mahalanobis + the coreset patch memory, 
 
 from __future__ import annotations
 
-import cv2
+from bench.common import emit, model_bench, timeit  # first: the thread limits, before numpy loads
 
-from bench.common import emit, model_bench, timeit
-from edge_agent.learn.augment import PRESETS, augment
-from edge_agent.learn.detectors import make_detector
-from edge_agent.learn.fitting import FitSettings, fit_features, split_defects
-from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
+import cv2  # noqa: E402
+
+from edge_agent.learn.augment import PRESETS, augment  # noqa: E402
+from edge_agent.learn.detectors import make_detector  # noqa: E402
+from edge_agent.learn.fitting import FitSettings, fit_features, split_defects  # noqa: E402
+from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects  # noqa: E402
 
 
 def main() -> None:
