@@ -22,8 +22,8 @@ from edge_agent.capture import (
     FrameSource,
     ReopeningSource,
     SourceError,
-    open_source,
 )
+from edge_agent.capture.factory import open_source
 from edge_agent.capture.folder import FolderSource
 from edge_agent.capture.opencv import OpenCVSource
 from edge_agent.capture.picamera import PiCameraSource
