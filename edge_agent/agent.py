@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource, open_source
+from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource
+from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import alert_message, event_message, state_message, verdict_message
