@@ -369,10 +369,12 @@ class Agent:
                     log.info("source ended")
                     break
                 if frame is not None:
-                    if self._job is not None:
-                        self._collect(frame)
-                    else:
+                    job = self._job
+                    if job is None or self.config.trigger.mode == "continuous":
+                        # A part on the line while a retrain collects is still judged, by the model in use.
                         self.inspect(frame)
+                    if job is not None:
+                        self._collect(frame)
                     if max_frames is not None and self.inspected >= max_frames:
                         break
                 if time.monotonic() - last_state > _STATE_EVERY_S:

@@ -236,6 +236,23 @@ def test_retrain_on_the_next_frames_from_the_source(rig, subscriber):
     assert [e["collected"] for e in subscriber.json_on("retrain/progress") if e["stage"] == "collecting"] == [0, 1, 2, 3]
 
 
+def test_parts_seen_while_a_retrain_collects_are_judged_by_the_model_in_use(rig, subscriber):
+    rig.start()
+    first = command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")["result"]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(command(subscriber, "retrain", {"n_images": 3}, "r2")))
+    t.start()
+    assert wait_until(lambda: any(e["stage"] == "collecting" for e in subscriber.json_on("retrain/progress")), 10)
+    collected = rig.drop(rig.set.train_good[3:6], "collect")
+    t.join(60)
+    assert result["ok"], result
+    after = rig.drop(rig.set.test_good[:1], "after")
+    assert wait_until(lambda: {v["frame"] for v in subscriber.json_on("verdict")} >= set(collected + after), 20)
+    by_frame = {v["frame"]: v for v in subscriber.json_on("verdict")}
+    assert {by_frame[f]["detector_file"] for f in collected} == {first["detector_file"]}  # none passed unjudged
+    assert by_frame[after[0]]["detector_file"] == result["result"]["detector_file"]
+
+
 def test_trigger_mode_inspects_one_frame_per_trigger(rig, subscriber):
     rig.start(trigger={"mode": "mqtt"})
     command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")
