@@ -4,15 +4,17 @@ a detector fitted for another feature model. Real fitted detectors, the shipped 
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 
 import numpy as np
 import pytest
 
 from edge_agent.learn.detectors import MahalanobisDetector
-from edge_agent.learn.detectors.persistence import DetectorFileError
+from edge_agent.learn.detectors.persistence import DetectorFileError, save_detector
 from edge_agent.learn.fitting import FitSettings, fit_features
 from edge_agent.embed.manifest import load_manifest
+from edge_agent.learn import store as store_module
 from edge_agent.learn.store import DetectorStore, StoreError
 
 
@@ -179,3 +181,85 @@ def test_unusable_pointer_means_no_current_detector(tmp_path, manifest, features
     (store.dir / "current.json").write_text(pointer)
     assert store.current_path() is None
     assert store.load_current(manifest) is None
+
+
+# --- history is ordered by a counter, never by the wall clock (a Pi has no RTC: the clock can jump back) ---
+
+
+class _Clock:
+    """Stands in for the store's ``datetime`` module: ``now`` returns the given times in turn."""
+
+    def __init__(self, *times: str) -> None:
+        self._times = iter(times)
+        self.timezone = _dt.timezone
+        clock = self
+
+        class _Datetime(_dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return _dt.datetime.fromisoformat(next(clock._times)).replace(tzinfo=_dt.timezone.utc)
+
+        self.datetime = _Datetime
+
+
+def test_rollback_after_the_clock_jumped_back_goes_to_the_previous_fit(tmp_path, manifest, features, monkeypatch):
+    monkeypatch.setattr(store_module, "dt", _Clock("2026-03-01T08:00:00", "2025-01-01T00:00:05"))
+    store = DetectorStore(tmp_path)
+    first = store.save_loaded(fitted(features), meta(manifest, 1.0))
+    second = store.save_loaded(fitted(features), meta(manifest, 2.0))  # after a reboot without NTP
+    assert store.current_path() == second
+    assert store.rollback(manifest) == first  # was: StoreError "no earlier detector"
+    assert store.history() == [first, second]
+    assert store.load_current(manifest).metadata["threshold"] == 1.0
+
+
+def test_prune_after_the_clock_jumped_back_keeps_the_newest_fits(tmp_path, manifest, features, monkeypatch):
+    times = ["2026-03-01T08:00:00", "2026-03-01T09:00:00", "2025-01-01T00:00:05", "2025-01-01T00:00:06",
+             "2025-01-01T00:00:07"]
+    monkeypatch.setattr(store_module, "dt", _Clock(*times))
+    store = DetectorStore(tmp_path, keep=3)
+    paths = [store.save_loaded(fitted(features), meta(manifest, float(i))) for i in range(5)]
+    assert [p.exists() for p in paths] == [False, False, True, True, True]  # was: the newest fits deleted
+    assert store.history() == paths[-3:]
+    assert store.current_path() == paths[-1]
+    assert store.rollback(manifest) == paths[-2]
+
+
+def test_new_names_start_with_a_counter(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    names = [store.save_loaded(fitted(features), meta(manifest, float(i))).name for i in range(3)]
+    assert [n.split("-")[0] for n in names] == ["000001", "000002", "000003"]
+    store.rollback(manifest)
+    assert store.save_loaded(fitted(features), meta(manifest, 9.0)).name.startswith("000004-")
+
+
+def test_counter_continues_past_six_digits(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    big = store.save_loaded(fitted(features), meta(manifest, 1.0))
+    big = big.rename(big.with_name("999999" + big.name[6:]))
+    store._point(big)
+    after = store.save_loaded(fitted(features), meta(manifest, 2.0))
+    assert after.name.startswith("1000000-")
+    assert store.history() == [big, after]  # by number, not by name
+    assert store.rollback(manifest) == big
+
+
+def test_files_from_before_the_counter_load_and_count_as_older(tmp_path, manifest, features):
+    """A device that upgrades: its stamp-only files keep their order and rollback reaches them."""
+    store = DetectorStore(tmp_path, keep=4)
+    store.dir.mkdir(parents=True)
+    old = []
+    for i, stamp in enumerate(["20260301T080000000000Z", "20260302T080000000000Z"]):
+        path = store.dir / f"{stamp}-mahalanobis-n24.edet"
+        save_detector(path, fitted(features), meta(manifest, 10.0 + i))
+        old.append(path)
+    store._point(old[-1])
+    assert store.history() == old and store.load_current(manifest).metadata["threshold"] == 11.0
+    new = store.save_loaded(fitted(features), meta(manifest, 1.0))  # the clock says 2026 or 1970: no matter
+    assert new.name.startswith("000001-")
+    assert store.history() == [*old, new]
+    assert store.rollback(manifest) == old[1]
+    assert store.rollback(manifest) == old[0]
+    newer = [store.save_loaded(fitted(features), meta(manifest, 2.0 + i)) for i in range(2)]
+    assert store.history() == [old[1], new, *newer]  # pruning removes the oldest stamp-only file first
+    assert not old[0].exists()

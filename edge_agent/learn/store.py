@@ -4,6 +4,13 @@ Why keep history: a retrain at shift start on a bad batch (wrong part, dirty len
 command, without refitting. The ``current`` pointer is a small JSON file replaced atomically, so a power cut
 leaves either the old or the new detector in use, and every file is checked (format, checksum, and the feature
 model it was fitted for) before it is used.
+
+Why a sequence number and not the time: a Pi has no real-time clock, so the wall clock can jump backwards (boot
+before NTP, a wrong manual date). History ordered by time stamps would then put the newest fit first: rollback
+finds "no earlier detector" and pruning deletes the newest fits. Each file name therefore starts with a
+zero-padded counter, one more than the highest already in the folder (``000042-<UTC stamp>-<detector>-n<N>.edet``);
+the stamp is only for people. Files from before the counter (``<UTC stamp>-...``) still load; they count as older
+than every numbered file, in their name order, so a device that upgrades keeps its rollback.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from pathlib import Path
 
 from edge_agent.learn.detectors.base import Detector
@@ -23,6 +31,18 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = ".edet"
 _POINTER = "current.json"
+_SEQ_WIDTH = 6
+_NUMBERED = re.compile(r"^(\d+)-")  # a counter then a dash; an old name starts with digits then "T"
+
+
+def _order(path: Path) -> tuple[int, str]:
+    """History order: the counter, never the wall clock. Old un-numbered files sort first, by name."""
+    m = _NUMBERED.match(path.name)
+    return (int(m.group(1)) if m else -1, path.name)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class StoreError(ValueError):
@@ -35,8 +55,8 @@ class DetectorStore:
         self.keep = keep
 
     def history(self) -> list[Path]:
-        """Saved detectors, oldest first (names start with a UTC timestamp)."""
-        return sorted(self.dir.glob(f"*{_SUFFIX}")) if self.dir.is_dir() else []
+        """Saved detectors, oldest first (by the sequence number their names start with; see the module doc)."""
+        return sorted(self.dir.glob(f"*{_SUFFIX}"), key=_order) if self.dir.is_dir() else []
 
     def current_path(self) -> Path | None:
         pointer = self.dir / _POINTER
@@ -67,8 +87,7 @@ class DetectorStore:
     def save_loaded(self, detector: Detector, metadata: dict) -> Path:
         """Write a detector with its metadata (e.g. a moved threshold), point ``current`` at it, prune old ones."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.dir / f"{stamp}-{metadata.get('detector', 'detector')}-n{metadata.get('n_train', 0)}{_SUFFIX}"
+        path = self._new_path(metadata)
         save_detector(path, detector, metadata)
         self._point(path)
         self._prune(path)
@@ -77,7 +96,7 @@ class DetectorStore:
     def rollback(self, manifest: Manifest) -> Path:
         """Make the newest detector older than the current one current again, if it loads for this model."""
         current = self.current_path()
-        older = [p for p in self.history() if current is None or p.name < current.name]
+        older = [p for p in self.history() if current is None or _order(p) < _order(current)]
         for path in reversed(older):
             try:
                 load_detector(path, manifest.model_sha256, manifest.model_id)
@@ -87,6 +106,13 @@ class DetectorStore:
             self._point(path)
             return path
         raise StoreError("no earlier detector fitted for this model to roll back to")
+
+    def _new_path(self, metadata: dict) -> Path:
+        """One past the highest counter in the folder (the newest file is never pruned, so it only grows)."""
+        seq = max([0, *(_order(p)[0] for p in self.history())]) + 1
+        stamp = _utc_now().strftime("%Y%m%dT%H%M%S%fZ")
+        tail = f"{metadata.get('detector', 'detector')}-n{metadata.get('n_train', 0)}{_SUFFIX}"
+        return self.dir / f"{seq:0{_SEQ_WIDTH}d}-{stamp}-{tail}"
 
     def _point(self, path: Path) -> None:
         write_text_atomic(self.dir / _POINTER, json.dumps({"file": path.name}) + "\n")
