@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import typing
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_agent.deliver.spool import ON_FULL_POLICIES
+from edge_agent.deliver.topics import check_topic_level
 from edge_agent.embed.runtime.delegates import DELEGATES
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES, make_detector
@@ -90,7 +92,7 @@ class ThresholdConfig:
     sensitivity: float = DEFAULT_SENSITIVITY
     quantile: float = DEFAULT_QUANTILE
     margin: float = DEFAULT_MARGIN
-    override: float = -1.0  # < 0: calibrated from the good images
+    override: float = -1.0  # -1: calibrated from the good images; >= 0: this fixed threshold
     method: str = DEFAULT_METHOD
 
 
@@ -181,6 +183,11 @@ _RANGES = {
     ("retrain", "n_images"): (2, 10_000), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
     ("retrain", "timeout_s"): (1, 86_400), ("mqtt", "keepalive"): (5, 3600),
+    ("source", "width"): (0, 16_384), ("source", "height"): (0, 16_384),
+    ("source", "reopen_min_s"): (0.01, 3600), ("source", "reopen_max_s"): (0.01, 86_400),
+    ("mqtt", "reconnect_min_s"): (0.01, 3600), ("mqtt", "reconnect_max_s"): (0.01, 86_400),
+    ("alerts", "max_side"): (16, 8192), ("augmentation", "seed"): (0, 2**32 - 1),
+    ("threshold", "override"): (-1, 1e12),
 }
 
 
@@ -192,8 +199,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
     elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         value = float(value)
     elif hint is str:
         if not isinstance(value, str):
@@ -245,6 +252,19 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _cross_checks(c: Config) -> None:
+    if not c.device.state_dir:
+        raise ConfigError("[device] state_dir must not be empty")
+    if c.mqtt.enabled and not c.mqtt.host:
+        raise ConfigError("[mqtt] host must not be empty (or set enabled = false)")
+    for where, what, value in (("[device] id", "device_id", c.device.id),
+                               ("[mqtt] topic_prefix", "topic_prefix", c.mqtt.topic_prefix)):
+        try:
+            check_topic_level(what, value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc} (no +, #, NUL{', /' if what == 'device_id' else ''}; not empty)") from None
+    if -1 < c.threshold.override < 0:
+        raise ConfigError(f"[threshold] override is {c.threshold.override}: -1 (calibrate from the good images) or a "
+                          "threshold >= 0")
     try:
         c.augmentation.policy()
     except (ValueError, TypeError) as exc:

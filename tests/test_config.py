@@ -235,8 +235,8 @@ def test_a_section_that_is_not_a_table_is_named():
         ("model", "threads", True, r"\[model\] threads must be an integer, got True"),  # bool for int
         ("source", "watch", 1, r"\[source\] watch must be true or false, got 1"),  # int for bool
         ("mqtt", "enabled", "yes", r"\[mqtt\] enabled must be true or false"),
-        ("trigger", "max_fps", "fast", r"\[trigger\] max_fps must be a number"),
-        ("trigger", "max_fps", False, r"\[trigger\] max_fps must be a number"),  # bool is not a number
+        ("trigger", "max_fps", "fast", r"\[trigger\] max_fps must be a finite number"),
+        ("trigger", "max_fps", False, r"\[trigger\] max_fps must be a finite number"),  # bool is not a number
         ("mqtt", "host", 5, r"\[mqtt\] host must be a string, got 5"),
         ("detector", "params", [1, 2], r"\[detector\] params must be a table"),
         ("augmentation", "overrides", "none", r"\[augmentation\] overrides must be a table"),
@@ -268,7 +268,7 @@ def test_wrong_type_in_a_file_names_file_and_key(tmp_path):
         ("retrain", "n_images", 1, r"\[retrain\] n_images is 1; it must be between 2"),
         ("augmentation", "factor", 101, r"\[augmentation\] factor is 101"),
         ("alerts", "jpeg_quality", 5, r"\[alerts\] jpeg_quality is 5"),
-        ("trigger", "max_fps", float("nan"), r"\[trigger\] max_fps is nan"),
+        ("trigger", "max_fps", float("nan"), r"\[trigger\] max_fps must be a finite number, got nan"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_range(section, key, value, expected):
@@ -345,7 +345,7 @@ def test_width_and_height_go_together(size):
         config_from_dict(minimal(source=size))
 
 
-@pytest.mark.parametrize("values", [{"reopen_min_s": 0}, {"reopen_min_s": 5, "reopen_max_s": 2}])
+@pytest.mark.parametrize("values", [{"reopen_min_s": 5, "reopen_max_s": 2}, {"reopen_min_s": 60, "reopen_max_s": 30}])
 def test_reopen_backoff_must_be_ordered(values):
     with pytest.raises(ConfigError, match=r"\[source\] needs 0 < reopen_min_s <= reopen_max_s"):
         config_from_dict(minimal(source=values))
@@ -527,3 +527,46 @@ def test_the_example_config_loads_and_every_value_it_sets_arrives():
     for section, values in data.items():
         for key, value in values.items():
             assert getattr(getattr(config, section), key) == value, f"[{section}] {key}"
+
+
+def _numeric_keys() -> list[tuple[str, str, type]]:
+    import dataclasses
+    import typing
+
+    from edge_agent.config import Config
+
+    out = []
+    for name, cls in typing.get_type_hints(Config).items():
+        hints = typing.get_type_hints(cls)
+        out += [(name, f.name, hints[f.name]) for f in dataclasses.fields(cls) if hints[f.name] in (int, float)]
+    return out
+
+
+@pytest.mark.parametrize("section, key, kind", _numeric_keys(), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_number_has_a_range(section: str, key: str, kind: type, tmp_path) -> None:
+    """A camera left alone for months must not start with a typo'd 1e300 or a negative count (issue: reliability)."""
+    from edge_agent.config import ConfigError, config_from_dict
+
+    for value in ((10**15, -(10**15)) if kind is int else (1e300, -1e300)):
+        with pytest.raises(ConfigError, match=rf"\[{section}\] {key}"):
+            config_from_dict({"source": {"path": str(tmp_path)}, section: {key: value}})
+
+
+@pytest.mark.parametrize("section, key, value, fragment", [
+    ("threshold", "override", float("nan"), "finite"),
+    ("threshold", "override", -5.0, "between -1"),
+    ("threshold", "override", -0.5, "-1 (calibrate"),
+    ("source", "reopen_min_s", float("nan"), "finite"),
+    ("source", "width", -5, "between 0"),
+    ("alerts", "max_side", 0, "between 16"),
+    ("device", "state_dir", "", "must not be empty"),
+    ("device", "id", "line/3", "[device] id"),
+    ("mqtt", "host", "", "[mqtt] host must not be empty"),
+    ("mqtt", "topic_prefix", "plant/#", "[mqtt] topic_prefix"),
+])
+def test_values_that_passed_validation_before_are_refused_naming_the_key(section, key, value, fragment, tmp_path):
+    from edge_agent.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"source": {"path": str(tmp_path)}, section: {key: value}})
+    assert fragment in str(err.value) and f"[{section}] {key}" in str(err.value), str(err.value)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import config_from_dict
-from edge_agent.deliver.mqtt_client import Topics
+from edge_agent.deliver.topics import Topics
 from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.remote import send_command
 from edge_agent.deliver.spool import Spool

@@ -1,4 +1,4 @@
-"""One way to build the MQTT client and its topics, for the agent's publisher and for ``edge-agent retrain``.
+"""One way to build the MQTT client (and, through `edge_agent.deliver.topics`, its topics), for the agent's publisher and for ``edge-agent retrain``.
 
 Why one: the two used to differ (the CLI skipped TLS when only a client certificate was configured), so a
 command tool could connect in clear text where the agent used TLS. Everything that decides how a connection is
@@ -11,30 +11,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttConfig
-
-
-def check_topic_level(what: str, value: str) -> None:
-    """Refuse a prefix or device id that would change the meaning of a topic (wildcards, NUL, an extra level)."""
-    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
-        raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
-
-
-class Topics:
-    """``<prefix>/<device>/<name>``: every topic the agent publishes or listens on."""
-
-    def __init__(self, prefix: str, device_id: str) -> None:
-        check_topic_level("topic_prefix", prefix)
-        check_topic_level("device_id", device_id)
-        self.base = f"{prefix}/{device_id}"
-
-    def __call__(self, name: str) -> str:
-        return f"{self.base}/{name}"
-
-    def command(self, name: str) -> str:
-        return self(f"cmd/{name}")
-
-    def command_result(self, name: str) -> str:
-        return self(f"cmd/{name}/result")
 
 
 def default_client_id(config: MqttConfig, device_id: str) -> str:

@@ -45,7 +45,8 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.config import MqttConfig
 from edge_agent.deliver.messages import command_reply, to_json
-from edge_agent.deliver.mqtt_client import Topics, default_client_id, make_client
+from edge_agent.deliver.mqtt_client import default_client_id, make_client
+from edge_agent.deliver.topics import Topics
 from edge_agent.deliver.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import uuid
 from typing import Any
 
 from edge_agent.config import Config
-from edge_agent.deliver.mqtt_client import Topics, make_client
+from edge_agent.deliver.mqtt_client import make_client
+from edge_agent.deliver.topics import Topics
 
 
 class CommandTimeout(RuntimeError):

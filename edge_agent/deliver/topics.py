@@ -1,0 +1,31 @@
+"""The agent's MQTT topics, ``<prefix>/<device>/<name>``, and what a prefix or a device id may contain.
+
+Apart from the client factory so that the configuration can refuse an unusable device id or prefix at load time,
+naming the key, without importing the MQTT client.
+"""
+
+from __future__ import annotations
+
+
+def check_topic_level(what: str, value: str) -> None:
+    """Refuse a prefix or device id that would change the meaning of a topic (wildcards, NUL, an extra level)."""
+    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
+        raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
+
+
+class Topics:
+    """``<prefix>/<device>/<name>``: every topic the agent publishes or listens on."""
+
+    def __init__(self, prefix: str, device_id: str) -> None:
+        check_topic_level("topic_prefix", prefix)
+        check_topic_level("device_id", device_id)
+        self.base = f"{prefix}/{device_id}"
+
+    def __call__(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def command(self, name: str) -> str:
+        return self(f"cmd/{name}")
+
+    def command_result(self, name: str) -> str:
+        return self(f"cmd/{name}/result")
