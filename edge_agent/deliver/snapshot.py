@@ -11,11 +11,18 @@ import numpy as np
 
 
 def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrunk so that its longer side is at most ``max_side``; any aspect ratio (a 4000 x 2 line-scan strip
+    keeps at least one pixel on its short side)."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, not {max_side}")
     h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot make a snapshot of an empty {w} x {h} image")
     scale = max_side / max(h, w)
     if scale >= 1:
         return image
-    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    size = (min(max_side, max(1, round(w * scale))), min(max_side, max(1, round(h * scale))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float | None = None, alpha: float = 0.45) -> np.ndarray:
@@ -23,6 +30,8 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float | None = None
     if rgb.ndim == 2:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
     h, w = rgb.shape[:2]
+    if h < 1 or w < 1 or heatmap.size == 0:
+        raise ValueError(f"cannot overlay a {heatmap.shape} heat map on a {w} x {h} image")
     hm = cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     top = float(threshold) * 1.5 if threshold else float(hm.max()) or 1.0
     lo = float(hm.min())
