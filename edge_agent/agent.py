@@ -33,7 +33,7 @@ from edge_agent.deliver.sink import Sink
 from edge_agent.deliver.snapshot import jpeg, overlay
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
-from edge_agent.learn.fitting import FitError, fit_images
+from edge_agent.learn.fitting import FitError, fit_images, recorded_threshold_settings, rethreshold
 from edge_agent.learn.store import DetectorStore, StoreError
 from edge_agent.learn.threshold import is_anomalous
 from edge_agent.system.atomic import write_text_atomic
@@ -98,6 +98,7 @@ class Agent:
         # The longest the loop waits for anything: short enough to feed the watchdog on time.
         self._tick = min(_TICK_S, self.notifier.watchdog_interval or _TICK_S)
         self._load_current()
+        self._follow_configured_threshold()
 
     # ---- requests from other threads: validated by the caller (`edge_agent.commands`), run by the loop -------
     def request_retrain(self, n_images: int | None = None, folder: str | None = None) -> Future:
@@ -144,6 +145,26 @@ class Agent:
             self._active, self._active_path = None, None
         if self._active is None:
             log.warning("no fitted detector for %s: unfitted until a retrain", self.extractor.manifest.model_id)
+
+    def _follow_configured_threshold(self) -> None:
+        """A [threshold] edited since the detector's threshold was set takes effect now, not at the next retrain.
+
+        A threshold moved by a command since then stays: the configuration wins only when it changed.
+        """
+        active = self._active
+        settings = fit_settings(self.config)
+        if active is None or recorded_threshold_settings(active.metadata) == settings.threshold_settings():
+            return
+        try:
+            meta = rethreshold(active.metadata, settings)
+            path = self.store.save_loaded(active.detector, meta)
+        except (ValueError, KeyError, OSError) as exc:
+            log.error("[threshold] changed but cannot be applied to %s, threshold kept at %.4g: %s",
+                      self._active_path.name if self._active_path else "?", active.metadata["threshold"], exc)
+            return
+        log.info("[threshold] changed: threshold %.4g -> %.4g (saved as %s)", active.metadata["threshold"],
+                 meta["threshold"], path.name)
+        self._active, self._active_path = LoadedDetector(active.detector, meta), path
 
     @property
     def fitted(self) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import Agent
+from edge_agent.learn.fitting import recorded_threshold_settings
 from edge_agent.learn.threshold import calibrate_threshold
 
 #: Every command, with the arguments it takes (``request_id`` is allowed everywhere and echoed in the reply).
@@ -48,8 +49,9 @@ class ThresholdChange:
             meta["threshold_override"] = meta["threshold"]
         else:
             assert self.sensitivity is not None
-            meta["threshold"] = calibrate_threshold(meta["loo_scores"], self.sensitivity, meta["quantile"],
-                                                    meta["margin"], method=meta.get("threshold_method", "empirical"))  # files from before the key: empirical
+            s = recorded_threshold_settings(meta)
+            meta["threshold"] = calibrate_threshold(meta["loo_scores"], self.sensitivity, s["quantile"], s["margin"],
+                                                    method=s["method"])
             meta.update(sensitivity=self.sensitivity, threshold_override=None)
         return meta
 

@@ -208,6 +208,30 @@ def test_threshold_and_rollback_during_a_retrain_are_refused_and_all_agree_after
     assert back["ok"] and agreed_detector(agent, subscriber) == (new_file, new_threshold)
 
 
+def test_a_threshold_edited_in_the_config_applies_at_start_and_a_command_survives_a_restart(rig):
+    from edge_agent.commands import ThresholdChange
+    from edge_agent.config import fit_settings
+    from edge_agent.learn.fitting import fit_images
+    from edge_agent.capture.images import read_image
+
+    def agent_with(**threshold):
+        return build_agent(rig.config(mqtt={"enabled": False}, threshold=threshold))
+
+    first = agent_with()
+    settings = fit_settings(first.config)
+    result = fit_images(first.extractor.embed, [read_image(p) for p in rig.set.train_good[:3]], settings)
+    first.store.save(result, settings, first.extractor.manifest)
+    fitted = agent_with().state()["threshold"]
+    assert fitted == pytest.approx(result.threshold)
+    stricter = agent_with(sensitivity=1.0)  # edited in the config: applied at start, no retrain needed
+    assert stricter.state()["threshold"] == pytest.approx(fitted / 2, rel=1e-6)
+    assert stricter.store.load_current(stricter.extractor.manifest).metadata["threshold"] == stricter.state()["threshold"]
+    stricter.set_threshold(ThresholdChange(value=123.0).apply)  # an operator's command...
+    assert agent_with(sensitivity=1.0).state()["threshold"] == 123.0  # ...survives a restart with the same config
+    assert agent_with(override=7.5).state()["threshold"] == 7.5
+    assert agent_with().state()["threshold"] == pytest.approx(fitted, rel=1e-6)
+
+
 def test_failed_retrain_keeps_the_running_model(rig, subscriber):
     agent = rig.start()
     command(subscriber, "retrain", {"folder": str(rig.good_folder(3)), "n_images": 3}, "r1")

@@ -52,6 +52,30 @@ class FitSettings:
     threshold_method: str = DEFAULT_METHOD
     max_folds: int | None = DEFAULT_MAX_FOLDS
 
+    def threshold_settings(self) -> dict[str, Any]:
+        """The settings the threshold follows, as saved with a detector (see `rethreshold`)."""
+        return {"sensitivity": self.sensitivity, "quantile": self.quantile, "margin": self.margin,
+                "method": self.threshold_method, "override": self.threshold_override}
+
+
+def recorded_threshold_settings(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The threshold settings a saved detector's threshold was last set from by configuration (a command that
+    moves the threshold leaves them as they were). Files from before this key: the fit's own fields."""
+    if "threshold_settings" in metadata:
+        return metadata["threshold_settings"]
+    return {"sensitivity": metadata["sensitivity"], "quantile": metadata["quantile"], "margin": metadata["margin"],
+            "method": metadata.get("threshold_method", "empirical"), "override": metadata.get("threshold_override")}
+
+
+def rethreshold(metadata: dict[str, Any], settings: FitSettings) -> dict[str, Any]:
+    """A saved detector's metadata with its threshold recalibrated to ``settings`` from its leave-one-out scores:
+    no refit, as a configuration change of the threshold needs none."""
+    threshold = calibrate_threshold(metadata["loo_scores"], settings.sensitivity, settings.quantile, settings.margin,
+                                    settings.threshold_override, settings.threshold_method)
+    return {**metadata, "threshold": threshold, "sensitivity": settings.sensitivity, "quantile": settings.quantile,
+            "margin": settings.margin, "threshold_method": settings.threshold_method,
+            "threshold_override": settings.threshold_override, "threshold_settings": settings.threshold_settings()}
+
 
 @dataclass
 class FitResult:
@@ -71,7 +95,7 @@ class FitResult:
             "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
             "sensitivity": settings.sensitivity, "quantile": settings.quantile, "margin": settings.margin,
             "threshold_method": settings.threshold_method,
-            "threshold_override": settings.threshold_override,
+            "threshold_override": settings.threshold_override, "threshold_settings": settings.threshold_settings(),
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(),
         }
