@@ -7,7 +7,7 @@ topic                   payload                                     QoS       re
 ======================  ==========================================  ========  ======  ========
 p/availability          ``online`` / ``offline`` (last will)        1         yes     no
 p/state                 JSON: model, threshold, delegate, fps ...   1         yes     no (latest re-sent)
-p/verdict               JSON, one per part, with ``seq``            1         no      yes
+p/verdict               JSON, one per part, with ``epoch``, ``seq``  1         no      yes
 p/alert                 JSON, anomalies only                        1         no      yes
 p/alert/image           raw JPEG bytes                              0         no      no
 p/<event name>          JSON (e.g. ``retrain/progress``)            1         no      yes
@@ -19,8 +19,9 @@ Delivery of spooled messages is *at least once*, in order: ``publish_verdict`` o
 spool (so capture never waits on the network), and a sender thread hands a small window of them to paho while
 connected and acks each one in the spool only after its PUBACK. paho keeps un-acknowledged QoS 1 messages and
 resends them (DUP) after a reconnect, so an outage costs no duplicates within one process; a crash or a
-restart between a PUBACK and the ack sends that window again. Subscribers drop duplicates by ``seq``, which the
-spool persists and only ever increases, also across restarts.
+restart between a PUBACK and the ack sends that window again. Subscribers drop duplicates by ``(epoch, seq)``:
+``epoch`` is a random hex string, new each time the spool is opened (each agent start), and ``seq`` only ever
+increases within it (it continues across restarts, but a power loss can roll it back, in a new epoch).
 
 Commands arrive with a clean session: a command sent while the device is offline is not queued for it. A
 handler may answer with a `Future` (a retrain, or a change the main loop must make): the reply is published when
@@ -59,6 +60,9 @@ CommandHandler = Callable[[str, dict[str, Any]], Any]
 SEND_WINDOW = 20
 #: Verdicts, alerts and events: at least once.
 QOS = 1
+#: Commands are small JSON objects: anything larger is refused unread, and a request id is echoed only if short.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_REQUEST_ID = 128
 _POLL_S = 0.2
 #: The sender is woken by new messages and by connects; this only bounds how long a missed wake-up could cost.
 _IDLE_S = 1.0
@@ -175,12 +179,14 @@ class Publisher:
                                         retain=True)
 
     def publish_verdict(self, verdict: dict[str, Any]) -> int:
-        """Set ``verdict["seq"]`` to the next persisted sequence number, spool the verdict, return ``seq``.
+        """Set ``verdict["seq"]`` to the next sequence number and ``verdict["epoch"]`` to the spool's epoch (if it
+        has no ``seq`` yet), spool the verdict, return ``seq``. ``(epoch, seq)`` is never reused for another verdict.
 
         Only local disk work: it never waits for the network, so capture keeps its pace during an outage.
         """
         if "seq" not in verdict:
             verdict["seq"] = self.spool.next_sequence()
+            verdict["epoch"] = self.spool.epoch
         self._spool("verdict", verdict)
         return verdict["seq"]
 
@@ -308,6 +314,9 @@ class Publisher:
     def _run_command(self, name: str, payload: bytes) -> None:
         """Decode and run the handler; its result (now, or when its `Future` resolves) or its refusal is the reply."""
         assert self.on_command is not None
+        if len(payload) > MAX_COMMAND_BYTES:
+            return self._reply(name, {}, error=f"payload is {len(payload)} bytes; commands take at most "
+                                               f"{MAX_COMMAND_BYTES}")
         try:
             args = json.loads(payload) if payload.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -315,6 +324,12 @@ class Publisher:
             return self._reply(name, {}, error=f"payload is not JSON: {exc}")
         if not isinstance(args, dict):
             return self._reply(name, {}, error=f"payload must be a JSON object, got {type(args).__name__}")
+        request_id = args.get("request_id")
+        if request_id is not None and not (
+                (isinstance(request_id, int) and not isinstance(request_id, bool))
+                or (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID)):
+            return self._reply(name, {}, error=f"request_id must be an integer or a string of at most "
+                                               f"{MAX_REQUEST_ID} characters")
         try:
             result = self.on_command(name, args)
         except Exception as exc:
