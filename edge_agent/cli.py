@@ -114,9 +114,10 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
 
     sink = sink or make_sink(config)
     agent = Agent(config, open_extractor(config, model), sink, source)
+    commands = Commands(agent, config.mqtt.command_token())
     for leaf in leaves(sink):
         if isinstance(leaf, CommandSource):
-            leaf.on_command = Commands(agent)
+            leaf.on_command = commands
     return agent
 
 

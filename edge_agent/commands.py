@@ -9,29 +9,43 @@ it resolves, so a long retrain never holds up ``status``.
 Threshold and rollback are refused with "retrain in progress" while a retrain collects or fits, and when a
 retrain finished between the command's arrival and its turn on the loop: the operator sees the new model's
 state and decides again, rather than having a change meant for the old detector land on the new one.
+
+Whoever can publish on the command topics can change what the camera passes, so (docs/security.md):
+- a retrain reads folders only under ``[retrain] folders``, and a refusal does not say whether a path exists;
+- ``n_images`` is bounded, and so is a fixed threshold: within a range of the good parts' own scores unless the
+  command says ``"force": true``;
+- with ``[mqtt] command_token_env``/``_file`` every command must carry ``"token"``, compared in constant time.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import Agent
+from edge_agent.config import MAX_RETRAIN_IMAGES
 from edge_agent.learn.fitting import recorded_threshold_settings
 from edge_agent.learn.threshold import calibrate_threshold
 
-#: Every command, with the arguments it takes (``request_id`` is allowed everywhere and echoed in the reply).
+#: Every command, with the arguments it takes (``request_id`` and ``token`` are allowed everywhere).
 COMMANDS: dict[str, frozenset[str]] = {
     "retrain": frozenset({"n_images", "folder"}),
     "trigger": frozenset(),
-    "threshold": frozenset({"sensitivity", "value"}),
+    "threshold": frozenset({"sensitivity", "value", "force"}),
     "rollback": frozenset(),
     "status": frozenset(),
 }
+_COMMON_ARGS = frozenset({"request_id", "token"})
+
+#: A fixed threshold further than this factor below the smallest or above the largest leave-one-out score of
+#: the good parts needs ``force``: 1e308 (every part passes) or 1e-9 (every part fails) are mistakes or attacks.
+THRESHOLD_VALUE_SPAN = 100.0
 
 
 @dataclass(frozen=True)
@@ -40,12 +54,18 @@ class ThresholdChange:
 
     sensitivity: float | None = None
     value: float | None = None
+    force: bool = False
 
     def apply(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """The detector's metadata with the new threshold (saved as a new file, so ``rollback`` undoes it)."""
         meta = dict(metadata)
         if self.value is not None:
-            meta["threshold"] = calibrate_threshold(meta["loo_scores"], override=self.value)
+            scores = meta["loo_scores"]
+            low, high = min(scores) / THRESHOLD_VALUE_SPAN, max(scores) * THRESHOLD_VALUE_SPAN
+            if not self.force and not low <= self.value <= high:
+                raise ValueError(f"value {self.value:g} is far outside the good parts' scores ({min(scores):.4g} to "
+                                 f"{max(scores):.4g}; allowed {low:.4g} to {high:.4g}): add \"force\": true to set it")
+            meta["threshold"] = calibrate_threshold(scores, override=self.value)
             meta["threshold_override"] = meta["threshold"]
         else:
             assert self.sensitivity is not None
@@ -66,32 +86,57 @@ def _number(args: dict[str, Any], key: str) -> float:
 def parse_threshold(args: dict[str, Any]) -> ThresholdChange:
     if ("sensitivity" in args) == ("value" in args):
         raise ValueError('give exactly one of {"sensitivity": 0..1} or {"value": threshold}')
+    force = args.get("force", False)
+    if not isinstance(force, bool):
+        raise ValueError(f"force must be true or false, got {force!r}")
     if "value" in args:
         value = _number(args, "value")
         if value < 0:
             raise ValueError(f"value must be >= 0, got {value}")
-        return ThresholdChange(value=value)
+        return ThresholdChange(value=value, force=force)
     sensitivity = _number(args, "sensitivity")
     if not 0 <= sensitivity <= 1:
         raise ValueError(f"sensitivity must be between 0 and 1, got {sensitivity}")
     return ThresholdChange(sensitivity=sensitivity)
 
 
-def parse_retrain(args: dict[str, Any], default_n: int) -> tuple[int, str | None]:
+def allowed_folder(folder: Any, roots: Sequence[str]) -> str:
+    """``folder`` resolved (symlinks and ``..`` followed) if it lies under one of ``roots``.
+
+    One message for "outside", "missing" and "not a folder": a refusal must not tell a stranger what exists.
+    """
+    refused = ValueError("folder is not an existing folder under [retrain] folders"
+                         + ("" if roots else " (none is configured: retrain from folders is off)"))
+    if not isinstance(folder, str) or not folder or "\0" in folder or not os.path.isabs(folder):
+        raise ValueError("folder must be an absolute path")
+    try:
+        path = Path(folder).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise refused from None
+    for root in roots:
+        try:
+            path.relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        if path.is_dir():
+            return str(path)
+    raise refused
+
+
+def parse_retrain(args: dict[str, Any], default_n: int, roots: Sequence[str]) -> tuple[int, str | None]:
     n = args.get("n_images", default_n)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"n_images must be an integer >= 2, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= MAX_RETRAIN_IMAGES:
+        raise ValueError(f"n_images must be an integer from 2 to {MAX_RETRAIN_IMAGES}, got {n!r}")
     folder = args.get("folder")
-    if folder is not None and (not isinstance(folder, str) or not Path(folder).is_dir()):
-        raise ValueError(f"folder not found on the device: {folder}")
-    return n, folder
+    return n, None if folder is None else allowed_folder(folder, roots)
 
 
 class Commands:
     """``handler(name, args) -> result | Future``: what the MQTT publisher calls on its command thread."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, token: str | None = None) -> None:
         self.agent = agent
+        self.token = token
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "retrain": self._retrain, "trigger": self._trigger, "threshold": self._threshold,
             "rollback": self._rollback, "status": lambda args: agent.state(),
@@ -99,15 +144,20 @@ class Commands:
         assert set(self._handlers) == set(COMMANDS)
 
     def __call__(self, name: str, args: dict[str, Any]) -> Any:
+        if self.token is not None:
+            given = args.get("token")
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
+                raise PermissionError("command refused: missing or wrong token")
         if name not in COMMANDS:
             raise ValueError(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
-        unknown = set(args) - COMMANDS[name] - {"request_id"}
+        unknown = set(args) - COMMANDS[name] - _COMMON_ARGS
         if unknown:
             raise ValueError(f"unknown {name} arguments: {', '.join(sorted(unknown))}")
         return self._handlers[name](args)
 
     def _retrain(self, args: dict[str, Any]) -> Future:
-        n, folder = parse_retrain(args, self.agent.config.retrain.n_images)
+        retrain = self.agent.config.retrain
+        n, folder = parse_retrain(args, retrain.n_images, retrain.folders)
         return self.agent.request_retrain(n, folder)
 
     def _trigger(self, args: dict[str, Any]) -> dict[str, Any]:

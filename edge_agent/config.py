@@ -27,7 +27,10 @@ from edge_agent.learn.fitting import FitSettings
 from edge_agent.learn.threshold import (DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_QUANTILE, DEFAULT_SENSITIVITY,
                                         THRESHOLD_METHODS)
 
-#: Frame sources `edge_agent.capture.open_source` can open, and the trigger modes of the agent's loop.
+#: The most good images one retrain may take: frames are held in memory until the fit (a 5 MP RGB frame is 15 MB).
+MAX_RETRAIN_IMAGES = 500
+
+#: Frame sources `edge_agent.capture.factory.open_source` can open, and the trigger modes of the agent's loop.
 SOURCE_KINDS = ("folder", "opencv", "picamera2")
 TRIGGER_MODES = ("continuous", "mqtt")
 
@@ -101,6 +104,8 @@ class RetrainConfig:
     n_images: int = 10
     timeout_s: float = 300.0
     keep: int = 5  # fitted detectors kept for rollback
+    # Folders a retrain command may read good images from (and their subfolders); empty: none, frames only.
+    folders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,23 +121,35 @@ class MqttConfig:
     tls_cert: str = ""
     tls_key: str = ""
     keepalive: int = 30
+    command_token_env: str = ""
+    command_token_file: str = ""
     client_id: str = ""  # empty: <topic_prefix>-<device id>
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
 
     def password(self) -> str | None:
         """The broker password from the environment or a file (systemd credentials, docker secrets)."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"[mqtt] password_env names {self.password_env}, which is not set")
-            return value
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"[mqtt] password_file {self.password_file}: {exc.strerror}") from None
-        return None
+        return _secret("password", self.password_env, self.password_file)
+
+    def command_token(self) -> str | None:
+        """The shared secret every command must carry (``"token"``), for brokers whose ACLs cannot tell operators
+        from viewers; ``None``: commands are not checked beyond the broker's own access control."""
+        return _secret("command_token", self.command_token_env, self.command_token_file)
+
+
+def _secret(key: str, env: str, file: str) -> str | None:
+    """A secret named by ``[mqtt] <key>_env`` (an environment variable) or ``<key>_file``; never in the config."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"[mqtt] {key}_env names {env}, which is not set")
+        return value
+    if file:
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"[mqtt] {key}_file {file}: {exc.strerror}") from None
+    return None
 
 
 @dataclass
@@ -180,7 +197,7 @@ _CHOICES = {
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
     ("threshold", "sensitivity"): (0, 1), ("threshold", "quantile"): (0.5, 1), ("threshold", "margin"): (0, 10),
-    ("retrain", "n_images"): (2, 10_000), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
+    ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
     ("retrain", "timeout_s"): (1, 86_400), ("mqtt", "keepalive"): (5, 3600),
     ("source", "width"): (0, 16_384), ("source", "height"): (0, 16_384),
@@ -205,6 +222,9 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+    elif typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
     elif hint is dict or typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table, got {value!r}")
@@ -281,8 +301,9 @@ def _cross_checks(c: Config) -> None:
         raise ConfigError("[source] width and height must be given together")
     if c.mqtt.reconnect_min_s <= 0 or c.mqtt.reconnect_max_s < c.mqtt.reconnect_min_s:
         raise ConfigError("[mqtt] needs 0 < reconnect_min_s <= reconnect_max_s")
-    if c.mqtt.password_env and c.mqtt.password_file:
-        raise ConfigError("[mqtt] give password_env or password_file, not both")
+    for key in ("password", "command_token"):
+        if getattr(c.mqtt, f"{key}_env") and getattr(c.mqtt, f"{key}_file"):
+            raise ConfigError(f"[mqtt] give {key}_env or {key}_file, not both")
     if bool(c.mqtt.tls_cert) != bool(c.mqtt.tls_key):
         raise ConfigError("[mqtt] tls_cert and tls_key must be given together")
     for key in ("tls_ca", "tls_cert", "tls_key"):

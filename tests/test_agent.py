@@ -33,7 +33,7 @@ class Rig:
                 "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1},
                 "augmentation": {"preset": "bottle", "factor": 2},
                 "detector": {"name": "mahalanobis"},  # fast to refit; the default (combined) has its own test
-                "retrain": {"n_images": 3, "timeout_s": 30},
+                "retrain": {"n_images": 3, "timeout_s": 30, "folders": [str(self.tmp)]},
                 "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_prefix": PREFIX, "keepalive": 5}}
         for name, values in sections.items():
             data[name] = {**data.get(name, {}), **values}
@@ -145,7 +145,7 @@ def test_threshold_and_rollback_commands(rig, subscriber):
     first = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")["result"]
     lower = command(subscriber, "threshold", {"sensitivity": 1.0}, "t1")
     assert lower["ok"] and lower["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
-    fixed = command(subscriber, "threshold", {"value": 1e6}, "t2")
+    fixed = command(subscriber, "threshold", {"value": 1e6, "force": True}, "t2")
     assert fixed["ok"] and fixed["result"]["threshold"] == 1e6
     rig.drop(rig.set.defects[3:4], "bad")
     assert wait_until(lambda: subscriber.json_on("verdict"), 20)
@@ -226,10 +226,22 @@ def test_a_threshold_edited_in_the_config_applies_at_start_and_a_command_survive
     stricter = agent_with(sensitivity=1.0)  # edited in the config: applied at start, no retrain needed
     assert stricter.state()["threshold"] == pytest.approx(fitted / 2, rel=1e-6)
     assert stricter.store.load_current(stricter.extractor.manifest).metadata["threshold"] == stricter.state()["threshold"]
-    stricter.set_threshold(ThresholdChange(value=123.0).apply)  # an operator's command...
+    stricter.set_threshold(ThresholdChange(value=123.0, force=True).apply)  # an operator's command...
     assert agent_with(sensitivity=1.0).state()["threshold"] == 123.0  # ...survives a restart with the same config
     assert agent_with(override=7.5).state()["threshold"] == 7.5
     assert agent_with().state()["threshold"] == pytest.approx(fitted, rel=1e-6)
+
+
+def test_with_a_command_token_only_commands_that_carry_it_run(rig, subscriber, monkeypatch):
+    from edge_agent.deliver.remote import send_command
+
+    monkeypatch.setenv("TEST_COMMAND_TOKEN", "line-3-operators")
+    agent = rig.start(mqtt={"command_token_env": "TEST_COMMAND_TOKEN"})
+    refused = command(subscriber, "retrain", {"folder": str(rig.good_folder(3))}, "r1")
+    assert not refused["ok"] and "wrong token" in refused["error"] and not agent.fitted
+    reply = send_command(agent.config, "retrain", {"folder": str(rig.good_folder(3))}, timeout=60)  # the CLI's path
+    assert reply["ok"], reply
+    assert agent.fitted
 
 
 def test_failed_retrain_keeps_the_running_model(rig, subscriber):
@@ -245,7 +257,8 @@ def test_failed_retrain_keeps_the_running_model(rig, subscriber):
     assert agent.store.current_path() == before and agent.fitted
     assert subscriber.json_on("retrain/progress")[-1]["stage"] == "failed"
     assert "n_images must be" in command(subscriber, "retrain", {"n_images": 1}, "r3")["error"]
-    assert "not found" in command(subscriber, "retrain", {"folder": "/nonexistent"}, "r4")["error"]
+    assert "not an existing folder under [retrain] folders" in command(subscriber, "retrain",
+                                                                       {"folder": "/nonexistent"}, "r4")["error"]
 
 
 def test_retrain_on_the_next_frames_from_the_source(rig, subscriber):

@@ -317,3 +317,18 @@ def test_a_command_answered_later_does_not_hold_up_the_next(make_publisher, subs
     assert subscriber.json_on("cmd/retrain/result") == [
         {"ok": False, "error": "RuntimeError: retrain failed, previous model kept: good image 2 is black",
          "request_id": "r"}]
+
+
+def test_oversized_commands_and_request_ids_are_refused_not_echoed(make_publisher, subscriber: Subscriber) -> None:
+    calls: list[str] = []
+    started(make_publisher(on_command=lambda name, args: calls.append(name) or {"ran": name}))
+    huge_id = "x" * 16_000_000
+    subscriber.client.publish(f"{BASE}/cmd/status", json.dumps({"request_id": huge_id}).encode(), qos=1)
+    subscriber.client.publish(f"{BASE}/cmd/trigger", json.dumps({"request_id": "y" * 200}).encode(), qos=1)
+    subscriber.client.publish(f"{BASE}/cmd/rollback", b'{"request_id": "ok"}', qos=1)
+    assert wait_until(lambda: len([m for m in subscriber.messages if m.topic.endswith("/result")]) == 3, 20)
+    status, trigger = subscriber.json_on("cmd/status/result")[0], subscriber.json_on("cmd/trigger/result")[0]
+    assert not status["ok"] and "at most 65536" in status["error"] and "request_id" not in status
+    assert not trigger["ok"] and "at most 128 characters" in trigger["error"] and "request_id" not in trigger
+    assert max(len(m.payload) for m in subscriber.messages if m.topic.endswith("/result")) < 200
+    assert calls == ["rollback"]  # only the well-formed command reached the handler

@@ -24,6 +24,8 @@ def send_command(config: Config, name: str, payload: dict[str, Any], timeout: fl
     m = config.mqtt
     topics = Topics(m.topic_prefix, config.device.id)
     request_id = uuid.uuid4().hex
+    secret = m.command_token()
+    token = {"token": secret} if secret is not None else {}
     reply: dict[str, Any] = {}
     got = threading.Event()
     subscribed = threading.Event()
@@ -36,7 +38,7 @@ def send_command(config: Config, name: str, payload: dict[str, Any], timeout: fl
         client.subscribe(topics.command_result(name), qos=1)
 
     def on_subscribe(client, userdata, mid, reasons, properties):
-        client.publish(topics.command(name), json.dumps({**payload, "request_id": request_id}), qos=1)
+        client.publish(topics.command(name), json.dumps({**payload, **token, "request_id": request_id}), qos=1)
         subscribed.set()
 
     def on_message(client, userdata, msg):
