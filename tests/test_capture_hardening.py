@@ -94,12 +94,13 @@ def test_a_name_that_is_not_utf8_is_judged_once_and_survives_a_restart(bad_name_
     cursor.parent.mkdir()
     src = FolderSource(bad_name_dir, watch=True, poll_s=0.01, cursor_file=cursor)
     src.open()
-    frames = [src.read() for _ in range(2)]
-    assert [f.name for f in frames] == ["a01.png", BAD_SHOWN]
+    # Reading c01 commits the bad name to the cursor: this raised UnicodeEncodeError (surrogates not allowed),
+    # which ended the agent with exit 2 before the cursor moved, so every restart judged the file again.
+    frames = [src.read() for _ in range(3)]
+    src.close()
+    assert [f.name for f in frames] == ["a01.png", BAD_SHOWN, "c01.png"]
     for f in frames:  # the name goes into the verdict's JSON, and MQTT sends UTF-8
         json.dumps({"frame": f.name}, ensure_ascii=False).encode("utf-8")
-    assert src.read().name == "c01.png"  # commits the bad name to the cursor: this used to raise
-    src.close()
     assert src.cursor_errors == 0
     cursor.read_text(encoding="ascii")  # escaped, plain ASCII
 
@@ -301,3 +302,58 @@ def test_end_of_stream_still_ends_a_plain_folder_with_bad_files(tmp_path, real_p
         src.read()
     with pytest.raises(EndOfStream):
         src.read()
+
+
+# ---- the agent, end to end --------------------------------------------------------------------------------
+
+def test_the_agent_survives_all_three_and_a_restart_judges_nothing_again(tmp_path, real_set):
+    """The tester's reproduction: a watched folder with a name that is not UTF-8, a 400 MP PNG bomb and a
+    4000 x 2 strip; the agent (a real process, the shipped model, JSON lines on stdout) used to exit 2 (the
+    cursor) or 1 (the strip's snapshot), and every restart published the bad name's verdict again."""
+    import subprocess
+    import sys
+
+    frames, good = tmp_path / "frames", tmp_path / "good"
+    frames.mkdir()
+    good.mkdir()
+    for p in real_set.train_good[:3]:
+        (good / p.name).write_bytes(p.read_bytes())
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[device]\nid = "cam-test"\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[source]\nkind = "folder"\npath = "{frames}"\nwatch = true\nreopen_min_s = 0.1\n'
+                   f'[model]\ndelegate = "cpu"\n[augmentation]\nfactor = 2\n[detector]\nname = "mahalanobis"\n'
+                   f'[mqtt]\nenabled = false\n')
+    agent = [sys.executable, "-m", "edge_agent.cli", "--config", str(cfg)]
+    subprocess.run(agent + ["fit", "--images", str(good)], check=True, capture_output=True, timeout=180)
+    (frames / "a01.png").write_bytes(real_set.test_good[0].read_bytes())
+    (frames / BAD_NAME).write_bytes(real_set.test_good[1].read_bytes())
+    (frames / "b02_bomb.png").write_bytes(zeros_png(20000, 20000))
+    strip = cv2.resize(read_image(real_set.defects[0]), (4000, 2), interpolation=cv2.INTER_AREA)
+    write_png(frames / "b03_strip.png", strip)
+    (frames / "c01.png").write_bytes(real_set.test_good[2].read_bytes())
+
+    def run_once(seconds: float) -> tuple[int, list[dict], str]:
+        proc = subprocess.Popen(agent + ["run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(seconds)
+            alive = proc.poll() is None
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert alive, f"the agent exited {proc.returncode}: {err[-2000:]}"
+        return proc.returncode, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+    rc, lines, err = run_once(20)
+    verdicts = [m["frame"] for m in lines if m["topic"] == "verdict"]
+    assert verdicts == ["a01.png", BAD_SHOWN, "b03_strip.png", "c01.png"], err[-2000:]
+    errors = [m.get("error", "") for m in lines if m["topic"] == "source/status" and m.get("status") == "failed"]
+    assert any("b02_bomb.png is 20000 x 20000" in e for e in errors), errors
+    alerts = [m for m in lines if m["topic"] == "alert"]
+    strip_alerts = [m for m in alerts if m.get("frame") == "b03_strip.png"]
+    assert strip_alerts and strip_alerts[0]["image_bytes"] > 0  # a 4000 x 2 strip of a bottle is anomalous
+    print(f"first run: verdicts {verdicts}, {len(alerts)} alerts, source errors {errors}")
+
+    rc, lines, err = run_once(8)
+    assert [m["frame"] for m in lines if m["topic"] == "verdict"] == [], "judged again after a restart"
