@@ -14,6 +14,7 @@ limit_threads()  # the entry point: before the imports below load numpy
 
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
 from edge_agent.deliver.sink import CommandSource, Sink, leaves  # noqa: E402
+from edge_agent.system.lock import StateLock, StateLocked  # noqa: E402
 
 log = logging.getLogger("edge_agent")
 
@@ -44,6 +45,7 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.capture.images import read_folder
     from edge_agent.learn.store import DetectorStore
 
+    StateLock(config.state_dir, "edge-agent fit").acquire()  # not beside a running agent: use edge-agent retrain
     extractor = open_extractor(config, args.model)
     _, images = read_folder(args.images, min_images=2)
     settings = fit_settings(config)
@@ -124,6 +126,7 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     import signal
 
+    StateLock(config.state_dir, "edge-agent run").acquire()  # held until the process ends
     agent = build_agent(config, args.model)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
@@ -223,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.state_dir:
             config.device.state_dir = args.state_dir
         return args.func(args, config)
+    except StateLocked as exc:  # not a configuration error: the service may start once the other process ends
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2
