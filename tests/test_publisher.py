@@ -255,7 +255,7 @@ def test_username_password_authentication(tmp_path: Path, caplog: pytest.LogCapt
             started(good).publish_verdict({"from": "good"})
             assert wait_until(lambda: sub.json_on("verdict"), 5)
             time.sleep(1.0)  # give the bad client several attempts
-        assert sub.json_on("verdict") == [{"from": "good", "seq": 1}]
+        assert sub.json_on("verdict") == [{"from": "good", "seq": 1, "epoch": good.spool.epoch}]
         assert not bad.connected and bad.stats()["queued"] == 1
         assert "refused" in caplog.text
     finally:
@@ -287,9 +287,10 @@ def test_tls_with_password_from_the_environment_and_anonymous_refused(tmp_path: 
         anonymous.start()
         anonymous.publish_verdict({"from": "anonymous"})
         started(agent).publish_verdict({"over": "tls"})
-        assert wait_until(lambda: sub.json_on("verdict") == [{"over": "tls", "seq": 1}], 5)
+        expected = [{"over": "tls", "seq": 1, "epoch": agent.spool.epoch}]
+        assert wait_until(lambda: sub.json_on("verdict") == expected, 5)
         time.sleep(1.0)  # several attempts by the anonymous client
-        assert sub.json_on("verdict") == [{"over": "tls", "seq": 1}]
+        assert sub.json_on("verdict") == expected
         assert not anonymous.connected and anonymous.stats()["queued"] == 1
     finally:
         close_publishers(agent, anonymous)

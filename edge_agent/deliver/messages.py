@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 GOOD, ANOMALOUS = "good", "anomalous"
 
 #: Verdict fields an alert repeats (it points at its verdict by ``seq``).
-_ALERT_FIELDS = ("schema", "device", "seq", "frame", "captured_at", "score", "threshold", "model_id")
+_ALERT_FIELDS = ("schema", "device", "epoch", "seq", "frame", "captured_at", "score", "threshold", "model_id")
 
 
 def now_iso() -> str:
@@ -42,7 +42,7 @@ def to_json(obj: Any) -> bytes:
 
 def verdict_message(device: str, frame: str, captured_at: float, score: float, threshold: float, anomalous: bool,
                     model_id: str, detector_file: str | None, latency_ms: dict[str, float]) -> dict[str, Any]:
-    """One inspected part. ``seq`` is added by the first sink (the spool persists it across restarts)."""
+    """One inspected part. ``epoch`` and ``seq`` are added by the first sink: ``(epoch, seq)`` identifies it."""
     return {
         "schema": SCHEMA_VERSION, "device": device, "frame": frame, "captured_at": iso_from_epoch(captured_at),
         "published_at": now_iso(), "score": round(score, 5), "threshold": round(threshold, 5),

@@ -26,7 +26,8 @@ class Sink(Protocol):
         """The agent is up and judging (``True``) or going away (``False``)."""
 
     def publish_verdict(self, verdict: dict[str, Any]) -> int:
-        """Deliver one verdict. If it has no ``seq`` yet, set the next sequence number on it; return ``seq``."""
+        """Deliver one verdict. If it has no ``seq`` yet, number it: set ``epoch`` (new whenever numbering may
+        restart) and the next ``seq`` on it, so that ``(epoch, seq)`` is never reused; return ``seq``."""
 
     def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
         """An anomalous part, with the snapshot (JPEG, heat map drawn on it) when there is one."""
@@ -85,8 +86,7 @@ class FanOut:
         self._each("publish_availability", online)
 
     def publish_verdict(self, verdict: dict[str, Any]) -> int:
-        seq = self.sinks[0].publish_verdict(verdict)
-        verdict["seq"] = seq
+        seq = self.sinks[0].publish_verdict(verdict)  # numbers it in place: epoch and seq
         self._each("publish_verdict", verdict, first=False)
         return seq
 

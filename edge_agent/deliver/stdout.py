@@ -7,6 +7,7 @@ visible (and machine-readable) instead of silently dropped.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import threading
 from typing import Any, TextIO
@@ -16,6 +17,7 @@ class StdoutSink:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self._seq = 0
+        self.epoch = secrets.token_hex(8)  # numbering starts again with each process: a new epoch says so
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -40,7 +42,7 @@ class StdoutSink:
         with self._lock:
             if "seq" not in verdict:
                 self._seq += 1
-                verdict["seq"] = self._seq
+                verdict.update(epoch=self.epoch, seq=self._seq)
         self.write("verdict", verdict)
         return verdict["seq"]
 
