@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_agent.embed.features import Features
+from edge_agent.embed.manifest import Features
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

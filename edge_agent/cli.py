@@ -45,7 +45,6 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.capture.images import read_folder
     from edge_agent.learn.store import DetectorStore
 
-    StateLock(config.state_dir, "edge-agent fit").acquire()  # not beside a running agent: use edge-agent retrain
     extractor = open_extractor(config, args.model)
     _, images = read_folder(args.images, min_images=2)
     settings = fit_settings(config)
@@ -126,7 +125,6 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     import signal
 
-    StateLock(config.state_dir, "edge-agent run").acquire()  # held until the process ends
     agent = build_agent(config, args.model)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
@@ -217,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Commands that write the state folder (detectors, spool, cursor): they hold its lock while they run.
+_WRITES_STATE = ("run", "fit")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -225,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.state_dir:
             config.device.state_dir = args.state_dir
+        if args.command in _WRITES_STATE:  # one process at a time on a state folder (fit: use retrain beside run)
+            with StateLock(config.state_dir, f"edge-agent {args.command}"):
+                return args.func(args, config)
         return args.func(args, config)
     except StateLocked as exc:  # not a configuration error: the service may start once the other process ends
         print(f"edge-agent: error: {exc}", file=sys.stderr)

@@ -19,14 +19,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edge_agent.capture.preprocess import preprocess
-from edge_agent.embed.manifest import Manifest, ManifestError, OutputSpec, load_manifest
+from edge_agent.embed.manifest import Features, Manifest, ManifestError, OutputSpec, load_manifest
 from edge_agent.embed.runtime import Backend, RuntimeOptions, open_backend
 
 log = logging.getLogger(__name__)
 
-# Level name -> features: one row per image from ``embed``, no batch axis from ``embed_one``. The one alias in
-# embed; the detectors take the same mapping.
-Features = dict[str, np.ndarray]
 
 
 def check_backend(manifest: Manifest, backend: Backend) -> None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+#: Features, from the extractor to the detectors: one array per level the manifest names, one row per image
+#: (``"pooled/<tap>"`` (n, d) vectors, ``"spatial/<tap>"`` (n, h, w, c) maps). Defined with the manifest, which
+#: names the levels, so that producer and consumers share one definition.
+Features = Mapping[str, np.ndarray]
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

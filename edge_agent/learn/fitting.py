@@ -17,7 +17,8 @@ import numpy as np
 
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
-from edge_agent.learn.heldout import Features, leave_one_out_scores, take_groups
+from edge_agent.embed.manifest import Features
+from edge_agent.learn.heldout import leave_one_out_scores, take_groups
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import (
     DEFAULT_MARGIN,

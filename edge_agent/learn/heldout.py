@@ -17,9 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-#: Features as every part of ``edge_agent.learn`` takes them: level name -> array, one row per sample
-#: (``"pooled/<tap>"`` (n, d) vectors, ``"spatial/<tap>"`` (n, h, w, c) maps; see `edge_agent.learn.detectors.base`).
-Features = Mapping[str, np.ndarray]
+from edge_agent.embed.manifest import Features
+
 
 
 class Scorer(Protocol):

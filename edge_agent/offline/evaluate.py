@@ -29,7 +29,7 @@ from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.augment import AugmentationPolicy, augment
 from edge_agent.learn.detectors import Detector, make_detector
 from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
-from edge_agent.learn.heldout import Features
+from edge_agent.embed.manifest import Features
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import is_anomalous
 from edge_agent.offline.datasets import MVTecSet, load_mvtec

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_agent.learn.heldout import Features
+from edge_agent.embed.manifest import Features
 
 POOLED = "pooled/"
 SPATIAL = "spatial/"
