@@ -275,7 +275,7 @@ class Agent:
             self._progress(job, "collecting", collected=0)
             return
         try:
-            _, images = read_folder(job.folder, min_images=2)
+            _, images = read_folder(job.folder, min_images=2, max_pixels=self.config.source.max_pixels)
         except ValueError as exc:
             self._fail(job, str(exc), str(exc))
         else:

@@ -46,7 +46,7 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.learn.store import DetectorStore
 
     extractor = open_extractor(config, args.model)
-    _, images = read_folder(args.images, min_images=2)
+    _, images = read_folder(args.images, min_images=2, max_pixels=config.source.max_pixels)
     settings = fit_settings(config)
     result = fit_images(lambda ims: extractor.embed(ims, progress="fit"), images, settings)
     path = DetectorStore(config.state_dir, config.retrain.keep).save(result, settings, extractor.manifest)

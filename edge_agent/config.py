@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+from edge_agent.capture.images import MAX_PIXELS
 from edge_agent.deliver.spool import ON_FULL_POLICIES
 from edge_agent.deliver.topics import check_topic_level
 from edge_agent.embed.runtime.delegates import DELEGATES
@@ -64,6 +65,7 @@ class SourceConfig:
     height: int = 0
     reopen_min_s: float = 1.0
     reopen_max_s: float = 30.0
+    max_pixels: int = MAX_PIXELS  # larger images are refused from their header, before decoding
 
 
 @dataclass
@@ -200,7 +202,7 @@ _RANGES = {
     ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
     ("retrain", "timeout_s"): (1, 86_400), ("mqtt", "keepalive"): (5, 3600),
-    ("source", "width"): (0, 16_384), ("source", "height"): (0, 16_384),
+    ("source", "max_pixels"): (1_000_000, 2**30), ("source", "width"): (0, 16_384), ("source", "height"): (0, 16_384),
     ("source", "reopen_min_s"): (0.01, 3600), ("source", "reopen_max_s"): (0.01, 86_400),
     ("mqtt", "reconnect_min_s"): (0.01, 3600), ("mqtt", "reconnect_max_s"): (0.01, 86_400),
     ("alerts", "max_side"): (16, 8192), ("augmentation", "seed"): (0, 2**32 - 1),

@@ -570,3 +570,22 @@ def test_values_that_passed_validation_before_are_refused_naming_the_key(section
     with pytest.raises(ConfigError) as err:
         config_from_dict({"source": {"path": str(tmp_path)}, section: {key: value}})
     assert fragment in str(err.value) and f"[{section}] {key}" in str(err.value), str(err.value)
+
+
+def test_source_max_pixels_reaches_the_folder_source(tmp_path) -> None:
+    """[source] max_pixels is what the watched folder enforces, before it decodes anything."""
+    import cv2
+    import numpy as np
+
+    from edge_agent.capture.base import SourceError
+    from edge_agent.capture.factory import open_source
+
+    cv2.imwrite(str(tmp_path / "big.png"), np.full((1000, 1200, 3), 128, np.uint8))  # 1.2 MP
+    small = config_from_dict({"source": {"path": str(tmp_path), "max_pixels": 1_000_000}})
+    source = open_source(small.source)
+    source.open()
+    with pytest.raises(SourceError, match="1200 x 1000"):
+        source.read()
+    roomy = open_source(config_from_dict({"source": {"path": str(tmp_path)}}).source)
+    roomy.open()
+    assert roomy.read().image.shape == (1000, 1200, 3)

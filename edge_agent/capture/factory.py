@@ -17,7 +17,8 @@ def open_source(config: SourceConfig, state_dir: Path | None = None) -> FrameSou
         from edge_agent.capture.folder import FolderSource
 
         cursor = state_dir / "folder_cursor" if state_dir is not None and config.watch else None
-        return FolderSource(config.path, watch=config.watch, loop=config.loop, cursor_file=cursor)
+        return FolderSource(config.path, watch=config.watch, loop=config.loop, cursor_file=cursor,
+                            max_pixels=config.max_pixels)
     if config.kind == "opencv":
         from edge_agent.capture.opencv import OpenCVSource
 
