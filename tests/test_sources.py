@@ -549,3 +549,22 @@ def test_close_closes_the_inner_source_and_next_read_reopens():
     assert inner.closes == 1 and not src.is_open
     src.read()
     assert inner.opens == 2
+
+
+def test_a_frame_judged_again_after_a_crash_keeps_its_name_and_time(tmp_path: Path) -> None:
+    """After a kill between judging a file and saving the cursor, the file comes again: with the same ``name`` and
+    ``captured_at`` (the file's time), so a subscriber can tell the repeat from a new part."""
+    frames, cursor = tmp_path / "frames", tmp_path / "folder_cursor"
+    frames.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), np.full((32, 32, 3), 40 * (i + 1), np.uint8))
+    first = FolderSource(frames, watch=True, cursor_file=cursor)
+    first.open()
+    a = first.read()
+    time.sleep(0.05)
+    b = first.read()  # saves the cursor at 000.png; 001.png is judged but not yet committed... then the kill
+    again = FolderSource(frames, watch=True, cursor_file=cursor)
+    again.open()
+    repeat = again.read()
+    assert (a.name, b.name, repeat.name) == ("000.png", "001.png", "001.png")
+    assert repeat.captured_at == b.captured_at == (frames / "001.png").stat().st_mtime

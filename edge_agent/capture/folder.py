@@ -164,4 +164,8 @@ class FolderSource(FrameSource):
         self._seen.add(path.name)
         self._failures.pop(path.name, None)
         self._pending = path.name
-        return Frame(image, printable(path.name))
+        try:  # when the file was written: the frame keeps its identity (name, time) if it is judged again
+            captured_at = path.stat().st_mtime
+        except OSError:
+            captured_at = time.time()
+        return Frame(image, printable(path.name), captured_at)
