@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -70,9 +70,13 @@ class MosquittoBroker:
     """One mosquitto process; ``stop()``/``start()`` keep the port, the config and the persistence file.
 
     ``users`` (name -> password) turns anonymous access off; ``tls`` makes the listener TLS-only.
+    ``extra_conf`` lines are appended to the generated config: a later value of a numeric or boolean option
+    (``persistence false``, ``max_queued_messages 1000``) overrides the one above it, while a second value of a
+    string option (``persistence_location``, ``password_file``) is an error in mosquitto.
     """
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: TlsFiles | None = None):
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: TlsFiles | None = None,
+                 extra_conf: Sequence[str] = ()):
         self.binary = require_mosquitto()
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -97,6 +101,7 @@ class MosquittoBroker:
             lines += ["allow_anonymous false", f"password_file {self._password_file(users)}"]
         else:
             lines.append("allow_anonymous true")
+        lines += extra_conf
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _password_file(self, users: dict[str, str]) -> Path:
