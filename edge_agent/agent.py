@@ -52,7 +52,8 @@ class RetrainJob:
     folder: str | None = None
     frames: list[np.ndarray] = field(default_factory=list)
     future: Future = field(default_factory=Future)
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # when the loop started it (the timeout counts from there, not from the request)
+    outcome: dict[str, Any] | Exception | None = None  # sent to the requester once the loop is back to inspecting
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Agent:
         self._source_state: dict[str, Any] = {"status": "closed"}
         self._frame_times: list[float] = []
         self.inspected = 0
+        self.publish_errors = 0
         # The longest the loop waits for anything: short enough to feed the watchdog on time.
         self._tick = min(_TICK_S, self.notifier.watchdog_interval or _TICK_S)
         self._load_current()
@@ -103,6 +105,8 @@ class Agent:
     # ---- requests from other threads: validated by the caller (`edge_agent.commands`), run by the loop -------
     def request_retrain(self, n_images: int | None = None, folder: str | None = None) -> Future:
         """Queue a retrain (on ``folder``'s images, or on the next ``n_images`` frames); its summary when done."""
+        if self.stop_event.is_set():
+            raise RuntimeError("the agent is stopping; nothing was changed")
         job = RetrainJob(self.config.retrain.n_images if n_images is None else n_images, folder)
         self._retrains.put(job)
         self._wake.set()
@@ -114,6 +118,8 @@ class Agent:
 
     def submit_change(self, apply: Callable[[], dict[str, Any]]) -> Future:
         """Run ``apply`` on the loop between frames; refused at once while a retrain runs."""
+        if self.stop_event.is_set():
+            raise RuntimeError("the agent is stopping; nothing was changed")
         if self.retraining:
             raise RetrainInProgress()
         change = Change(apply, self._retrains_done)
@@ -241,13 +247,26 @@ class Agent:
 
     def _fail(self, job: RetrainJob, error: str, reply: str) -> None:
         self._progress(job, "failed", error=error)
-        job.future.set_exception(RuntimeError(reply))
+        job.outcome = RuntimeError(reply)
 
     def _end_job(self) -> None:
-        """Back to inspecting (with the new detector or the old one), and say so in the state."""
+        """Back to inspecting (with the new detector or the old one), say so in the state, then answer the
+        requester: whoever acts on the reply (a threshold right after) finds the retrain over."""
+        job = self._job
+        assert job is not None
+        self._retrains_done += 1  # before the job is cleared: a change asked for in between is refused, not lost
         self._job = None
-        self._retrains_done += 1
+        self._drain_triggers()
         self.publish_state()
+        if isinstance(job.outcome, Exception):
+            job.future.set_exception(job.outcome)
+        else:
+            job.future.set_result(job.outcome or {})
+
+    def _drain_triggers(self) -> None:
+        """Triggers that came while collecting were used by it: none is replayed on a later part."""
+        while self._triggers.acquire(blocking=False):
+            pass
 
     def _run_fit(self, job: RetrainJob, images: list[np.ndarray]) -> None:
         settings = fit_settings(self.config)
@@ -264,22 +283,25 @@ class Agent:
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
                    "detector_summary": result.detector.describe()}
         self._progress(job, "done", **summary)
-        job.future.set_result(summary)
+        job.outcome = summary
         del result
         return_freed_memory()
 
     def _start_job(self, job: RetrainJob) -> None:
         self._job = job
+        job.started = time.monotonic()
         self.publish_state()
         if job.folder is None:
             self._progress(job, "collecting", collected=0)
             return
         try:
-            _, images = read_folder(job.folder, min_images=2, max_pixels=self.config.source.max_pixels)
-        except ValueError as exc:
-            self._fail(job, str(exc), str(exc))
+            _, images = read_folder(job.folder, min_images=2, max_pixels=self.config.source.max_pixels,
+                                    limit=job.n_images)
+        except (ValueError, OSError) as exc:
+            message = f"cannot read {job.folder}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            self._fail(job, message, message)
         else:
-            self._run_fit(job, images[: job.n_images] if job.n_images else images)
+            self._run_fit(job, images)
         self._end_job()
 
     def _collect(self, frame: Frame) -> None:
@@ -323,9 +345,14 @@ class Agent:
         verdict = verdict_message(self.config.device.id, frame.name, frame.captured_at, score, threshold, anomalous,
                                   self.extractor.manifest.model_id,
                                   self._active_path.name if self._active_path else None, latency)
-        self.sink.publish_verdict(verdict)
-        if anomalous:
-            self._alert(frame, verdict, heatmap)
+        try:
+            self.sink.publish_verdict(verdict)
+            if anomalous:
+                self._alert(frame, verdict, heatmap)
+        except Exception:  # an output that fails (a read-only card under the spool) must not stop inspection
+            self.publish_errors += 1
+            if self.publish_errors in (1, 10, 100) or self.publish_errors % 1000 == 0:
+                log.exception("publishing verdict %d failed (%d so far)", self.inspected + 1, self.publish_errors)
         self.inspected += 1
         self._frame_times = (self._frame_times + [time.monotonic()])[-30:]
         return verdict
@@ -344,8 +371,9 @@ class Agent:
 
     # ---- main loop --------------------------------------------------------------------------------------------
     def _next_frame(self) -> Frame | None:
-        """A frame when one is due, ``None`` when there is nothing to do this tick."""
-        if self._job is None and self.config.trigger.mode == "mqtt":
+        """A frame when one is due (in trigger mode: one per trigger, also while a retrain collects, so that it
+        learns from as many parts as frames), ``None`` when there is nothing to do this tick."""
+        if self.config.trigger.mode == "mqtt":
             if not self._triggers.acquire(timeout=self._tick):
                 return None
         elif self._job is None and self._active is None:
@@ -360,8 +388,8 @@ class Agent:
         """Changes first (in arrival order, before a retrain that came after them), then a pending retrain.
         True when a retrain was started, so the turn ends there."""
         if self._retrain_signalled:
+            self.request_retrain()  # queued before the flag is cleared: `retraining` stays true throughout
             self._retrain_signalled = False
-            self.request_retrain()
         self._run_changes()
         if self._job is None and not self._retrains.empty():
             self._start_job(self._retrains.get())
@@ -377,6 +405,7 @@ class Agent:
         self.notifier.ready(f"{self.state()['status']}, model {self.extractor.manifest.model_id}")
         min_period = 1.0 / self.config.trigger.max_fps
         last_state = time.monotonic()
+        clean = False
         try:
             while not self.stop_event.is_set():
                 self.notifier.watchdog()
@@ -391,9 +420,7 @@ class Agent:
                     break
                 if frame is not None:
                     job = self._job
-                    if job is None or self.config.trigger.mode == "continuous":
-                        # A part on the line while a retrain collects is still judged, by the model in use.
-                        self.inspect(frame)
+                    self.inspect(frame)  # also while a retrain collects: by the model in use, none unjudged
                     if job is not None:
                         self._collect(frame)
                     if max_frames is not None and self.inspected >= max_frames:
@@ -403,9 +430,13 @@ class Agent:
                     last_state = time.monotonic()
                 if frame is not None and self.config.trigger.mode == "continuous":
                     self.stop_event.wait(max(0.0, min_period - (time.monotonic() - started)))
+            clean = True
         finally:
             self.notifier.stopping()
-            self.source.close()
+            if clean:  # the last frame handed out was judged: a folder source saves its cursor on close
+                self.source.close()
+            else:  # the frame in hand may have no verdict: leave it to be judged again after the restart
+                log.error("the inspection loop failed; the frame in hand will be judged again after a restart")
             self._refuse_pending()
             self.publish_state()
             self.sink.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -242,6 +243,51 @@ def test_with_a_command_token_only_commands_that_carry_it_run(rig, subscriber, m
     reply = send_command(agent.config, "retrain", {"folder": str(rig.good_folder(3))}, timeout=60)  # the CLI's path
     assert reply["ok"], reply
     assert agent.fitted
+
+
+def test_a_command_right_after_the_retrain_reply_finds_the_retrain_over(rig, subscriber, monkeypatch):
+    """The reply goes out once the loop is back to inspecting: a slow clean-up after the fit must not make the
+    operator's next command meet "retrain in progress"."""
+    real_trim = edge_agent.agent.return_freed_memory
+    monkeypatch.setattr(edge_agent.agent, "return_freed_memory", lambda: (time.sleep(0.5), real_trim()))
+    rig.start()
+    assert command(subscriber, "retrain", {"folder": str(rig.good_folder(3))}, "r1")["ok"]
+    moved = command(subscriber, "threshold", {"sensitivity": 0.7}, "t1")
+    assert moved["ok"], moved
+
+
+def test_an_unreadable_retrain_folder_fails_the_retrain_not_the_agent(rig, subscriber, monkeypatch):
+    def unreadable(folder, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(edge_agent.agent, "read_folder", unreadable)
+    agent = rig.start()
+    reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(3))}, "r1")
+    assert not reply["ok"] and "Permission denied" in reply["error"], reply
+    assert command(subscriber, "status", {}, "s1")["result"]["status"] == "unfitted"  # the loop lives on
+    assert agent._job is None
+
+
+def test_in_trigger_mode_a_retrain_takes_one_frame_per_trigger(rig, subscriber):
+    """One trigger, one part: a retrain must not learn one part seen many times; triggers are not replayed."""
+    rig.start(trigger={"mode": "mqtt"})
+    result = {}
+    t = threading.Thread(target=lambda: result.update(command(subscriber, "retrain", {"n_images": 2}, "r1")))
+    t.start()
+    assert wait_until(lambda: any(e["stage"] == "collecting" for e in subscriber.json_on("retrain/progress")), 10)
+    rig.drop(rig.set.train_good[:3], "train")
+
+    def collected() -> list[int]:
+        return [e["collected"] for e in subscriber.json_on("retrain/progress") if e["stage"] == "collecting"]
+
+    assert command(subscriber, "trigger", {}, "g0")["ok"]
+    assert wait_until(lambda: collected() == [0, 1], 10), collected()
+    assert command(subscriber, "trigger", {}, "g1")["ok"]  # the loop took one of the three waiting frames, no more
+    t.join(60)
+    assert collected() == [0, 1, 2]
+    assert result["ok"] and result["result"]["n_train"] == 2, result
+    loop_turned(subscriber, "after")
+    assert not subscriber.on("verdict")  # no trigger left over to judge the third frame
 
 
 def test_failed_retrain_keeps_the_running_model(rig, subscriber):

@@ -568,3 +568,16 @@ def test_a_frame_judged_again_after_a_crash_keeps_its_name_and_time(tmp_path: Pa
     repeat = again.read()
     assert (a.name, b.name, repeat.name) == ("000.png", "001.png", "001.png")
     assert repeat.captured_at == b.captured_at == (frames / "001.png").stat().st_mtime
+
+
+def test_a_watched_folder_forgets_files_that_were_removed(tmp_path: Path) -> None:
+    """Months of parts go through a folder the line empties: what the source remembers must not grow with them."""
+    source = FolderSource(tmp_path, watch=True, poll_s=0.01)
+    source.open()
+    for i in range(50):
+        path = tmp_path / f"{i:04d}.png"
+        cv2.imwrite(str(path), np.full((8, 8, 3), i, np.uint8))
+        assert source.read().name == path.name
+        path.unlink()  # archived by the line once judged
+    assert source.read() is None  # nothing new
+    assert len(source._seen) == 0

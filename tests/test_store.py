@@ -61,7 +61,7 @@ def test_save_makes_it_current_and_loads_back(tmp_path, manifest, features, prob
     assert path.name.endswith("-mahalanobis-n24.edet")
     assert store.history() == [path]
     assert store.current_path() == path
-    assert json.loads((tmp_path / "detectors" / "current.json").read_text()) == {"file": path.name}
+    assert json.loads((tmp_path / "detectors" / "current.json").read_text()) == {"file": path.name, "previous": []}
     loaded = store.load_current(manifest)
     assert loaded is not None
     assert loaded.metadata["threshold"] == 2.5 and loaded.metadata["model_id"] == manifest.model_id
@@ -237,7 +237,7 @@ def test_counter_continues_past_six_digits(tmp_path, manifest, features):
     store = DetectorStore(tmp_path)
     big = store.save_loaded(fitted(features), meta(manifest, 1.0))
     big = big.rename(big.with_name("999999" + big.name[6:]))
-    store._point(big)
+    store._point(big, [])
     after = store.save_loaded(fitted(features), meta(manifest, 2.0))
     assert after.name.startswith("1000000-")
     assert store.history() == [big, after]  # by number, not by name
@@ -253,7 +253,7 @@ def test_files_from_before_the_counter_load_and_count_as_older(tmp_path, manifes
         path = store.dir / f"{stamp}-mahalanobis-n24.edet"
         save_detector(path, fitted(features), meta(manifest, 10.0 + i))
         old.append(path)
-    store._point(old[-1])
+    (store.dir / "current.json").write_text(json.dumps({"file": old[-1].name}) + "\n")  # as the old version wrote
     assert store.history() == old and store.load_current(manifest).metadata["threshold"] == 11.0
     new = store.save_loaded(fitted(features), meta(manifest, 1.0))  # the clock says 2026 or 1970: no matter
     assert new.name.startswith("000001-")
@@ -263,3 +263,24 @@ def test_files_from_before_the_counter_load_and_count_as_older(tmp_path, manifes
     newer = [store.save_loaded(fitted(features), meta(manifest, 2.0 + i)) for i in range(2)]
     assert store.history() == [old[1], new, *newer]  # pruning removes the oldest stamp-only file first
     assert not old[0].exists()
+
+
+def test_a_second_rollback_after_a_threshold_change_does_not_bring_back_the_rejected_fit(tmp_path, manifest,
+                                                                                          features):
+    """Five fits; roll back to 4; move the threshold (saved as 6, from 4); roll back: 4 again, not the rejected 5."""
+    store = DetectorStore(tmp_path, keep=10)
+    fits = [store.save_loaded(fitted(features, i), meta(manifest, float(i))) for i in range(1, 6)]
+    assert store.rollback(manifest) == fits[3]
+    moved = store.save_loaded(store.load_current(manifest).detector, meta(manifest, 9.0))
+    assert store.current_path() == moved
+    assert store.rollback(manifest) == fits[3]
+    assert store.load_current(manifest).metadata["threshold"] == 4.0
+    assert store.rollback(manifest) == fits[2]
+
+
+def test_a_pointer_from_before_the_history_rolls_back_by_file_order(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path)
+    first = store.save_loaded(fitted(features), meta(manifest, 1.0))
+    second = store.save_loaded(fitted(features, 1.0), meta(manifest, 2.0))
+    (store.dir / "current.json").write_text(json.dumps({"file": second.name}) + "\n")  # as older versions wrote it
+    assert store.rollback(manifest) == first

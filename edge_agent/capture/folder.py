@@ -106,7 +106,10 @@ class FolderSource(FrameSource):
                               else f"cannot list {printable(self.path)}: {exc.strerror or exc}") from None
 
     def _refill(self) -> None:
-        self._queue.extend(p for p in self._list() if p.name not in self._seen)
+        listing = self._list()
+        present = {p.name for p in listing}
+        self._seen &= present  # files the line archived or deleted: forget them, or the set grows for months
+        self._queue.extend(p for p in listing if p.name not in self._seen)
 
     def _commit(self) -> None:
         if self._cursor_file is not None and self._pending is not None:

@@ -197,10 +197,11 @@ def read_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndar
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_folder(folder: str | Path, min_images: int = 1,
-                max_pixels: int | None = MAX_PIXELS) -> tuple[list[Path], list[np.ndarray]]:
-    """All images of a folder, checked up front: every unreadable file is named in one error."""
-    paths = list_images(folder)
+def read_folder(folder: str | Path, min_images: int = 1, max_pixels: int | None = MAX_PIXELS,
+                limit: int | None = None) -> tuple[list[Path], list[np.ndarray]]:
+    """The images of a folder (the first ``limit`` in name order), checked up front: every unreadable file is named
+    in one error. Only those are decoded, so a large folder costs no more memory than ``limit`` images."""
+    paths = list_images(folder)[:limit]
     if not paths:
         raise ImageFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {printable(folder)}")
     if len(paths) < min_images:

@@ -154,6 +154,7 @@ class Publisher:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
+        self.spool.flush()  # acks and counters a full disk held back, written now if there is room
         log.info("MQTT: stopped (%d message(s) left in the spool)", len(self.spool))
 
     @property

@@ -60,8 +60,9 @@ class FanOut:
     """The same messages to several sinks. The first one numbers the verdicts (give the MQTT publisher first:
     its spool keeps ``seq`` increasing across restarts); the others receive them numbered.
 
-    A sink that raises is logged and skipped for that message: one broken output must not stop inspection or
-    starve the others. ``stats`` are the first sink's, as it is the one whose backlog counts.
+    A sink other than the first that raises is logged and skipped for that message: one broken output must not
+    starve the others. The first one's failure to number a verdict reaches the caller, which counts it.
+    ``stats`` are the first sink's, as it is the one whose backlog counts.
     """
 
     def __init__(self, sinks: Sequence[Sink]) -> None:
@@ -86,7 +87,7 @@ class FanOut:
         self._each("publish_availability", online)
 
     def publish_verdict(self, verdict: dict[str, Any]) -> int:
-        seq = self.sinks[0].publish_verdict(verdict)  # numbers it in place: epoch and seq
+        seq = self.sinks[0].publish_verdict(verdict)  # numbers it in place (epoch, seq); if it fails, the caller hears
         self._each("publish_verdict", verdict, first=False)
         return seq
 

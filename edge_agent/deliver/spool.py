@@ -143,6 +143,7 @@ class Spool:
         #: New at every open: ``(epoch, seq)`` identifies a numbered message for good (see the module docstring).
         self.epoch = secrets.token_hex(8)
         self._lock = threading.Lock()
+        self._closed = False
         self._last_drop_warning = -math.inf
         self._unreported_drops = 0
         self._disk_full = False  # a write failed for lack of space and the reserve is not back yet
@@ -213,7 +214,7 @@ class Spool:
                 raise _CorruptSpool(f"quick_check: {'; '.join(problems[:5])}")
         except sqlite3.DatabaseError as exc:
             db.close()
-            if exc.sqlite_errorcode in _CORRUPTION_CODES:
+            if exc.sqlite_errorcode & 0xFF in _CORRUPTION_CODES:  # extended codes: SQLITE_CORRUPT_INDEX...
                 raise _CorruptSpool(str(exc)) from exc
             raise
         except BaseException:
@@ -535,10 +536,20 @@ class Spool:
     def __len__(self) -> int:
         return self._count - len(self._acked)
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Write what a full disk held back (acks, counters) if it can now, and report pending drops."""
         with self._lock:
+            if self._closed:
+                return
             self._flush_drop_warning()
             self._flush_disk_drops()
             if self._dirty or self._acked:
                 self._write(lambda: None)
-            self._db.close()
+
+    def close(self) -> None:
+        """`flush`, then close; a second call does nothing."""
+        self.flush()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()

@@ -58,19 +58,33 @@ class DetectorStore:
         """Saved detectors, oldest first (by the sequence number their names start with; see the module doc)."""
         return sorted(self.dir.glob(f"*{_SUFFIX}"), key=_order) if self.dir.is_dir() else []
 
-    def current_path(self) -> Path | None:
+    def _pointer(self) -> dict | None:
+        """``{"file": current, "previous": [what was current before it, newest first]}``; None when unusable."""
         pointer = self.dir / _POINTER
         if not pointer.is_file():
             return None
         try:
-            name = json.loads(pointer.read_text())["file"]
+            data = json.loads(pointer.read_text())
+            name = data["file"]
         except (OSError, ValueError, KeyError, TypeError):
             name = None
         if not isinstance(name, str) or "/" in name:
             log.error("%s is unreadable: no current detector", pointer)
             return None
-        path = self.dir / name
-        return path if path.is_file() else None
+        return data
+
+    def _previous(self, current: Path | None) -> list[str]:
+        """What was current before ``current``, newest first: the pointer's history, or for a pointer written
+        before it kept one, the files older than ``current`` in number order."""
+        data = self._pointer()
+        if data is not None and isinstance(data.get("previous"), list):
+            return [n for n in data["previous"] if isinstance(n, str) and "/" not in n]
+        return [p.name for p in reversed(self.history()) if current is None or _order(p) < _order(current)]
+
+    def current_path(self) -> Path | None:
+        data = self._pointer()
+        path = self.dir / data["file"] if data else None
+        return path if path is not None and path.is_file() else None
 
     def load_current(self, manifest: Manifest) -> LoadedDetector | None:
         """The current detector if it was fitted for this feature model; ``None`` when unfitted."""
@@ -89,21 +103,28 @@ class DetectorStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self._new_path(metadata)
         save_detector(path, detector, metadata)
-        self._point(path)
+        current = self.current_path()
+        self._point(path, [current.name, *self._previous(current)] if current else [])
         self._prune(path)
         return path
 
     def rollback(self, manifest: Manifest) -> Path:
-        """Make the newest detector older than the current one current again, if it loads for this model."""
-        current = self.current_path()
-        older = [p for p in self.history() if current is None or _order(p) < _order(current)]
-        for path in reversed(older):
+        """Make the detector that was current before this one current again, if it loads for this model.
+
+        By the pointer's history, not by file order: after a rollback and a threshold change, a second rollback
+        goes back to the rolled-back-to detector, never to the one the operator rejected. A pointer from before
+        that history: the newest file older than the current one.
+        """
+        candidates = [self.dir / name for name in self._previous(self.current_path())]
+        for i, path in enumerate(candidates):
+            if not path.is_file():
+                continue
             try:
                 load_detector(path, manifest.model_sha256, manifest.model_id)
             except DetectorFileError as exc:
                 log.warning("rollback skips %s: %s", path.name, exc)
                 continue
-            self._point(path)
+            self._point(path, [p.name for p in candidates[i + 1:]])
             return path
         raise StoreError("no earlier detector fitted for this model to roll back to")
 
@@ -114,8 +135,9 @@ class DetectorStore:
         tail = f"{metadata.get('detector', 'detector')}-n{metadata.get('n_train', 0)}{_SUFFIX}"
         return self.dir / f"{seq:0{_SEQ_WIDTH}d}-{stamp}-{tail}"
 
-    def _point(self, path: Path) -> None:
-        write_text_atomic(self.dir / _POINTER, json.dumps({"file": path.name}) + "\n")
+    def _point(self, path: Path, previous: list[str]) -> None:
+        data = {"file": path.name, "previous": previous[: self.keep]}
+        write_text_atomic(self.dir / _POINTER, json.dumps(data) + "\n")
 
     def _prune(self, current: Path) -> None:
         for old in self.history()[: -self.keep]:
