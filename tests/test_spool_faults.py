@@ -260,3 +260,16 @@ def test_an_empty_spool_file_is_logged(tmp_path: Path, caplog: pytest.LogCapture
     assert spool.next_sequence() == 1
     assert any("0-byte" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     spool.close()
+
+
+def test_a_small_state_partition_spools_normally_with_the_default_reserve(small_disk: Path) -> None:
+    """The default reserve (8 MiB) does not fit on 3 MB: sized to the file system, it must not make the spool
+    count itself full from the start (every verdict dropped with the disk nearly empty)."""
+    spool = Spool(small_disk / "spool.sqlite3")
+    try:
+        for i in range(50):
+            spool.put("t/verdict", b'{"i": %d}' % i)
+        assert len(spool) == 50 and spool.dropped == 0 and not spool.stats()["disk_full"]
+        assert 0 < spool.reserve_path.stat().st_size <= 3 * 2**20 // 8
+    finally:
+        spool.close()

@@ -93,6 +93,15 @@ class _CorruptSpool(Exception):
     """SQLite reported the spool file as corrupt or as not a database."""
 
 
+def _file_system_size(folder: Path) -> int:
+    """Total bytes of the file system holding ``folder`` (a very large number when it cannot be told)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 2**62
+    return st.f_blocks * st.f_frsize
+
+
 class SpoolItem(NamedTuple):
     id: int
     topic: str
@@ -138,7 +147,10 @@ class Spool:
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         self.max_messages = max_messages
         self.on_full = on_full
-        self.reserve_bytes = reserve_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # At most an eighth of the file system: on a small state partition a fixed reserve would not fit at all,
+        # and the spool would count itself full from the start.
+        self.reserve_bytes = min(reserve_bytes, _file_system_size(self.path.parent) // 8)
         self.warn_free_bytes = warn_free_bytes
         #: New at every open: ``(epoch, seq)`` identifies a numbered message for good (see the module docstring).
         self.epoch = secrets.token_hex(8)
@@ -155,7 +167,6 @@ class Spool:
         self._counters: dict[str, int] = {}  # in memory; the source of truth for this process
         self._dirty: set[str] = set()  # counters (and "epoch") not yet written to the file
         self._acked: set[int] = set()  # acked, but the delete could not be written yet (full disk)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._log_new_or_empty_file()
         try:
             self._db = self._open_with_room()
@@ -165,7 +176,7 @@ class Spool:
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         # The WAL between checkpoints stays within half the reserve: freeing the reserve always leaves room
         # for the WAL to reach its size and for a checkpoint to move its pages into the database.
-        wal_pages = max(16, min(_MAX_WAL_PAGES, reserve_bytes // (2 * self._page_size)))
+        wal_pages = max(16, min(_MAX_WAL_PAGES, self.reserve_bytes // (2 * self._page_size)))
         self._db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
         self._count = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         self._counters[_DROPPED_COUNTER] = self._stored_counter(_DROPPED_COUNTER)
