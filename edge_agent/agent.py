@@ -10,6 +10,7 @@ capture.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _TICK_S = 0.5  # longest the main loop waits for anything, so the watchdog keeps being fed
 _STATE_EVERY_S = 10.0
+#: The reject rate in the state is over this many latest parts: recent enough to show a drifting line.
+RECENT_PARTS = 100
 
 
 @dataclass
@@ -96,6 +99,8 @@ class Agent:
         self._source_state: dict[str, Any] = {"status": "closed"}
         self._frame_times: list[float] = []
         self.inspected = 0
+        self.rejected = 0
+        self._recent: collections.deque[bool] = collections.deque(maxlen=RECENT_PARTS)  # anomalous or not
         self.publish_errors = 0
         # The longest the loop waits for anything: short enough to feed the watchdog on time.
         self._tick = min(_TICK_S, self.notifier.watchdog_interval or _TICK_S)
@@ -220,8 +225,11 @@ class Agent:
         detector = {**active.metadata, "detector_file": path.name if path else None} if active else {}
         model = {"model_id": m.model_id, "backbone": m.backbone, "precision": m.precision,
                  "delegate": self.extractor.delegate}
+        recent = list(self._recent)
+        counts = {"inspected": self.inspected, "good": self.inspected - self.rejected, "rejected": self.rejected,
+                  "reject_rate": round(sum(recent) / len(recent), 4) if recent else None}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
-                             self.fps(), self.inspected, self._source_state, self.sink.stats())
+                             self.fps(), counts, self._source_state, self.sink.stats())
 
     def publish_state(self) -> None:
         state = self.state()
@@ -354,6 +362,8 @@ class Agent:
             if self.publish_errors in (1, 10, 100) or self.publish_errors % 1000 == 0:
                 log.exception("publishing verdict %d failed (%d so far)", self.inspected + 1, self.publish_errors)
         self.inspected += 1
+        self.rejected += anomalous
+        self._recent.append(anomalous)
         self._frame_times = (self._frame_times + [time.monotonic()])[-30:]
         return verdict
 

@@ -132,6 +132,10 @@ def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
         assert v["threshold"] == pytest.approx(reply["result"]["threshold"], rel=1e-4)
         assert v["latency_ms"]["invoke_ms"] > 0 and v["latency_ms"]["total"] >= v["latency_ms"]["invoke_ms"]
     assert all(verdicts[f]["verdict"] == "anomalous" for f in bad)
+    n_bad = sum(v["verdict"] == "anomalous" for v in verdicts.values())
+    status = command(subscriber, "status", {}, "s1")["result"]
+    assert (status["inspected"], status["rejected"], status["good"]) == (6, n_bad, 6 - n_bad)
+    assert status["reject_rate"] == pytest.approx(n_bad / 6, abs=1e-4)
     assert sum(verdicts[f]["verdict"] == "good" for f in good) >= 2
     assert max(verdicts[f]["score"] for f in good) < min(verdicts[f]["score"] for f in bad)
     assert wait_until(lambda: {a["frame"] for a in subscriber.json_on("alert")} >= set(bad), 10)

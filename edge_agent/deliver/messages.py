@@ -57,19 +57,20 @@ def alert_message(verdict: dict[str, Any]) -> dict[str, Any]:
 
 
 def state_message(device: str, status: str, version: str, model: dict[str, Any], detector: dict[str, Any],
-                  trigger: str, fps: float, inspected: int, source: dict[str, Any],
+                  trigger: str, fps: float, counts: dict[str, Any], source: dict[str, Any],
                   sink_stats: dict[str, Any]) -> dict[str, Any]:
     """The retained state: what runs, how it was fitted, how it is doing.
 
     ``model``: model_id, backbone, precision, delegate. ``detector``: the fitted detector's metadata (empty when
-    unfitted) plus ``detector_file``.
+    unfitted) plus ``detector_file``. ``counts``: inspected, good, rejected (since start) and reject_rate (over the
+    last parts, see `edge_agent.agent.RECENT_PARTS`).
     """
     return {
         "schema": SCHEMA_VERSION, "device": device, "status": status, "version": version, **model,
         "detector": detector.get("detector"), "detector_file": detector.get("detector_file"),
         "fitted_at": detector.get("fitted_at"), "n_train": detector.get("n_train"),
         "threshold": detector.get("threshold"), "sensitivity": detector.get("sensitivity"), "trigger": trigger,
-        "fps": round(fps, 2), "inspected": inspected, "source": source, "updated_at": now_iso(),
+        "fps": round(fps, 2), **counts, "source": source, "updated_at": now_iso(),
         **{f"spool_{k}": v for k, v in sink_stats.items() if k in ("queued", "dropped")},
     }
 
