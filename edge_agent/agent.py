@@ -75,6 +75,13 @@ class RetrainInProgress(ValueError):
         super().__init__("retrain in progress: threshold and rollback are refused until it ends; send it again then")
 
 
+def peak(heatmap: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(x, y) in frame pixels of the centre of the heat map's highest cell (the map covers the whole frame)."""
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape[:2])
+    (h, w), (rows, cols) = frame_shape[:2], heatmap.shape[:2]
+    return int((col + 0.5) * w / cols), int((row + 0.5) * h / rows)
+
+
 class Agent:
     def __init__(self, config: Config, extractor: FeatureExtractor, sink: Sink,
                  source: FrameSource | None = None, notifier: Notifier | None = None) -> None:
@@ -377,7 +384,8 @@ class Agent:
         if a.snapshot:
             picture = frame.image if heatmap is None else overlay(frame.image, heatmap)
             image = jpeg(picture, a.jpeg_quality, a.max_side)
-        self.sink.publish_alert(alert_message(verdict), image)
+        self.sink.publish_alert(alert_message(verdict, None if heatmap is None else peak(heatmap, frame.image.shape)),
+                                image)
 
     # ---- main loop --------------------------------------------------------------------------------------------
     def _next_frame(self) -> Frame | None:

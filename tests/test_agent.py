@@ -494,4 +494,13 @@ def test_heat_map_detectors_put_the_map_in_the_alert(rig, subscriber):
     assert wait_until(lambda: subscriber.on("alert/image"), 20)
     snapshot = cv2.imdecode(np.frombuffer(subscriber.on("alert/image")[0].payload, np.uint8), cv2.IMREAD_COLOR)
     plain = cv2.resize(cv2.imread(str(rig.set.defects[4])), snapshot.shape[1::-1])
+    alert = subscriber.json_on("alert")[0]
+    height, width = cv2.imread(str(rig.set.defects[4])).shape[:2]
+    assert 0 <= alert["peak"]["x"] < width and 0 <= alert["peak"]["y"] < height  # where to look, in frame pixels
     assert np.abs(snapshot.astype(int) - plain.astype(int)).mean() > 10  # the JET overlay is there
+
+
+def test_the_peak_of_a_heat_map_is_given_in_frame_pixels() -> None:
+    grid = np.zeros((14, 14), np.float32)
+    grid[3, 10] = 5.0  # row 3, column 10 of a 14 x 14 map over a 700 x 280 (w x h) frame
+    assert edge_agent.agent.peak(grid, (280, 700, 3)) == (525, 70)  # the centre of that cell: 50 x 20 px cells

@@ -63,3 +63,4 @@ def test_leaves_find_the_command_source_behind_nested_fan_outs() -> None:
     assert leaves(sink) == [plain, inner]
     assert [s for s in leaves(sink) if isinstance(s, CommandSource)] == [inner]
     assert all(isinstance(s, Sink) for s in (plain, inner, sink))
+

@@ -51,9 +51,13 @@ def verdict_message(device: str, frame: str, captured_at: float, score: float, t
     }
 
 
-def alert_message(verdict: dict[str, Any]) -> dict[str, Any]:
-    """The alert for an anomalous verdict (after ``seq`` was set on it)."""
-    return {k: verdict[k] for k in _ALERT_FIELDS}
+def alert_message(verdict: dict[str, Any], peak: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The alert for an anomalous verdict (after ``epoch`` and ``seq`` were set on it); ``peak``: where the heat
+    map is highest, as ``{"x", "y"}`` in pixels of the full frame, for detectors that give heat maps."""
+    alert = {k: verdict[k] for k in _ALERT_FIELDS}
+    if peak is not None:
+        alert["peak"] = {"x": peak[0], "y": peak[1]}
+    return alert
 
 
 def state_message(device: str, status: str, version: str, model: dict[str, Any], detector: dict[str, Any],
