@@ -236,3 +236,9 @@ def test_sensitivity_moves_the_threshold():
     low, mid, high = (fit_features(feats, 6, FitSettings(detector="mahalanobis", factor=1, sensitivity=s)).threshold
                       for s in (0.0, 0.5, 1.0))
     assert low == pytest.approx(2 * mid) and high == pytest.approx(mid / 2)
+
+
+def test_the_fit_reports_how_many_distinct_parts_it_saw(gaussian_fit):
+    result, settings, _ = gaussian_fit
+    assert result.distinct_parts == 5
+    assert result.metadata(settings)["distinct_parts"] == 5

@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
+from edge_agent.learn.distinct import DistinctParts, distinct_parts
 from edge_agent.embed.manifest import Features
 from edge_agent.learn.heldout import leave_one_out_scores, take_groups
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
@@ -87,6 +88,7 @@ class FitResult:
     report: ThresholdReport
     timings: dict[str, float]
     fitted_at: str
+    distinct_parts: int | None = None  # how many distinct parts the good images showed (None: features only)
 
     def metadata(self, settings: FitSettings) -> dict[str, Any]:
         """What a saved detector carries besides its arrays: enough to explain and reproduce the fit."""
@@ -98,12 +100,29 @@ class FitResult:
             "threshold_method": settings.threshold_method,
             "threshold_override": settings.threshold_override, "threshold_settings": settings.threshold_settings(),
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
-            "detector_summary": self.detector.describe(),
+            "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
         }
 
 
-def check_good_images(images: Sequence[np.ndarray], min_images: int = MIN_GOOD_IMAGES) -> None:
-    """Refuse training frames that would teach the model nonsense: a covered lens, a frozen stream."""
+def min_distinct_parts(n_frames: int, min_images: int = MIN_GOOD_IMAGES) -> int:
+    """The fewest distinct parts ``n_frames`` good frames may show: ``min_images`` and at least half the frames.
+
+    Why not refuse any repeat: an operator asked for 10 parts who placed one of them twice still shows 9 parts,
+    plenty for a few-shot fit; refusing would cost a whole retrain for nothing, so that passes with a warning
+    naming the repeated frames. Why half: beyond that most frames are repeats, the detector learns the few parts
+    it saw (the issue's case: 10 frames of one bottle rejected 30 of 30 other good bottles), and the
+    leave-one-out threshold is measured on frames whose twin stayed in the fit, so it comes out too tight.
+    """
+    return max(min_images, -(-n_frames // 2))
+
+
+def check_good_images(images: Sequence[np.ndarray], min_images: int = MIN_GOOD_IMAGES) -> DistinctParts:
+    """Refuse training frames that would teach the model nonsense: a covered lens, a frozen stream, one part.
+
+    Returns how many distinct parts the frames show (`learn.distinct`: two frames are the same part when their
+    difference is explained by their own sensor noise, as from a camera re-triggered on a part that did not move).
+    Fewer than `min_distinct_parts` is refused; fewer distinct parts than frames, but enough, is logged as a warning.
+    """
     if len(images) < min_images:
         raise FitError(f"got {len(images)} good images, at least {min_images} are needed")
     shapes = {im.shape for im in images}
@@ -122,6 +141,16 @@ def check_good_images(images: Sequence[np.ndarray], min_images: int = MIN_GOOD_I
         if key in digests and np.array_equal(images[digests[key]], im):
             raise FitError(f"good images {digests[key]} and {i} are identical: is the camera stream frozen?")
         digests[key] = i
+    parts = distinct_parts(images)
+    if parts.n_parts < parts.n_frames:
+        need = min_distinct_parts(parts.n_frames, min_images)
+        same = "; ".join(", ".join(str(i) for i in g) for g in parts.repeated)
+        what = (f"{parts.n_frames} frames show {parts.n_parts} distinct part{'s' if parts.n_parts != 1 else ''} "
+                f"(frames {same} show the same part, differing only by sensor noise)")
+        if parts.n_parts < need:
+            raise FitError(f"{what}: show different parts (at least {need}), one per frame, and retrain")
+        log.warning("%s: fitting anyway; for the best model show a different part in every frame", what)
+    return parts
 
 
 def check_fold_sizes(n_originals: int, factor: int, max_folds: int | None) -> None:
@@ -193,7 +222,7 @@ def fit_images(
     embed: Callable[[list[np.ndarray]], Features], images: Sequence[np.ndarray], settings: FitSettings
 ) -> FitResult:
     """The whole few-shot fit from good RGB images."""
-    check_good_images(images)
+    parts = check_good_images(images)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
     timings = {"augment_embed": round(time.perf_counter() - t0, 4)}
@@ -204,4 +233,5 @@ def fit_images(
         timings["damage_embed"] = round(time.perf_counter() - t1, 4)
     result = fit_features(features, len(images), settings, defects)
     result.timings = {**timings, **result.timings}
+    result.distinct_parts = parts.n_parts
     return result
