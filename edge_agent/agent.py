@@ -294,7 +294,8 @@ class Agent:
             log.error("retrain failed, previous model kept: %s", exc)
             self._fail(job, str(exc), f"retrain failed, previous model kept: {exc}")
             return
-        summary = {"detector_file": path.name, "n_train": result.n_train, "threshold": result.threshold,
+        summary = {"detector_file": path.name, "n_train": result.n_train, "distinct_parts": result.distinct_parts,
+                   "threshold": result.threshold,
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
                    "detector_summary": result.detector.describe()}
         self._progress(job, "done", **summary)

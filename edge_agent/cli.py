@@ -51,6 +51,7 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
     result = fit_images(lambda ims: extractor.embed(ims, progress="fit"), images, settings)
     path = DetectorStore(config.state_dir, config.retrain.keep).save(result, settings, extractor.manifest)
     print(json.dumps({"saved": str(path), "model_id": extractor.manifest.model_id, "n_train": result.n_train,
+                      "distinct_parts": result.distinct_parts,
                       "threshold": result.threshold, "timings_s": result.timings}))
     return 0
 

@@ -116,6 +116,7 @@ def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
     reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(5)), "n_images": 5}, "r1")
     assert reply["ok"], reply
     assert reply["result"]["n_train"] == 5 and reply["result"]["threshold"] > 0
+    assert reply["result"]["distinct_parts"] == 5
     stages = [e["stage"] for e in subscriber.json_on("retrain/progress")]
     assert stages[-2:] == ["fitting", "done"]
     assert wait_until(lambda: retained_state(subscriber)["status"] == "running")

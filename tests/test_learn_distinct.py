@@ -4,7 +4,6 @@ MVTec bottle, or elpv solar cells): the same part seen again, differing only by 
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -84,15 +83,3 @@ def test_a_frame_of_pure_texture_is_never_called_a_duplicate():
     a, b = (rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2))
     assert distinct_parts([a, b]).n_parts == 2
 
-
-def test_the_check_is_quick(parts):
-    frames = [np.ascontiguousarray(np.resize(p, (512, 512, 3))) for p in (parts * 2)[:20]]
-    distinct_parts(frames)
-    best = min(_timed(lambda: distinct_parts(frames)) for _ in range(3))
-    assert best < 0.25, f"{best * 1000:.0f} ms for 20 frames of 512x512 (about 30 ms on an idle laptop core)"
-
-
-def _timed(f) -> float:
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
