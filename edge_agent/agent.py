@@ -28,10 +28,11 @@ from edge_agent import __version__
 from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource
 from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
+from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import alert_message, event_message, state_message, verdict_message
 from edge_agent.deliver.sink import Sink
-from edge_agent.deliver.snapshot import jpeg, overlay
+from edge_agent.deliver.snapshot import alert_picture, jpeg
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
 from edge_agent.learn.fitting import FitError, fit_images, recorded_threshold_settings, rethreshold
@@ -76,7 +77,7 @@ class RetrainInProgress(ValueError):
 
 
 def peak(heatmap: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(x, y) in frame pixels of the centre of the heat map's highest cell (the map covers the whole frame)."""
+    """(x, y) in pixels of the centre of the heat map's highest cell, the map covering an image of that shape."""
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape[:2])
     (h, w), (rows, cols) = frame_shape[:2], heatmap.shape[:2]
     return int((col + 0.5) * w / cols), int((row + 0.5) * h / rows)
@@ -101,6 +102,8 @@ class Agent:
         self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
         self._triggers = threading.Semaphore(0)
         self._wake = threading.Event()
+        self.roi = Roi.parse(config.source.roi)
+        self._roi_errors: set[str] = set()
         self._active: LoadedDetector | None = None
         self._active_path: Path | None = None
         self._source_state: dict[str, Any] = {"status": "closed"}
@@ -161,6 +164,10 @@ class Agent:
         except DetectorFileError as exc:
             log.error("current detector unusable, running unfitted: %s", exc)
             self._active, self._active_path = None, None
+        mismatch = fitted_roi_mismatch(self._active.metadata.get("roi", []), self.roi) if self._active else None
+        if mismatch:
+            log.error("%s", mismatch)
+            self._active, self._active_path = None, None
         if self._active is None:
             log.warning("no fitted detector for %s: unfitted until a retrain", self.extractor.manifest.model_id)
 
@@ -183,6 +190,22 @@ class Agent:
         log.info("[threshold] changed: threshold %.4g -> %.4g (saved as %s)", active.metadata["threshold"],
                  meta["threshold"], path.name)
         self._active, self._active_path = LoadedDetector(active.detector, meta), path
+
+    def _roi_list(self) -> list[float]:
+        return self.roi.as_list() if self.roi else []
+
+    def _view(self, image: np.ndarray) -> np.ndarray | None:
+        """What the detector sees of a frame: the region of interest; ``None`` (logged once per kind) when the
+        frame is too small for it."""
+        if self.roi is None:
+            return image
+        try:
+            return self.roi.crop(image)
+        except RoiError as exc:
+            if str(exc) not in self._roi_errors:
+                self._roi_errors.add(str(exc))
+                log.error("frame not judged: %s", exc)
+            return None
 
     @property
     def fitted(self) -> bool:
@@ -288,7 +311,7 @@ class Agent:
         self._progress(job, "fitting", collected=len(images))
         try:
             result = fit_images(lambda ims: self.extractor.embed(ims, "retrain", self.notifier.watchdog), images, settings)
-            path = self.store.save(result, settings, self.extractor.manifest)
+            path = self.store.save(result, settings, self.extractor.manifest, {"roi": self._roi_list()})
             self._load_current()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)
@@ -317,13 +340,21 @@ class Agent:
             message = f"cannot read {job.folder}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
             self._fail(job, message, message)
         else:
-            self._run_fit(job, images)
+            views = [self._view(image) for image in images]
+            if any(v is None for v in views):
+                self._fail(job, "the good images are smaller than [source] roi", "the good images are smaller "
+                           f"than [source] roi = {self._roi_list()}: give frames from this camera")
+            else:
+                self._run_fit(job, views)
         self._end_job()
 
     def _collect(self, frame: Frame) -> None:
         job = self._job
         assert job is not None
-        job.frames.append(frame.image)
+        view = self._view(frame.image)
+        if view is None:
+            return
+        job.frames.append(view)
         self._progress(job, "collecting", collected=len(job.frames))
         if len(job.frames) >= job.n_images:
             self._run_fit(job, job.frames)
@@ -340,10 +371,11 @@ class Agent:
     def inspect(self, frame: Frame) -> dict[str, Any] | None:
         """Judge one frame and publish its verdict (and an alert if anomalous); ``None`` when unfitted."""
         active = self._active
-        if active is None:
+        view = self._view(frame.image) if active is not None else None
+        if active is None or view is None:
             return None
         t0 = time.perf_counter()
-        features = self.extractor.embed_one(frame.image)
+        features = self.extractor.embed_one(view)
         t1 = time.perf_counter()
         batch = {k: v[None] for k, v in features.items()}
         heatmap = None
@@ -382,11 +414,15 @@ class Agent:
     def _alert(self, frame: Frame, verdict: dict[str, Any], heatmap: np.ndarray | None) -> None:
         a = self.config.alerts
         image = None
+        box = self.roi.box(frame.image.shape) if self.roi else None
         if a.snapshot:
-            picture = frame.image if heatmap is None else overlay(frame.image, heatmap)
-            image = jpeg(picture, a.jpeg_quality, a.max_side)
-        self.sink.publish_alert(alert_message(verdict, None if heatmap is None else peak(heatmap, frame.image.shape)),
-                                image)
+            image = jpeg(alert_picture(frame.image, heatmap, box), a.jpeg_quality, a.max_side)
+        where = None
+        if heatmap is not None:
+            x0, y0, w, h = box or (0, 0, frame.image.shape[1], frame.image.shape[0])
+            px, py = peak(heatmap, (h, w))
+            where = (x0 + px, y0 + py)
+        self.sink.publish_alert(alert_message(verdict, where), image)
 
     # ---- main loop --------------------------------------------------------------------------------------------
     def _next_frame(self) -> Frame | None:

@@ -492,7 +492,7 @@ def test_heat_map_detectors_put_the_map_in_the_alert(rig, subscriber):
     assert retained_state(subscriber)["detector"] == "combined" or wait_until(
         lambda: retained_state(subscriber)["detector"] == "combined")
     rig.drop(rig.set.defects[4:5], "bad")
-    assert wait_until(lambda: subscriber.on("alert/image"), 20)
+    assert wait_until(lambda: subscriber.on("alert/image") and subscriber.json_on("alert"), 20)  # image may come first
     snapshot = cv2.imdecode(np.frombuffer(subscriber.on("alert/image")[0].payload, np.uint8), cv2.IMREAD_COLOR)
     plain = cv2.resize(cv2.imread(str(rig.set.defects[4])), snapshot.shape[1::-1])
     alert = subscriber.json_on("alert")[0]
@@ -505,3 +505,31 @@ def test_the_peak_of_a_heat_map_is_given_in_frame_pixels() -> None:
     grid = np.zeros((14, 14), np.float32)
     grid[3, 10] = 5.0  # row 3, column 10 of a 14 x 14 map over a 700 x 280 (w x h) frame
     assert edge_agent.agent.peak(grid, (280, 700, 3)) == (525, 70)  # the centre of that cell: 50 x 20 px cells
+
+
+def test_the_detector_sees_the_region_of_interest_and_a_new_region_needs_a_retrain(rig, subscriber):
+    """Fitted and judging on the middle of each frame; the alert shows the whole frame with the region boxed; a
+    changed region stops judging (a detector knows only the picture it was fitted on)."""
+    roi = [0.125, 0.125, 0.75, 0.75]
+    agent = rig.start(source={"roi": roi}, detector={"name": "combined"})
+    reply = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
+    assert reply["ok"], reply
+    assert agent.store.load_current(agent.extractor.manifest).metadata["roi"] == roi
+    bad = rig.drop(rig.set.defects[:3], "bad")
+    assert wait_until(lambda: {v["frame"] for v in subscriber.json_on("verdict")} >= set(bad), 30)
+    assert wait_until(lambda: subscriber.on("alert/image") and subscriber.json_on("alert"), 20)
+    height, width = cv2.imread(str(rig.set.defects[0])).shape[:2]
+    snapshot = cv2.imdecode(np.frombuffer(subscriber.on("alert/image")[0].payload, np.uint8), cv2.IMREAD_COLOR)
+    assert snapshot.shape[1] / snapshot.shape[0] == pytest.approx(width / height, rel=0.02)  # the whole frame
+    x0, y0, w, h = (round(roi[0] * width), round(roi[1] * height), round(roi[2] * width), round(roi[3] * height))
+    alert = subscriber.json_on("alert")[0]
+    assert x0 <= alert["peak"]["x"] < x0 + w and y0 <= alert["peak"]["y"] < y0 + h  # inside the region
+    rig.stop(agent)
+
+    moved = rig.start(source={"roi": [0, 0, 0.5, 0.5]})
+    assert not moved.fitted  # fitted on another region: it refuses to judge
+    seen = len(subscriber.json_on("verdict"))
+    rig.drop(rig.set.test_good[:1], "later")
+    loop_turned(subscriber, "alive")
+    assert len(subscriber.json_on("verdict")) == seen
+    assert retained_state(subscriber)["status"] == "unfitted"

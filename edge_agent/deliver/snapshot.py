@@ -41,6 +41,19 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float | None = None
     return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
 
 
+def alert_picture(frame: np.ndarray, heatmap: np.ndarray | None, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The whole frame, with the heat map over the region the detector saw and that region's box drawn on it
+    (``box`` ``(x, y, width, height)``; ``None``: the whole frame), so the operator sees the part in its place."""
+    picture = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if frame.ndim == 2 else frame.copy()
+    fh, fw = picture.shape[:2]
+    x, y, w, h = box or (0, 0, fw, fh)
+    if heatmap is not None:
+        picture[y:y + h, x:x + w] = overlay(picture[y:y + h, x:x + w], heatmap)
+    if box is not None:
+        cv2.rectangle(picture, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), max(2, min(fw, fh) // 200))
+    return picture
+
+
 def jpeg(rgb: np.ndarray, quality: int = 80, max_side: int = 640) -> bytes:
     """JPEG bytes of an RGB (or grayscale) image, shrunk so its longer side is at most ``max_side``."""
     image = _fit(rgb, max_side)

@@ -93,9 +93,12 @@ class DetectorStore:
             return None
         return load_detector(path, manifest.model_sha256, manifest.model_id)
 
-    def save(self, result: FitResult, settings: FitSettings, manifest: Manifest) -> Path:
-        """Write a new fit beside the previous ones and make it current."""
-        meta = {**result.metadata(settings), "model_sha256": manifest.model_sha256, "model_id": manifest.model_id}
+    def save(self, result: FitResult, settings: FitSettings, manifest: Manifest,
+             context: dict | None = None) -> Path:
+        """Write a new fit beside the previous ones and make it current. ``context``: what else the fit depended
+        on (the region of interest), kept in its metadata."""
+        meta = {**result.metadata(settings), **(context or {}), "model_sha256": manifest.model_sha256,
+                "model_id": manifest.model_id}
         return self.save_loaded(result.detector, meta)
 
     def save_loaded(self, detector: Detector, metadata: dict) -> Path:
