@@ -6,14 +6,16 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.system.threads import limit_threads
 
 limit_threads()  # the entry point: before the imports below load numpy
 
+from edge_agent.capture.gpio_trigger import GpioTrigger  # noqa: E402  (gpiozero is imported when a pin opens)
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
-from edge_agent.deliver.sink import CommandSource, Sink, leaves  # noqa: E402
+from edge_agent.deliver.sink import CommandSource, FanOut, Sink, leaves  # noqa: E402
 from edge_agent.system.lock import StateLock, StateLocked  # noqa: E402
 
 log = logging.getLogger("edge_agent")
@@ -96,7 +98,15 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
 
 
 def make_sink(config: Config) -> Sink:
-    """The MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false."""
+    """The MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false; with the
+    line's GPIO pins ([gpio]) behind it: the outputs, then the trigger input (which the agent's run starts and
+    stops with the sinks, see `edge_agent.capture.gpio_trigger`)."""
+    first = _main_sink(config)  # numbers the verdicts
+    line = _line_io(config)
+    return FanOut([first, *line]) if line else first
+
+
+def _main_sink(config: Config) -> Sink:
     if not config.mqtt.enabled:
         from edge_agent.deliver.stdout import StdoutSink
 
@@ -107,6 +117,32 @@ def make_sink(config: Config) -> Sink:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool.sqlite3", config.spool.max_messages, config.spool.on_full)
     return Publisher(config.mqtt, config.device.id, spool)
+
+
+def _line_io(config: Config) -> list[Sink]:
+    """[gpio]'s output sink and trigger input, each opened only when one of its pins is set."""
+    g, line = config.gpio, []
+    if g.reject_pin >= 0 or g.ready_pin >= 0 or g.busy_pin >= 0:
+        from edge_agent.deliver.gpio import GpioSink
+
+        line.append(_open_pins(lambda: GpioSink(g.reject_pin, g.reject_pulse_ms, g.reject_delay_ms, g.ready_pin,
+                                                g.busy_pin, g.active_high)))
+    if g.trigger_pin >= 0:
+        line.append(_open_pins(lambda: GpioTrigger(g.trigger_pin, g.trigger_edge, g.trigger_pull,
+                                                   g.trigger_debounce_ms)))
+    return line
+
+
+def _open_pins(open_: Callable[[], Sink]) -> Sink:
+    """gpiozero's failures (not installed, no pin library, a pin in use) as configuration errors: exit status 2."""
+    try:
+        return open_()
+    except ImportError as exc:  # gpiozero missing, or its BadPinFactory: no pin library found
+        raise ConfigError(f"[gpio] pins are set but cannot be opened: {exc}. On Raspberry Pi OS: sudo apt install "
+                          "python3-gpiozero python3-lgpio, and a virtual environment made with "
+                          "--system-site-packages") from None
+    except Exception as exc:  # gpiozero's own errors (GPIOPinInUse, PinFixedPull...) name the pin
+        raise ConfigError(f"[gpio] cannot open a pin: {type(exc).__name__}: {exc}") from None
 
 
 def build_agent(config: Config, model: Path | None = None, sink: Sink | None = None, source=None):
@@ -120,6 +156,8 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
     for leaf in leaves(sink):
         if isinstance(leaf, CommandSource):
             leaf.on_command = commands
+        if isinstance(leaf, GpioTrigger):  # the trigger pin: one frame per edge
+            leaf.on_trigger = agent.trigger
     return agent
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+from edge_agent.capture.gpio_trigger import EDGES, PULLS
 from edge_agent.capture.images import MAX_PIXELS
 from edge_agent.deliver.spool import ON_FULL_POLICIES
 from edge_agent.deliver.topics import check_topic_level
@@ -169,6 +170,27 @@ class AlertConfig:
 
 
 @dataclass
+class GpioConfig:
+    """Line I/O on the Pi's header (BCM numbers, -1: off): `edge_agent.capture.gpio_trigger`, `edge_agent.deliver.gpio`."""
+
+    trigger_pin: int = -1  # an edge takes one frame; needs [trigger] mode = "mqtt" (external trigger)
+    trigger_edge: str = EDGES[0]
+    trigger_pull: str = PULLS[0]
+    trigger_debounce_ms: int = 10  # the same edge again within this time is ignored
+    reject_pin: int = -1  # a pulse for each anomalous part
+    reject_pulse_ms: int = 100
+    reject_delay_ms: int = 0  # from the verdict to the pulse's start
+    ready_pin: int = -1  # on while judging parts (fitted, source open)
+    busy_pin: int = -1  # on while retraining
+    active_high: bool = True  # the outputs: on = high (false: on = low)
+
+    def pins(self) -> dict[str, int]:
+        """The pins in use, by key."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.endswith("_pin") and getattr(self, f.name) >= 0}
+
+
+@dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -181,6 +203,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -195,6 +218,8 @@ _CHOICES = {
     ("augmentation", "preset"): tuple(PRESETS),
     ("spool", "on_full"): ON_FULL_POLICIES,
     ("threshold", "method"): THRESHOLD_METHODS,
+    ("gpio", "trigger_edge"): EDGES,
+    ("gpio", "trigger_pull"): PULLS,
 }
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
@@ -207,6 +232,10 @@ _RANGES = {
     ("mqtt", "reconnect_min_s"): (0.01, 3600), ("mqtt", "reconnect_max_s"): (0.01, 86_400),
     ("alerts", "max_side"): (16, 8192), ("augmentation", "seed"): (0, 2**32 - 1),
     ("threshold", "override"): (-1, 1e12),
+    # BCM numbers of the 40-pin header's GPIOs, 0..27; -1: not used.
+    **{("gpio", f"{name}_pin"): (-1, 27) for name in ("trigger", "reject", "ready", "busy")},
+    ("gpio", "trigger_debounce_ms"): (0, 1000), ("gpio", "reject_pulse_ms"): (1, 10_000),
+    ("gpio", "reject_delay_ms"): (0, 60_000),
 }
 
 
@@ -312,6 +341,22 @@ def _cross_checks(c: Config) -> None:
         path = getattr(c.mqtt, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"[mqtt] {key} file not found: {path}")
+    _check_gpio(c)
+
+
+def _check_gpio(c: Config) -> None:
+    g = c.gpio
+    pins = g.pins()
+    for key, pin in pins.items():
+        others = [k for k, p in pins.items() if p == pin and k != key]
+        if others:
+            raise ConfigError(f"[gpio] {key} and {others[0]} are both GPIO{pin}: one pin, one use")
+    if g.trigger_pin >= 0 and c.trigger.mode != "mqtt":
+        raise ConfigError(f"[gpio] trigger_pin = {g.trigger_pin} needs [trigger] mode = \"mqtt\" (external trigger: "
+                          f"one frame per edge or cmd/trigger message); it is {c.trigger.mode!r}")
+    if g.trigger_pin in (2, 3) and g.trigger_pull != "up":
+        raise ConfigError(f"[gpio] trigger_pin = {g.trigger_pin}: GPIO2 and GPIO3 have fixed pull-up resistors on "
+                          f"the Pi (I2C), so trigger_pull must be \"up\", not {g.trigger_pull!r}")
 
 
 def load_config(path: str | Path | None) -> Config:
