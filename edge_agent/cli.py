@@ -13,6 +13,7 @@ from edge_agent.system.threads import limit_threads
 
 limit_threads()  # the entry point: before the imports below load numpy
 
+from edge_agent.capture.roi import Roi, fitted_roi_mismatch  # noqa: E402
 from edge_agent.capture.gpio_trigger import GpioTrigger  # noqa: E402  (gpiozero is imported when a pin opens)
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
 from edge_agent.deliver.sink import CommandSource, FanOut, Sink, leaves  # noqa: E402
@@ -49,9 +50,12 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
 
     extractor = open_extractor(config, args.model)
     _, images = read_folder(args.images, min_images=2, max_pixels=config.source.max_pixels)
+    roi = Roi.parse(config.source.roi)
+    images = [roi.crop(image) for image in images] if roi else images
     settings = fit_settings(config)
     result = fit_images(lambda ims: extractor.embed(ims, progress="fit"), images, settings)
-    path = DetectorStore(config.state_dir, config.retrain.keep).save(result, settings, extractor.manifest)
+    path = DetectorStore(config.state_dir, config.retrain.keep).save(result, settings, extractor.manifest,
+                                                                     {"roi": roi.as_list() if roi else []})
     print(json.dumps({"saved": str(path), "model_id": extractor.manifest.model_id, "n_train": result.n_train,
                       "distinct_parts": result.distinct_parts,
                       "threshold": result.threshold, "timings_s": result.timings}))
@@ -68,10 +72,15 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     loaded = DetectorStore(config.state_dir, config.retrain.keep).load_current(extractor.manifest)
     if loaded is None:
         raise ConfigError(f"no fitted detector in {config.state_dir}: run 'edge-agent fit --images DIR' first")
+    roi = Roi.parse(config.source.roi)
+    mismatch = fitted_roi_mismatch(loaded.metadata.get("roi", []), roi)
+    if mismatch:
+        raise ConfigError(mismatch)
     threshold = loaded.metadata["threshold"]
     anomalous = 0
     for path in args.images:
-        score = float(loaded.detector.score_samples(extractor.embed([read_image(path)]))[0])
+        image = read_image(path)
+        score = float(loaded.detector.score_samples(extractor.embed([roi.crop(image) if roi else image]))[0])
         bad = bool(is_anomalous(score, threshold))
         anomalous += bad
         print(json.dumps({"image": str(path), "score": round(score, 4), "threshold": round(threshold, 4),

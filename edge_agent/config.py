@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_agent.capture.gpio_trigger import EDGES, PULLS
 from edge_agent.capture.images import MAX_PIXELS
+from edge_agent.capture.roi import Roi, RoiError
 from edge_agent.deliver.spool import ON_FULL_POLICIES
 from edge_agent.deliver.topics import check_topic_level
 from edge_agent.embed.runtime.delegates import DELEGATES
@@ -67,6 +68,7 @@ class SourceConfig:
     reopen_min_s: float = 1.0
     reopen_max_s: float = 30.0
     max_pixels: int = MAX_PIXELS  # larger images are refused from their header, before decoding
+    roi: list[float] = field(default_factory=list)  # [x, y, width, height], pixels or fractions; []: all
 
 
 @dataclass
@@ -254,8 +256,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
     elif typing.get_origin(hint) is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        item = typing.get_args(hint)[0]
+        if item is str and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        if item is float:
+            if not isinstance(value, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+            value = [float(v) for v in value]
     elif hint is dict or typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table, got {value!r}")
@@ -328,6 +336,10 @@ def _cross_checks(c: Config) -> None:
         raise ConfigError("[source] path is required when kind = \"folder\"")
     if c.source.reopen_min_s <= 0 or c.source.reopen_max_s < c.source.reopen_min_s:
         raise ConfigError("[source] needs 0 < reopen_min_s <= reopen_max_s")
+    try:
+        Roi.parse(c.source.roi)
+    except RoiError as exc:
+        raise ConfigError(f"[source] roi: {exc}") from None
     if (c.source.width == 0) != (c.source.height == 0):
         raise ConfigError("[source] width and height must be given together")
     if c.mqtt.reconnect_min_s <= 0 or c.mqtt.reconnect_max_s < c.mqtt.reconnect_min_s:
