@@ -12,7 +12,7 @@ one type of the feature mappings every module in ``edge_agent.learn`` passes aro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
