@@ -41,16 +41,22 @@ def anomalous(seq: int = 1) -> dict:
     return {"verdict": "anomalous", "seq": seq, "epoch": "e"}
 
 
+def started(pins, **kwargs):
+    """A started GpioSink and its reject pin, with the pin's history cleared of the set-up."""
+    sink = GpioSink(**kwargs)
+    sink.start()
+    pin = pins.pin(REJECT)
+    pin.clear_states()
+    return sink, pin
+
+
 def changes(pin) -> list[tuple[float, bool]]:
     """The pin's changes after the first entry: (seconds since the change before, new state)."""
     return [(s.timestamp, s.state) for s in pin.states[1:]]
 
 
 def test_an_anomalous_verdict_gives_one_pulse_of_the_configured_length_after_the_delay(pins):
-    sink = GpioSink(reject_pin=REJECT, reject_pulse_ms=150, reject_delay_ms=200)
-    sink.start()
-    pin = pins.pin(REJECT)
-    pin.clear_states()
+    sink, pin = started(pins, reject_pin=REJECT, reject_pulse_ms=150, reject_delay_ms=200)
     t0 = time.perf_counter()
     assert sink.publish_verdict(anomalous(7)) == 7  # numbered by the first sink; this one numbers nothing
     assert time.perf_counter() - t0 < 0.005  # the loop is not held up by the pulse
@@ -64,10 +70,7 @@ def test_an_anomalous_verdict_gives_one_pulse_of_the_configured_length_after_the
 
 
 def test_a_good_verdict_gives_no_pulse(pins):
-    sink = GpioSink(reject_pin=REJECT, reject_pulse_ms=20)
-    sink.start()
-    pin = pins.pin(REJECT)
-    pin.clear_states()
+    sink, pin = started(pins, reject_pin=REJECT, reject_pulse_ms=20)
     sink.publish_verdict({"verdict": "good", "seq": 1})
     time.sleep(0.1)
     assert changes(pin) == [] and not pin.state
@@ -89,10 +92,7 @@ def test_active_low_outputs_idle_high_and_pulse_low(pins):
 
 def test_parts_faster_than_the_delay_keep_their_own_pulses_in_order(pins):
     """Three anomalous parts 100 ms apart with the gate 250 ms down the line: three 40 ms pulses, 100 ms apart."""
-    sink = GpioSink(reject_pin=REJECT, reject_pulse_ms=40, reject_delay_ms=250)
-    sink.start()
-    pin = pins.pin(REJECT)
-    pin.clear_states()
+    sink, pin = started(pins, reject_pin=REJECT, reject_pulse_ms=40, reject_delay_ms=250)
     for seq in (1, 2, 3):
         sink.publish_verdict(anomalous(seq))
         time.sleep(0.1)
@@ -104,10 +104,7 @@ def test_parts_faster_than_the_delay_keep_their_own_pulses_in_order(pins):
 
 
 def test_overlapping_pulses_merge_into_one_until_the_last_ends(pins):
-    sink = GpioSink(reject_pin=REJECT, reject_pulse_ms=150)
-    sink.start()
-    pin = pins.pin(REJECT)
-    pin.clear_states()
+    sink, pin = started(pins, reject_pin=REJECT, reject_pulse_ms=150)
     sink.publish_verdict(anomalous(1))
     time.sleep(0.05)
     sink.publish_verdict(anomalous(2))  # while the first pulse is on: the gate stays on, no gap
@@ -120,10 +117,7 @@ def test_overlapping_pulses_merge_into_one_until_the_last_ends(pins):
 
 
 def test_stop_sends_the_pulses_already_due_then_releases_the_pins(pins):
-    sink = GpioSink(reject_pin=REJECT, reject_pulse_ms=50, reject_delay_ms=100)
-    sink.start()
-    pin = pins.pin(REJECT)
-    pin.clear_states()
+    sink, pin = started(pins, reject_pin=REJECT, reject_pulse_ms=50, reject_delay_ms=100)
     sink.publish_verdict(anomalous())
     sink.stop(timeout=2)  # the part is on its way to the gate: it is still rejected
     assert [s for _, s in changes(pin)] == [True, False]
