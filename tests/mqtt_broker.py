@@ -24,6 +24,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.config import MqttConfig
+from edge_agent.deliver.publisher import Publisher
+
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 OPENSSL = shutil.which("openssl")
@@ -220,6 +223,26 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttConfig:
+    """The agent's [mqtt] for a test broker, with a quick reconnect."""
+    return MqttConfig(**{"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive": 5,
+                         "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, **overrides})
+
+
+def started(pub: Publisher) -> Publisher:
+    """Start a publisher as the agent does (online once running) and wait until it is connected."""
+    pub.start()
+    pub.publish_availability(True)
+    assert wait_until(lambda: pub.connected, 5), "publisher did not connect"
+    return pub
+
+
+def close_publishers(*pubs: Publisher) -> None:
+    for pub in pubs:
+        pub.stop(timeout=1)
+        pub.spool.close()
 
 
 @pytest.fixture

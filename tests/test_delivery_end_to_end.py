@@ -32,10 +32,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import MqttConfig
 from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
-from tests.mqtt_broker import DEVICE, MOSQUITTO_PASSWD, MosquittoBroker, free_port, require_mosquitto, wait_until
+from tests.mqtt_broker import (DEVICE, MOSQUITTO_PASSWD, MosquittoBroker, close_publishers, free_port, require_mosquitto,
+                               settings_for, started, wait_until)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = ROOT / "systemd" / "mosquitto.conf"
@@ -138,19 +138,12 @@ def publisher_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Publisher] = []
 
     def make(broker: MosquittoBroker) -> Publisher:
-        settings = MqttConfig(host=broker.host, port=broker.port, topic_prefix=PREFIX, keepalive=5,
-                              reconnect_min_s=0.05, reconnect_max_s=0.5)
-        pub = Publisher(settings, DEVICE, Spool(tmp_path / f"spool{len(made)}.sqlite3"))
-        made.append(pub)
-        pub.start()
-        pub.publish_availability(True)
-        assert wait_until(lambda: pub.connected, 5), "publisher did not connect"
-        return pub
+        made.append(Publisher(settings_for(broker, topic_prefix=PREFIX), DEVICE,
+                              Spool(tmp_path / f"spool{len(made)}.sqlite3")))
+        return started(made[-1])
 
     yield make
-    for pub in made:
-        pub.stop(timeout=1)
-        pub.spool.close()
+    close_publishers(*made)
 
 
 def outage_through_restart(broker: MosquittoBroker, pub: Publisher, mqtt5: bool, n: int = N,

@@ -21,17 +21,12 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import MqttConfig
 from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
-from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, make_tls_files, wait_until
+from tests.mqtt_broker import (BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, close_publishers, make_tls_files,
+                               settings_for, started, wait_until)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def settings_for(broker: MosquittoBroker, **overrides: Any) -> MqttConfig:
-    return MqttConfig(**{"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive": 5,
-                           "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, **overrides})
 
 
 @pytest.fixture
@@ -45,19 +40,6 @@ def make_publisher(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Callable
 
     yield make
     close_publishers(*made)
-
-
-def close_publishers(*pubs: Publisher) -> None:
-    for pub in pubs:
-        pub.stop(timeout=1)
-        pub.spool.close()
-
-
-def started(pub: Publisher) -> Publisher:
-    pub.start()
-    pub.publish_availability(True)
-    assert wait_until(lambda: pub.connected, 5), "publisher did not connect"
-    return pub
 
 
 def test_verdicts_arrive_in_order_with_seq(make_publisher, subscriber: Subscriber) -> None:
