@@ -164,7 +164,8 @@ class Agent:
         except DetectorFileError as exc:
             log.error("current detector unusable, running unfitted: %s", exc)
             self._active, self._active_path = None, None
-        mismatch = fitted_roi_mismatch(self._active.metadata.get("roi", []), self.roi) if self._active else None
+        mismatch = (fitted_roi_mismatch(self._active.metadata.get("roi", []), self.config.source.roi)
+                    if self._active else None)
         if mismatch:
             log.error("%s", mismatch)
             self._active, self._active_path = None, None
@@ -190,9 +191,6 @@ class Agent:
         log.info("[threshold] changed: threshold %.4g -> %.4g (saved as %s)", active.metadata["threshold"],
                  meta["threshold"], path.name)
         self._active, self._active_path = LoadedDetector(active.detector, meta), path
-
-    def _roi_list(self) -> list[float]:
-        return self.roi.as_list() if self.roi else []
 
     def _view(self, image: np.ndarray) -> np.ndarray | None:
         """What the detector sees of a frame: the region of interest; ``None`` (logged once per kind) when the
@@ -311,7 +309,7 @@ class Agent:
         self._progress(job, "fitting", collected=len(images))
         try:
             result = fit_images(lambda ims: self.extractor.embed(ims, "retrain", self.notifier.watchdog), images, settings)
-            path = self.store.save(result, settings, self.extractor.manifest, {"roi": self._roi_list()})
+            path = self.store.save(result, settings, self.extractor.manifest, {"roi": self.config.source.roi})
             self._load_current()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)
@@ -343,7 +341,7 @@ class Agent:
             views = [self._view(image) for image in images]
             if any(v is None for v in views):
                 self._fail(job, "the good images are smaller than [source] roi", "the good images are smaller "
-                           f"than [source] roi = {self._roi_list()}: give frames from this camera")
+                           f"than [source] roi = {self.config.source.roi}: give frames from this camera")
             else:
                 self._run_fit(job, views)
         self._end_job()

@@ -55,7 +55,7 @@ def cmd_fit(args: argparse.Namespace, config: Config) -> int:
     settings = fit_settings(config)
     result = fit_images(lambda ims: extractor.embed(ims, progress="fit"), images, settings)
     path = DetectorStore(config.state_dir, config.retrain.keep).save(result, settings, extractor.manifest,
-                                                                     {"roi": roi.as_list() if roi else []})
+                                                                     {"roi": config.source.roi})
     print(json.dumps({"saved": str(path), "model_id": extractor.manifest.model_id, "n_train": result.n_train,
                       "distinct_parts": result.distinct_parts,
                       "threshold": result.threshold, "timings_s": result.timings}))
@@ -73,7 +73,7 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     if loaded is None:
         raise ConfigError(f"no fitted detector in {config.state_dir}: run 'edge-agent fit --images DIR' first")
     roi = Roi.parse(config.source.roi)
-    mismatch = fitted_roi_mismatch(loaded.metadata.get("roi", []), roi)
+    mismatch = fitted_roi_mismatch(loaded.metadata.get("roi", []), config.source.roi)
     if mismatch:
         raise ConfigError(mismatch)
     threshold = loaded.metadata["threshold"]

@@ -36,7 +36,7 @@ def test_a_region_beyond_the_frame_is_named() -> None:
 
 
 def test_a_detector_fitted_on_another_region_must_not_judge() -> None:
-    assert fitted_roi_mismatch([], None) is None
-    assert fitted_roi_mismatch([0.25, 0.25, 0.5, 0.5], Roi.parse([0.25, 0.25, 0.5, 0.5])) is None
-    assert "fitted again" in fitted_roi_mismatch([], Roi.parse([0, 0, 100, 100]))
-    assert "fitted again" in fitted_roi_mismatch([0, 0, 100, 100], None)
+    assert fitted_roi_mismatch([], []) is None
+    assert fitted_roi_mismatch([0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]) is None
+    assert "fitted again" in fitted_roi_mismatch([], [0.0, 0.0, 100.0, 100.0])
+    assert "fitted again" in fitted_roi_mismatch([0, 0, 100, 100], [])

@@ -49,7 +49,7 @@ class Roi:
         return max(self.x, self.y, self.width, self.height) <= 1
 
     def as_list(self) -> list[float]:
-        """As in the configuration (what a fitted detector records)."""
+        """The four numbers as the configuration gives them."""
         return [self.x, self.y, self.width, self.height]
 
     def box(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -69,11 +69,12 @@ class Roi:
         return image[y:y + h, x:x + w]
 
 
-def fitted_roi_mismatch(fitted: list[float], roi: Roi | None) -> str | None:
-    """Why a detector fitted on region ``fitted`` (its metadata's ``roi``) must not judge with ``roi``; ``None``
-    when they agree. A detector knows only the region it was fitted on: another one is another picture."""
-    configured = roi.as_list() if roi else []
-    if list(fitted) == configured:
+def fitted_roi_mismatch(fitted: Sequence[float], configured: Sequence[float]) -> str | None:
+    """Why a detector fitted on region ``fitted`` (its metadata's ``roi``) must not judge with the configured
+    ``[source] roi``; ``None`` when they agree. A detector knows only the region it was fitted on: another one is
+    another picture."""
+    fitted, configured = list(fitted), list(configured)
+    if fitted == configured:
         return None
     return (f"the detector was fitted on [source] roi = {list(fitted)}, the configuration says {configured}: "
             "it judges nothing until it is fitted again on the new region (edge-agent retrain or fit)")
