@@ -193,6 +193,16 @@ class GpioConfig:
 
 
 @dataclass
+class ModbusConfig:
+    """A Modbus TCP server for a PLC (`edge_agent.deliver.modbus`); off by default."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"  # loopback unless set: Modbus has no authentication
+    port: int = 5020  # 502 is the standard port but needs CAP_NET_BIND_SERVICE
+    unit_id: int = 1
+
+
+@dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -206,6 +216,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    modbus: ModbusConfig = field(default_factory=ModbusConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -238,6 +249,7 @@ _RANGES = {
     **{("gpio", f"{name}_pin"): (-1, 27) for name in ("trigger", "reject", "ready", "busy")},
     ("gpio", "trigger_debounce_ms"): (0, 1000), ("gpio", "reject_pulse_ms"): (1, 10_000),
     ("gpio", "reject_delay_ms"): (0, 60_000),
+    ("modbus", "port"): (1, 65535), ("modbus", "unit_id"): (0, 255),
 }
 
 
