@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -100,7 +101,7 @@ class Agent:
         self._job: RetrainJob | None = None
         self._retrains_done = 0
         self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
-        self._triggers = threading.Semaphore(0)
+        self._triggers: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # one part id (or None) per trigger
         self._wake = threading.Event()
         self.roi = Roi.parse(config.source.roi)
         self._roi_errors: set[str] = set()
@@ -142,10 +143,12 @@ class Agent:
         self._wake.set()
         return change.future
 
-    def trigger(self) -> None:
+    def trigger(self, part_id: str | None = None) -> None:
+        """One frame for one part (any thread: the MQTT command, a GPIO edge, a PLC coil); ``part_id``, already
+        validated by `edge_agent.commands.parse_part_id`, is echoed in that part's verdict."""
         if self.config.trigger.mode != "mqtt":
             raise ValueError('trigger is only used with [trigger] mode = "mqtt"')
-        self._triggers.release()
+        self._triggers.put(part_id)
         self._wake.set()
 
     @property
@@ -301,8 +304,8 @@ class Agent:
 
     def _drain_triggers(self) -> None:
         """Triggers that came while collecting were used by it: none is replayed on a later part."""
-        while self._triggers.acquire(blocking=False):
-            pass
+        while not self._triggers.empty():
+            self._triggers.get_nowait()
 
     def _run_fit(self, job: RetrainJob, images: list[np.ndarray]) -> None:
         settings = fit_settings(self.config)
@@ -366,7 +369,7 @@ class Agent:
             self._end_job()
 
     # ---- inspection -------------------------------------------------------------------------------------------
-    def inspect(self, frame: Frame) -> dict[str, Any] | None:
+    def inspect(self, frame: Frame, part_id: str | None = None) -> dict[str, Any] | None:
         """Judge one frame and publish its verdict (and an alert if anomalous); ``None`` when unfitted."""
         active = self._active
         view = self._view(frame.image) if active is not None else None
@@ -390,7 +393,7 @@ class Agent:
                    "total": (time.perf_counter() - t0) * 1e3}
         verdict = verdict_message(self.config.device.id, frame.name, frame.captured_at, score, threshold, anomalous,
                                   self.extractor.manifest.model_id,
-                                  self._active_path.name if self._active_path else None, latency)
+                                  self._active_path.name if self._active_path else None, latency, part_id)
         try:
             self.sink.publish_verdict(verdict)
             if anomalous:
@@ -414,7 +417,8 @@ class Agent:
         image = None
         box = self.roi.box(frame.image.shape) if self.roi else None
         if a.snapshot:
-            image = jpeg(alert_picture(frame.image, heatmap, box), a.jpeg_quality, a.max_side)
+            level = verdict["score"] / verdict["threshold"] if verdict["threshold"] > 0 else math.inf
+            image = jpeg(alert_picture(frame.image, heatmap, box, level), a.jpeg_quality, a.max_side)
         where = None
         if heatmap is not None:
             x0, y0, w, h = box or (0, 0, frame.image.shape[1], frame.image.shape[0])
@@ -423,11 +427,15 @@ class Agent:
         self.sink.publish_alert(alert_message(verdict, where), image)
 
     # ---- main loop --------------------------------------------------------------------------------------------
-    def _next_frame(self) -> Frame | None:
-        """A frame when one is due (in trigger mode: one per trigger, also while a retrain collects, so that it
-        learns from as many parts as frames), ``None`` when there is nothing to do this tick."""
+    def _next_frame(self) -> tuple[Frame, str | None] | None:
+        """A frame when one is due, with the part id its trigger carried (in trigger mode: one per trigger, also
+        while a retrain collects, so that it learns from as many parts as frames); ``None`` when there is nothing
+        to do this tick."""
+        part_id = None
         if self.config.trigger.mode == "mqtt":
-            if not self._triggers.acquire(timeout=self._tick):
+            try:
+                part_id = self._triggers.get(timeout=self._tick)
+            except queue.Empty:
                 return None
         elif self._job is None and self._active is None:
             # Unfitted: no verdicts, so take no frames, but keep (re)opening the source so its state is known.
@@ -435,7 +443,8 @@ class Agent:
                 self._wake.wait(self._tick)
             self._wake.clear()
             return None
-        return self.source.read()
+        frame = self.source.read()
+        return None if frame is None else (frame, part_id)
 
     def _run_jobs(self) -> bool:
         """Changes first (in arrival order, before a retrain that came after them), then a pending retrain.
@@ -467,13 +476,14 @@ class Agent:
                 self._check_job_timeout()
                 started = time.monotonic()
                 try:
-                    frame = self._next_frame()
+                    due = self._next_frame()
                 except EndOfStream:
                     log.info("source ended")
                     break
-                if frame is not None:
+                frame = due[0] if due else None
+                if due is not None:
                     job = self._job
-                    self.inspect(frame)  # also while a retrain collects: by the model in use, none unjudged
+                    self.inspect(*due)  # also while a retrain collects: by the model in use, none unjudged
                     if job is not None:
                         self._collect(frame)
                     if max_frames is not None and self.inspected >= max_frames:

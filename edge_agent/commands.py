@@ -36,7 +36,7 @@ from edge_agent.learn.threshold import calibrate_threshold
 #: Every command, with the arguments it takes (``request_id`` and ``token`` are allowed everywhere).
 COMMANDS: dict[str, frozenset[str]] = {
     "retrain": frozenset({"n_images", "folder"}),
-    "trigger": frozenset(),
+    "trigger": frozenset({"part_id"}),
     "threshold": frozenset({"sensitivity", "value", "force"}),
     "rollback": frozenset(),
     "status": frozenset(),
@@ -46,6 +46,9 @@ _COMMON_ARGS = frozenset({"request_id", "token"})
 #: A fixed threshold further than this factor below the smallest or above the largest leave-one-out score of
 #: the good parts needs ``force``: 1e308 (every part passes) or 1e-9 (every part fails) are mistakes or attacks.
 THRESHOLD_VALUE_SPAN = 100.0
+
+#: A part id (from a PLC or a barcode reader, echoed in the verdict) is at most this long.
+MAX_PART_ID = 64
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,16 @@ def parse_threshold(args: dict[str, Any]) -> ThresholdChange:
     if not 0 <= sensitivity <= 1:
         raise ValueError(f"sensitivity must be between 0 and 1, got {sensitivity}")
     return ThresholdChange(sensitivity=sensitivity)
+
+
+def parse_part_id(args: dict[str, Any]) -> str | None:
+    """The trigger's ``part_id``: printable text that a subscriber or a database can key on, or none."""
+    part_id = args.get("part_id")
+    if part_id is None:
+        return None
+    if not isinstance(part_id, str) or not part_id or len(part_id) > MAX_PART_ID or not part_id.isprintable():
+        raise ValueError(f"part_id must be 1 to {MAX_PART_ID} printable characters, got {part_id!r:.80}")
+    return part_id
 
 
 def allowed_folder(folder: Any, roots: Sequence[str]) -> str:
@@ -161,8 +174,9 @@ class Commands:
         return self.agent.request_retrain(n, folder)
 
     def _trigger(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.agent.trigger()
-        return {"queued": True}
+        part_id = parse_part_id(args)
+        self.agent.trigger(part_id)
+        return {"queued": True, **({"part_id": part_id} if part_id else {})}
 
     def _threshold(self, args: dict[str, Any]) -> Future:
         change = parse_threshold(args)

@@ -351,8 +351,16 @@ def test_trigger_mode_inspects_one_frame_per_trigger(rig, subscriber):
     assert wait_until(lambda: len(subscriber.on("verdict")) == 1, 10)
     loop_turned(subscriber, "alive2")
     assert len(subscriber.on("verdict")) == 1  # one trigger, one verdict
-    command(subscriber, "trigger", {}, "g2")
+    assert "part_id" not in subscriber.json_on("verdict")[0]
+    reply = command(subscriber, "trigger", {"part_id": "SN-0042/7"}, "g2")
+    assert reply["ok"] and reply["result"]["part_id"] == "SN-0042/7", reply
     assert wait_until(lambda: len(subscriber.on("verdict")) == 2, 10)
+    assert subscriber.json_on("verdict")[1]["part_id"] == "SN-0042/7"  # the PLC's id comes back with its part
+    for bad in ("", "x" * 65, "a\nb", 42):
+        reply = command(subscriber, "trigger", {"part_id": bad}, f"bad{bad!r:.5}")
+        assert not reply["ok"] and "part_id must be 1 to 64 printable characters" in reply["error"], reply
+    loop_turned(subscriber, "alive3")
+    assert len(subscriber.on("verdict")) == 2  # a refused trigger takes no frame
 
 
 def test_missing_source_is_reported_and_reopened(rig, subscriber, tmp_path):

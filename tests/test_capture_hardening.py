@@ -271,7 +271,7 @@ def test_a_too_large_file_in_a_watched_folder_is_skipped_at_once_and_counted(tmp
 def test_snapshot_of_any_aspect_ratio(shape):
     image = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
     heat = np.random.default_rng(2).random((7, 7)).astype(np.float32)
-    for picture in (image, overlay(image, heat, threshold=0.5)):
+    for picture in (image, overlay(image, heat, level=0.5)):
         data = jpeg(picture, 80, 640)
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         h, w = decoded.shape[:2]

@@ -18,6 +18,7 @@ GOOD, ANOMALOUS = "good", "anomalous"
 
 #: Verdict fields an alert repeats (it points at its verdict by ``seq``).
 _ALERT_FIELDS = ("schema", "device", "epoch", "seq", "frame", "captured_at", "score", "threshold", "model_id")
+_ALERT_OPTIONAL = ("part_id",)
 
 
 def now_iso() -> str:
@@ -41,20 +42,25 @@ def to_json(obj: Any) -> bytes:
 
 
 def verdict_message(device: str, frame: str, captured_at: float, score: float, threshold: float, anomalous: bool,
-                    model_id: str, detector_file: str | None, latency_ms: dict[str, float]) -> dict[str, Any]:
-    """One inspected part. ``epoch`` and ``seq`` are added by the first sink: ``(epoch, seq)`` identifies it."""
-    return {
+                    model_id: str, detector_file: str | None, latency_ms: dict[str, float],
+                    part_id: str | None = None) -> dict[str, Any]:
+    """One inspected part. ``epoch`` and ``seq`` are added by the first sink: ``(epoch, seq)`` identifies it.
+    ``part_id``, when the trigger carried one, ties the verdict to the part in the plant's own records."""
+    verdict = {
         "schema": SCHEMA_VERSION, "device": device, "frame": frame, "captured_at": iso_from_epoch(captured_at),
         "published_at": now_iso(), "score": round(score, 5), "threshold": round(threshold, 5),
         "verdict": ANOMALOUS if anomalous else GOOD, "model_id": model_id, "detector_file": detector_file,
         "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
     }
+    if part_id is not None:
+        verdict["part_id"] = part_id
+    return verdict
 
 
 def alert_message(verdict: dict[str, Any], peak: tuple[int, int] | None = None) -> dict[str, Any]:
     """The alert for an anomalous verdict (after ``epoch`` and ``seq`` were set on it); ``peak``: where the heat
     map is highest, as ``{"x", "y"}`` in pixels of the full frame, for detectors that give heat maps."""
-    alert = {k: verdict[k] for k in _ALERT_FIELDS}
+    alert = {k: verdict[k] for k in _ALERT_FIELDS + _ALERT_OPTIONAL if k in verdict}
     if peak is not None:
         alert["peak"] = {"x": peak[0], "y": peak[1]}
     return alert

@@ -6,6 +6,8 @@ say that, and a full-resolution frame is too large to send over a plant's Wi-Fi 
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -25,30 +27,43 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Heat map (any grid) stretched over the frame in the JET colour map; scaled to the threshold if given."""
+#: The heat map's colour scale ends (dark red) at this multiple of the threshold; the threshold itself sits at
+#: two thirds of the scale (yellow-orange in JET), so a good part never looks red and a clear defect always does.
+SATURATION = 1.5
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, level: float, alpha: float = 0.45) -> np.ndarray:
+    """Heat map (any grid) stretched over the frame in the JET colour map, anchored to the threshold.
+
+    Why anchored: scaled per image, every alert's hottest spot is equally red and the picture says nothing about
+    how sure the camera is. Here ``level`` is the image's score over its threshold; the map's peak is drawn at that
+    level and the rest in proportion to it, so the same colour means the same evidence on every frame, whatever
+    the detector's own units (patch distances, ratios to a typical good part).
+    """
     if rgb.ndim == 2:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
     h, w = rgb.shape[:2]
     if h < 1 or w < 1 or heatmap.size == 0:
         raise ValueError(f"cannot overlay a {heatmap.shape} heat map on a {w} x {h} image")
-    hm = cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    top = float(threshold) * 1.5 if threshold else float(hm.max()) or 1.0
-    lo = float(hm.min())
-    norm = np.clip((hm - lo) / max(top - lo, 1e-6), 0, 1)
+    hm = np.maximum(cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0)
+    peak = float(hm.max())
+    scale = max(float(level), 0.0) / (peak * SATURATION) if peak > 0 and math.isfinite(level) else 0.0
+    norm = np.clip(hm * scale, 0, 1)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
 
 
-def alert_picture(frame: np.ndarray, heatmap: np.ndarray | None, box: tuple[int, int, int, int] | None) -> np.ndarray:
+def alert_picture(frame: np.ndarray, heatmap: np.ndarray | None, box: tuple[int, int, int, int] | None,
+                  level: float = 1.0) -> np.ndarray:
     """The whole frame, with the heat map over the region the detector saw and that region's box drawn on it
-    (``box`` ``(x, y, width, height)``; ``None``: the whole frame), so the operator sees the part in its place."""
+    (``box`` ``(x, y, width, height)``; ``None``: the whole frame), so the operator sees the part in its place.
+    ``level``: the score over the threshold (see `overlay`)."""
     picture = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if frame.ndim == 2 else frame.copy()
     fh, fw = picture.shape[:2]
     x, y, w, h = box or (0, 0, fw, fh)
     if heatmap is not None:
-        picture[y:y + h, x:x + w] = overlay(picture[y:y + h, x:x + w], heatmap)
+        picture[y:y + h, x:x + w] = overlay(picture[y:y + h, x:x + w], heatmap, level)
     if box is not None:
         cv2.rectangle(picture, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), max(2, min(fw, fh) // 200))
     return picture

@@ -1,0 +1,37 @@
+"""The alert picture's heat map is anchored to the threshold: its colours mean the same on every frame."""
+
+import cv2
+import numpy as np
+
+from edge_agent.deliver.snapshot import SATURATION, alert_picture, overlay
+
+
+def _peak_colour(level: float, magnitude: float = 1.0) -> np.ndarray:
+    grey = np.full((60, 80, 3), 128, np.uint8)
+    heat = np.zeros((6, 8), np.float32)
+    heat[2, 3] = 1.0 * magnitude
+    picture = overlay(grey, heat, level, alpha=1.0)  # colour only, so the test reads the colour map itself
+    y, x = np.unravel_index(np.argmax(cv2.resize(heat, (80, 60))), (60, 80))
+    return picture[y, x].astype(int)
+
+
+def red_minus_blue(rgb: np.ndarray) -> int:
+    return int(rgb[0]) - int(rgb[2])
+
+
+def test_the_colour_follows_the_score_over_the_threshold_not_the_maps_own_units():
+    # A detector's units (patch distances, ratios) do not change the picture: only score / threshold does.
+    assert np.array_equal(_peak_colour(0.8, magnitude=1.0), _peak_colour(0.8, magnitude=37.0))
+    # A part well below its threshold is not drawn red; one well above it is; the threshold sits in between.
+    below, at, above = _peak_colour(0.3), _peak_colour(1.0), _peak_colour(SATURATION)
+    assert red_minus_blue(below) < 0 < red_minus_blue(at) and red_minus_blue(above) > 0
+    assert not np.array_equal(at, above)  # JET's end: dark red, past the threshold's yellow-orange
+    assert np.array_equal(_peak_colour(SATURATION), _peak_colour(10 * SATURATION))  # saturates, no wrap-around
+
+
+def test_an_all_zero_or_unbounded_map_draws_without_error():
+    grey = np.full((10, 10, 3), 128, np.uint8)
+    flat = overlay(grey, np.zeros((3, 3), np.float32), 2.0, alpha=1.0)
+    assert np.array_equal(flat, overlay(grey, np.zeros((3, 3), np.float32), 0.1, alpha=1.0))  # no evidence anywhere
+    picture = alert_picture(grey, np.ones((3, 3), np.float32), (2, 2, 5, 5), float("inf"))
+    assert picture.shape == grey.shape
