@@ -33,7 +33,7 @@ from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import alert_message, event_message, state_message, verdict_message
 from edge_agent.deliver.sink import Sink
-from edge_agent.deliver.snapshot import alert_picture, jpeg
+from edge_agent.deliver.snapshot import alert_picture, contact_sheet, jpeg
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector
 from edge_agent.learn.fitting import FitError, fit_images, recorded_threshold_settings, rethreshold
@@ -49,6 +49,8 @@ _TICK_S = 0.5  # longest the main loop waits for anything, so the watchdog keeps
 _STATE_EVERY_S = 10.0
 #: The reject rate in the state is over this many latest parts: recent enough to show a drifting line.
 RECENT_PARTS = 100
+#: The training parts' contact sheet (`edge_agent.deliver.snapshot.contact_sheet`) is at most this wide and tall.
+TRAINING_PICTURE_SIDE = 960
 
 
 @dataclass
@@ -186,7 +188,7 @@ class Agent:
             return
         try:
             meta = rethreshold(active.metadata, settings)
-            path = self.store.save_loaded(active.detector, meta)
+            path = self.store.save_loaded(active.detector, meta, self.store.picture(self._active_path))
         except (ValueError, KeyError, OSError) as exc:
             log.error("[threshold] changed but cannot be applied to %s, threshold kept at %.4g: %s",
                       self._active_path.name if self._active_path else "?", active.metadata["threshold"], exc)
@@ -219,7 +221,7 @@ class Agent:
         if active is None:
             raise ValueError("not fitted yet: retrain first")
         meta = recalibrate(active.metadata)
-        path = self.store.save_loaded(active.detector, meta)
+        path = self.store.save_loaded(active.detector, meta, self.store.picture(self._active_path))
         self._active, self._active_path = LoadedDetector(active.detector, meta), path
         return {"threshold": meta["threshold"], "detector_file": path.name}
 
@@ -312,7 +314,10 @@ class Agent:
         self._progress(job, "fitting", collected=len(images))
         try:
             result = fit_images(lambda ims: self.extractor.embed(ims, "retrain", self.notifier.watchdog), images, settings)
-            path = self.store.save(result, settings, self.extractor.manifest, {"roi": self.config.source.roi})
+            picture = jpeg(contact_sheet(images, TRAINING_PICTURE_SIDE), self.config.alerts.jpeg_quality,
+                           max_side=TRAINING_PICTURE_SIDE)
+            path = self.store.save(result, settings, self.extractor.manifest, {"roi": self.config.source.roi},
+                                   picture)
             self._load_current()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from edge_agent.deliver.snapshot import SATURATION, alert_picture, overlay
+from edge_agent.deliver.snapshot import SATURATION, alert_picture, contact_sheet, overlay
 
 
 def _peak_colour(level: float, magnitude: float = 1.0) -> np.ndarray:
@@ -35,3 +35,17 @@ def test_an_all_zero_or_unbounded_map_draws_without_error():
     assert np.array_equal(flat, overlay(grey, np.zeros((3, 3), np.float32), 0.1, alpha=1.0))  # no evidence anywhere
     picture = alert_picture(grey, np.ones((3, 3), np.float32), (2, 2, 5, 5), float("inf"))
     assert picture.shape == grey.shape
+
+
+def test_a_contact_sheet_shows_every_training_part_once_in_a_square_grid():
+    parts = [np.full((300, 200, 3), 20 * i, np.uint8) for i in range(1, 11)]  # ten distinct grey levels
+    sheet = contact_sheet(parts, 960)
+    assert sheet.shape == (3 * 240, 4 * 240, 3)  # 10 parts: 4 columns x 3 rows of 240 px tiles
+    centres = [sheet[(i // 4) * 240 + 120, (i % 4) * 240 + 120] for i in range(10)]
+    assert [int(c[0]) for c in centres] == [20 * i for i in range(1, 11)]  # each part in its place, in order
+    assert int(sheet[2 * 240 + 120, 3 * 240 + 120, 0]) == 40  # the 12th tile is empty background
+
+
+def test_a_contact_sheet_of_many_parts_stays_within_its_width():
+    sheet = contact_sheet([np.zeros((5000, 40), np.uint8)] * 500, 960)  # grey, thin, and many
+    assert sheet.shape[1] <= 960 and sheet.shape[0] <= 960

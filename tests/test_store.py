@@ -284,3 +284,14 @@ def test_a_pointer_from_before_the_history_rolls_back_by_file_order(tmp_path, ma
     second = store.save_loaded(fitted(features, 1.0), meta(manifest, 2.0))
     (store.dir / "current.json").write_text(json.dumps({"file": second.name}) + "\n")  # as older versions wrote it
     assert store.rollback(manifest) == first
+
+
+def test_a_detector_keeps_its_training_picture_and_pruning_removes_it(tmp_path, manifest, features):
+    store = DetectorStore(tmp_path, keep=2)
+    first = store.save_loaded(fitted(features), meta(manifest, 1.0), b"\xff\xd8first")
+    assert store.picture(first) == b"\xff\xd8first"
+    plain = store.save_loaded(fitted(features), meta(manifest, 2.0))
+    assert store.picture(plain) is None and store.picture(None) is None  # a fit without one (the CLI's)
+    store.save_loaded(fitted(features), meta(manifest, 3.0), b"\xff\xd8third")
+    assert not first.exists() and not first.with_suffix(".jpg").exists()  # pruned with its detector
+    assert sorted(p.suffix for p in store.dir.iterdir()) == [".edet", ".edet", ".jpg", ".json"]

@@ -69,6 +69,26 @@ def alert_picture(frame: np.ndarray, heatmap: np.ndarray | None, box: tuple[int,
     return picture
 
 
+def contact_sheet(images: list[np.ndarray], width: int) -> np.ndarray:
+    """The images side by side in a roughly square grid ``width`` pixels wide, each numbered in the order it was
+    taken, so an operator can see at a glance what a retrain learned (ten different parts, or one part ten times)."""
+    if not images:
+        raise ValueError("a contact sheet needs at least one image")
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    tile = max(16, width // columns)
+    sheet = np.full((rows * tile, columns * tile, 3), 40, np.uint8)
+    for i, image in enumerate(images):
+        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+        small = _fit(rgb, tile - 4)
+        h, w = small.shape[:2]
+        y0, x0 = (i // columns) * tile + (tile - h) // 2, (i % columns) * tile + (tile - w) // 2
+        sheet[y0:y0 + h, x0:x0 + w] = small
+        cv2.putText(sheet, str(i + 1), ((i % columns) * tile + 4, (i // columns) * tile + 18),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+    return sheet
+
+
 def jpeg(rgb: np.ndarray, quality: int = 80, max_side: int = 640) -> bytes:
     """JPEG bytes of an RGB (or grayscale) image, shrunk so its longer side is at most ``max_side``."""
     image = _fit(rgb, max_side)

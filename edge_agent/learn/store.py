@@ -11,6 +11,9 @@ finds "no earlier detector" and pruning deletes the newest fits. Each file name 
 zero-padded counter, one more than the highest already in the folder (``000042-<UTC stamp>-<detector>-n<N>.edet``);
 the stamp is only for people. Files from before the counter (``<UTC stamp>-...``) still load; they count as older
 than every numbered file, in their name order, so a device that upgrades keeps its rollback.
+
+Each detector may have a picture beside it (same name, ``.jpg``): the good parts it was fitted on, so an operator
+can check what the camera learned (one part shown ten times, a hand in the frame) long after the retrain.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from pathlib import Path
 from edge_agent.learn.detectors.base import Detector
 from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDetector, load_detector, save_detector
 from edge_agent.learn.fitting import FitResult, FitSettings
-from edge_agent.system.atomic import write_text_atomic
+from edge_agent.system.atomic import write_bytes_atomic, write_text_atomic
 from edge_agent.embed.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".edet"
+_PICTURE = ".jpg"
 _POINTER = "current.json"
 _SEQ_WIDTH = 6
 _NUMBERED = re.compile(r"^(\d+)-")  # a counter then a dash; an old name starts with digits then "T"
@@ -94,22 +98,32 @@ class DetectorStore:
         return load_detector(path, manifest.model_sha256, manifest.model_id)
 
     def save(self, result: FitResult, settings: FitSettings, manifest: Manifest,
-             context: dict | None = None) -> Path:
+             context: dict | None = None, picture: bytes | None = None) -> Path:
         """Write a new fit beside the previous ones and make it current. ``context``: what else the fit depended
-        on (the region of interest), kept in its metadata."""
+        on (the region of interest), kept in its metadata; ``picture``: its training parts (JPEG)."""
         meta = {**result.metadata(settings), **(context or {}), "model_sha256": manifest.model_sha256,
                 "model_id": manifest.model_id}
-        return self.save_loaded(result.detector, meta)
+        return self.save_loaded(result.detector, meta, picture)
 
-    def save_loaded(self, detector: Detector, metadata: dict) -> Path:
-        """Write a detector with its metadata (e.g. a moved threshold), point ``current`` at it, prune old ones."""
+    def save_loaded(self, detector: Detector, metadata: dict, picture: bytes | None = None) -> Path:
+        """Write a detector with its metadata (e.g. a moved threshold) and picture, point ``current`` at it,
+        prune old ones. The picture is written first: a detector file never points at a picture still missing."""
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self._new_path(metadata)
+        if picture is not None:
+            write_bytes_atomic(path.with_suffix(_PICTURE), picture)
         save_detector(path, detector, metadata)
         current = self.current_path()
         self._point(path, [current.name, *self._previous(current)] if current else [])
         self._prune(path)
         return path
+
+    def picture(self, path: Path | None) -> bytes | None:
+        """The training parts' picture kept with the detector at ``path``; ``None`` when it has none."""
+        try:
+            return path.with_suffix(_PICTURE).read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
 
     def rollback(self, manifest: Manifest) -> Path:
         """Make the detector that was current before this one current again, if it loads for this model.
@@ -145,4 +159,5 @@ class DetectorStore:
     def _prune(self, current: Path) -> None:
         for old in self.history()[: -self.keep]:
             if old != current:
+                old.with_suffix(_PICTURE).unlink(missing_ok=True)
                 old.unlink(missing_ok=True)
