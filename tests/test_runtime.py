@@ -1,5 +1,6 @@
 """The TFLite back-end on the real interpreter and the shipped model, and delegate selection on this machine
-(CPU only): explicit requests fail clearly, auto falls back and says why."""
+(CPU only): an accelerator that is not there leaves the model on CPU with the reason logged, a model folder that
+cannot run on the Edge TPU fails clearly. A crashing libedgetpu: tests/test_coral_probe.py."""
 
 import gc
 import json
@@ -69,14 +70,19 @@ def test_edgetpu_without_compiled_model_fails_clearly(shipped_model):
         open_interpreter(shipped_model / "model.tflite", "edgetpu")
 
 
-def test_gpu_unavailable_here_is_an_error_not_a_silent_cpu(shipped_model, monkeypatch):
+def test_gpu_unavailable_here_runs_on_cpu_and_says_so_as_an_error(shipped_model, monkeypatch, caplog):
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(DelegateError, match="cannot load libtensorflowlite_gpu_delegate.so"):
-        open_interpreter(shipped_model / "model.tflite", "gpu")
+    with caplog.at_level(logging.WARNING):
+        handle = open_interpreter(shipped_model / "model.tflite", "gpu")
+    assert handle.delegate == "cpu"  # an unattended camera keeps inspecting; the state message says cpu
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.getMessage().startswith(
+        "delegate gpu requested but unusable, running on cpu: gpu: delegate probe failed: "
+        "cannot load libtensorflowlite_gpu_delegate.so")
     gc.collect()
-    # A missing library is found before load_delegate, whose half-built Delegate would print a traceback when
-    # collected (ai-edge-litert): on a camera without a GPU that reads like a crash in the journal.
+    # The libraries were tried in the probe's child process only; and there a missing library is found before
+    # load_delegate, whose half-built Delegate would print a traceback when collected (ai-edge-litert).
     assert unraisable == []
 
 

@@ -1,28 +1,29 @@
-"""Create an interpreter on CPU (XNNPACK), the GPU delegate or a Coral Edge TPU.
+"""Choose the delegate a model runs on: CPU (XNNPACK), the GPU delegate or a Coral Edge TPU.
 
-``auto`` tries Edge TPU, then GPU, then CPU, and logs why each one it skipped failed, so a device that
-silently runs on CPU is visible in the journal and in the state message.
+``auto`` tries Edge TPU, then GPU, then CPU. An explicit ``gpu`` or ``edgetpu`` that cannot be used falls back to
+CPU too: a camera that runs unattended keeps inspecting, slower, rather than stopping on a missing library, an
+unplugged stick or a libedgetpu that crashes its interpreter. Either way the log says why each delegate was
+skipped (ERROR when an explicit request was not met) and the state message's ``delegate`` says what runs. An
+accelerator is first tried in a child process (``probe``), so a crash in its native code is one of those reasons,
+not the end of the agent. Only a model folder without the Edge TPU-compiled model fails an explicit ``edgetpu``:
+that is a deployment mistake no fallback should hide.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge_agent.embed.runtime.interpreter import interpreter_module
+from edge_agent.embed.runtime.load import ACCELERATORS, DelegateError, open_on
+from edge_agent.embed.runtime.probe import probe_delegate
 
 log = logging.getLogger(__name__)
 
 DELEGATES = ("cpu", "gpu", "edgetpu", "auto")
-_GPU_LIBRARIES = ("libtensorflowlite_gpu_delegate.so", "libtensorflowlite_gpu_gl.so")
-_EDGETPU_LIBRARY = "libedgetpu.so.1"
-
-
-class DelegateError(RuntimeError):
-    """The requested delegate could not be loaded or cannot run this model."""
+_NO_EDGETPU_MODEL = "the model folder has no Edge TPU-compiled model (edge-convert --edgetpu makes one)"
 
 
 @dataclass
@@ -32,37 +33,10 @@ class RuntimeHandle:
     model_path: Path
 
 
-def _cpu(module, model_path: Path, threads: int, options: dict) -> Any:
-    return module.Interpreter(model_path=str(model_path), num_threads=threads)
-
-
-def _with_delegate(module, model_path: Path, threads: int, library: str, options: dict) -> Any:
-    try:
-        # dlopen first: load_delegate on a missing library leaves a half-built Delegate whose __del__ prints a
-        # traceback to stderr (ai-edge-litert), which on a device without a GPU reads like a crash.
-        ctypes.CDLL(library)
-        delegate = module.load_delegate(library, options)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise DelegateError(f"cannot load {library}: {exc}") from None
-    return module.Interpreter(model_path=str(model_path), experimental_delegates=[delegate], num_threads=threads)
-
-
-def _gpu(module, model_path: Path, threads: int, options: dict) -> Any:
-    errors = []
-    for library in _GPU_LIBRARIES:
-        try:
-            return _with_delegate(module, model_path, threads, library, {})
-        except DelegateError as exc:
-            errors.append(str(exc))
-    raise DelegateError("; ".join(errors))
-
-
-def _edgetpu(module, model_path: Path, threads: int, options: dict) -> Any:
-    device = options.get("edgetpu_device")
-    return _with_delegate(module, model_path, threads, _EDGETPU_LIBRARY, {"device": device} if device else {})
-
-
-_OPENERS: dict[str, Callable[..., Any]] = {"cpu": _cpu, "gpu": _gpu, "edgetpu": _edgetpu}
+def _order(delegate: str) -> tuple[str, ...]:
+    if delegate == "auto":
+        return ("edgetpu", "gpu", "cpu")
+    return (delegate, "cpu") if delegate in ACCELERATORS else (delegate,)
 
 
 def open_interpreter(
@@ -72,7 +46,7 @@ def open_interpreter(
     edgetpu_model_path: str | Path | None = None,
     edgetpu_device: str | None = None,
 ) -> RuntimeHandle:
-    """An allocated interpreter on the requested delegate.
+    """An allocated interpreter on the requested delegate, or on CPU with the reason logged.
 
     The Edge TPU runs only a model compiled by ``edgetpu_compiler``; ``edgetpu_model_path`` names it, and
     without it ``edgetpu`` fails and ``auto`` skips it. ``edgetpu_device`` is ``usb``, ``pci``, ``usb:0``...
@@ -81,22 +55,25 @@ def open_interpreter(
         raise DelegateError(f"unknown delegate {delegate!r}; choose one of: {', '.join(DELEGATES)}")
     if threads < 1:
         raise DelegateError(f"threads must be at least 1, got {threads}")
-    module = interpreter_module()
-    options = {"edgetpu_device": edgetpu_device}
-    order = ("edgetpu", "gpu", "cpu") if delegate == "auto" else (delegate,)
+    if delegate == "edgetpu" and edgetpu_model_path is None:
+        raise DelegateError(f"delegate edgetpu unavailable: {_NO_EDGETPU_MODEL}")
     failures = []
-    for name in order:
-        path = Path(edgetpu_model_path) if name == "edgetpu" and edgetpu_model_path else Path(model_path)
+    for name in _order(delegate):
         if name == "edgetpu" and edgetpu_model_path is None:
-            failures.append("edgetpu: the model folder has no Edge TPU-compiled model")
+            failures.append(f"edgetpu: {_NO_EDGETPU_MODEL}")
             continue
+        path = Path(edgetpu_model_path) if name == "edgetpu" else Path(model_path)
         try:
-            interpreter = _OPENERS[name](module, path, threads, options)
-            interpreter.allocate_tensors()
+            module = interpreter_module(name)
+            if name in ACCELERATORS and (reason := probe_delegate(module, name, path, threads, edgetpu_device)):
+                raise DelegateError(f"delegate probe {reason}")
+            interpreter = open_on(module, name, path, threads, edgetpu_device)
         except (DelegateError, RuntimeError, ValueError) as exc:
             failures.append(f"{name}: {exc}")
             continue
-        if failures:
+        if failures and delegate == "auto":
             log.warning("delegate %s in use; skipped %s", name, " | ".join(failures))
+        elif failures:
+            log.error("delegate %s requested but unusable, running on %s: %s", delegate, name, " | ".join(failures))
         return RuntimeHandle(interpreter, name, path)
     raise DelegateError(f"delegate {delegate} unavailable: " + " | ".join(failures))

@@ -1,5 +1,5 @@
-"""The TFLite back-end: ai-edge-litert or tflite-runtime (whichever imports, see ``interpreter``), on CPU
-(XNNPACK), the GPU delegate or a Coral Edge TPU (loaded and chosen in ``delegates``).
+"""The TFLite back-end: ai-edge-litert or tflite-runtime (the one the delegate needs, see ``interpreter``), on
+CPU (XNNPACK), the GPU delegate or a Coral Edge TPU (chosen in ``delegates``).
 
 The Edge TPU runs only the ``edgetpu_compiler`` output the manifest names beside the model; its sha256 is
 checked like the model's before a delegate is tried.
