@@ -30,9 +30,9 @@ def _need(tool: str) -> str:
     return path
 
 
-def _install(root: Path, *extra: str) -> str:
+def _install(root: Path, *extra: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(["bash", str(SYSTEMD / "install.sh"), "--root", str(root), "--no-pip", *extra],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -48,7 +48,7 @@ def _tree(root: Path) -> dict[str, tuple[str, int]]:
 
 
 EXPECTED = {
-    "etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
+    "opt/edge-agent/constraints.txt", "etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
     "etc/systemd/system/edge-agent.service", "etc/systemd/system/edge-agent-retrain.service",
     "etc/systemd/system/edge-agent-retrain.timer", "etc/udev/rules.d/60-edge-agent-coral.rules",
 }
@@ -72,6 +72,46 @@ def test_install_lays_out_exactly_the_expected_files_and_is_idempotent(tmp_path)
     assert {k: v for k, v in after.items() if k != "etc/edge-agent/config.toml"} == \
            {k: v for k, v in tree.items() if k != "etc/edge-agent/config.toml"}
     assert (root / "etc/edge-agent/config.toml").read_text() == "# the operator's own settings\n"
+
+
+def _fake_system_numpy(tmp_path: Path, version: str | None) -> dict[str, str]:
+    """An environment whose python3 imports a stand-in numpy of ``version`` (None: ``import numpy`` fails)."""
+    site = tmp_path / f"site-{version}"
+    (site / "numpy").mkdir(parents=True, exist_ok=True)
+    body = f"__version__ = {version!r}\n" if version else "raise ImportError('no numpy here')\n"
+    (site / "numpy" / "__init__.py").write_text(body)
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def _constraints(root: Path) -> list[str]:
+    text = (root / "opt/edge-agent/constraints.txt").read_text()
+    return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+def test_constraints_pin_the_system_numpy_and_an_opencv_that_accepts_it(tmp_path):
+    """The rule that keeps apt's camera stack working: pip may not replace the numpy the system python3 imports
+    (Debian's 1.24.2 on Raspberry Pi OS Bookworm), and with a numpy 1.x OpenCV stays below 4.12 (the first
+    opencv-python-headless that requires numpy>=2). A numpy 2 system (Trixie) keeps OpenCV free; no system
+    numpy, no pins. Rewritten when the system's numpy changes, untouched otherwise."""
+    root = tmp_path / "root"
+    out = _install(root, env=_fake_system_numpy(tmp_path, "1.24.2"))
+    assert _constraints(root) == ["numpy==1.24.2", "opencv-python-headless<4.12"]
+    assert "constraints.txt" in out
+    again = _install(root, env=_fake_system_numpy(tmp_path, "1.24.2"))
+    assert "wrote" not in again
+    _install(root, env=_fake_system_numpy(tmp_path, "2.2.4"))
+    assert _constraints(root) == ["numpy==2.2.4"]
+    _install(root, env=_fake_system_numpy(tmp_path, None))
+    assert _constraints(root) == []
+    assert "imports no numpy" in (root / "opt/edge-agent/constraints.txt").read_text()
+
+
+def test_pi_extra_does_not_pull_picamera2_from_pypi():
+    """picamera2 comes from apt (install.sh); the PyPI one drags its own numpy/simplejpeg builds in."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any("picamera2" in req for req in project["optional-dependencies"].get("pi", []))
 
 
 def test_uninstall_keeps_config_and_state_unless_purged(tmp_path):
