@@ -16,7 +16,7 @@ limit_threads()  # the entry point: before the imports below load numpy
 from edge_agent.capture.roi import Roi, fitted_roi_mismatch  # noqa: E402
 from edge_agent.capture.gpio_trigger import GpioTrigger  # noqa: E402  (gpiozero is imported when a pin opens)
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
-from edge_agent.deliver.sink import CommandSource, FanOut, Sink, leaves  # noqa: E402
+from edge_agent.deliver.sink import CommandSource, FanOut, Sink, TriggerSource, leaves  # noqa: E402
 from edge_agent.system.lock import StateLock, StateLocked  # noqa: E402
 
 log = logging.getLogger("edge_agent")
@@ -109,9 +109,9 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
 def make_sink(config: Config) -> Sink:
     """The MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false; with the
     line's GPIO pins ([gpio]) behind it: the outputs, then the trigger input (which the agent's run starts and
-    stops with the sinks, see `edge_agent.capture.gpio_trigger`)."""
+    stops with the sinks, see `edge_agent.capture.gpio_trigger`); then the PLC's Modbus server ([modbus])."""
     first = _main_sink(config)  # numbers the verdicts
-    line = _line_io(config)
+    line = _line_io(config) + _plc(config)
     return FanOut([first, *line]) if line else first
 
 
@@ -154,8 +154,27 @@ def _open_pins(open_: Callable[[], Sink]) -> Sink:
         raise ConfigError(f"[gpio] cannot open a pin: {type(exc).__name__}: {exc}") from None
 
 
+def _plc(config: Config) -> list[Sink]:
+    """The Modbus TCP server when [modbus] enabled = true; pymodbus missing or the port taken: configuration
+    errors (exit status 2) that say what to do."""
+    m = config.modbus
+    if not m.enabled:
+        return []
+    try:
+        from edge_agent.deliver.modbus import ModbusSink
+
+        return [ModbusSink(m.bind, m.port, m.unit_id)]
+    except ImportError as exc:
+        raise ConfigError(f"[modbus] is enabled but pymodbus cannot be used: {exc}. Install it with "
+                          "pip install 'edge-inspect[modbus]' (Debian's python3-pymodbus is too old)") from None
+    except OSError as exc:
+        raise ConfigError(f"[modbus] {exc}: another program (another edge-agent?) listens there, or bind is not "
+                          "an address of this machine; set [modbus] port or bind") from None
+
+
 def build_agent(config: Config, model: Path | None = None, sink: Sink | None = None, source=None):
-    """The agent with its sinks; every sink that takes commands (the MQTT publisher) sends them to it."""
+    """The agent with its sinks; every sink that takes commands (the MQTT publisher) sends them to it, every
+    trigger input (the pin, the Modbus coil) its triggers."""
     from edge_agent.agent import Agent
     from edge_agent.commands import Commands
 
@@ -165,7 +184,7 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
     for leaf in leaves(sink):
         if isinstance(leaf, CommandSource):
             leaf.on_command = commands
-        if isinstance(leaf, GpioTrigger):  # the trigger pin: one frame per edge
+        if isinstance(leaf, TriggerSource):  # one frame per edge on the pin, per write on the coil
             leaf.on_trigger = agent.trigger
     return agent
 

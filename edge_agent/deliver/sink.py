@@ -49,6 +49,14 @@ class CommandSource(Protocol):
     on_command: Callable[[str, dict[str, Any]], Any] | None
 
 
+@runtime_checkable
+class TriggerSource(Protocol):
+    """An input that takes one frame per event (the trigger pin, the Modbus trigger coil): the agent's builder sets
+    ``on_trigger`` (`edge_agent.agent.Agent.trigger`, safe to call from any thread)."""
+
+    on_trigger: Callable[[], None] | None
+
+
 def leaves(sink: Sink) -> list[Sink]:
     """The sinks behind ``sink`` (itself, or what a `FanOut` hands messages to, at any depth)."""
     if isinstance(sink, FanOut):
