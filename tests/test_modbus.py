@@ -81,10 +81,14 @@ def test_the_scaled_score_is_per_mille_of_the_threshold_and_never_contradicts_th
 # ---- the sink alone -------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def sink():
-    triggers: list[int] = []
+def triggers() -> list[int]:
+    return []
+
+
+@pytest.fixture
+def sink(triggers):
+    """On a free port; its trigger calls append to ``triggers``."""
     s = ModbusSink("127.0.0.1", 0, UNIT, on_trigger=lambda: triggers.append(1))
-    s.triggered = triggers
     yield s
     s.stop()
 
@@ -110,20 +114,21 @@ def test_registers_follow_state_and_verdicts_in_input_and_holding_registers(sink
     c.close()
 
 
-def test_what_a_plc_cannot_do_gets_an_exception_response_and_the_server_keeps_serving(sink):
+def test_what_a_plc_cannot_do_gets_an_exception_response_and_the_server_keeps_serving(sink, triggers):
     c = client(sink.address[1])
     assert exception_code(c.write_register(0, 5, device_id=UNIT)) == ILLEGAL_ADDRESS  # read-only
-    assert exception_code(c.read_input_registers(N_REGISTERS, count=1, device_id=UNIT)) == ILLEGAL_ADDRESS  # past the map
+    past_the_map = c.read_input_registers(N_REGISTERS, count=1, device_id=UNIT)
+    assert exception_code(past_the_map) == ILLEGAL_ADDRESS
     assert exception_code(c.write_coil(TRIGGER_COIL + 1, True, device_id=UNIT)) == ILLEGAL_ADDRESS  # one coil
     assert exception_code(c.read_discrete_inputs(0, count=1, device_id=UNIT)) == ILLEGAL_ADDRESS
     assert exception_code(c.read_input_registers(0, count=1, device_id=UNIT + 1)) == GATEWAY_NO_RESPONSE
     assert exception_code(c.write_coil(TRIGGER_COIL, True, device_id=UNIT)) == ILLEGAL_FUNCTION  # not started
-    assert sink.triggered == [] and sink.stats()["refused"] == 1
+    assert triggers == [] and sink.stats()["refused"] == 1
     assert read(c)["map_version"] == MAP_VERSION
     c.close()
 
 
-def test_each_write_of_1_on_the_coil_triggers_once_and_the_coil_reads_0(sink):
+def test_each_write_of_1_on_the_coil_triggers_once_and_the_coil_reads_0(sink, triggers):
     sink.start()
     c = client(sink.address[1])
     response = c.write_coil(TRIGGER_COIL, True, device_id=UNIT)
@@ -132,7 +137,7 @@ def test_each_write_of_1_on_the_coil_triggers_once_and_the_coil_reads_0(sink):
     assert not c.write_coil(TRIGGER_COIL, True, device_id=UNIT).isError()  # no 0 needed in between
     assert not c.write_coil(TRIGGER_COIL, False, device_id=UNIT).isError()  # a 0 takes nothing
     assert not c.write_coils(TRIGGER_COIL, [True], device_id=UNIT).isError()  # FC15 as FC5
-    assert sink.triggered == [1, 1, 1] and sink.stats()["triggers"] == 3
+    assert triggers == [1, 1, 1] and sink.stats()["triggers"] == 3
     c.close()
 
 

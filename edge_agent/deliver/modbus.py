@@ -27,9 +27,12 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.deliver.messages import ANOMALOUS, GOOD
+
+if TYPE_CHECKING:
+    from pymodbus.constants import ExcCodes
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +100,12 @@ class ModbusSink:
     def __init__(self, bind: str = "127.0.0.1", port: int = 5020, unit_id: int = 1,
                  on_trigger: Callable[[], None] | None = None) -> None:
         _check_pymodbus()
+        from pymodbus.constants import ExcCodes
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
         self.on_trigger = on_trigger
+        self._codes = ExcCodes
         self.triggers = 0  # coil writes passed on
         self.refused = 0  # coil writes refused (not started, or the agent not in the external-trigger mode)
         self._lock = threading.Lock()
@@ -139,11 +144,9 @@ class ModbusSink:
 
     # ---- the Modbus thread ------------------------------------------------------------------------------------
     async def _access(self, function_code: int, start_address: int, address: int, count: int,
-                      registers: list[int], values: list[int] | list[bool] | None) -> Any:
+                      registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
         """pymodbus's hook, called on every request before it reads or writes ``registers`` (its block, modified
         in place): reads get the image, a write of 1 on the trigger coil takes a frame."""
-        from pymodbus.constants import ExcCodes
-
         if function_code in _READ_REGISTERS and values is None:
             end = min(address + count, N_REGISTERS)  # never past the image: the block's list must keep its length
             with self._lock:
@@ -151,26 +154,24 @@ class ModbusSink:
         elif function_code == _READ_COILS:  # the coil is a command, not a state: it reads 0 once written
             registers[TRIGGER_COIL // 16 - start_address] &= ~(1 << TRIGGER_COIL % 16)
         elif function_code == _READ_DISCRETE_INPUTS:
-            return ExcCodes.ILLEGAL_ADDRESS
+            return self._codes.ILLEGAL_ADDRESS
         elif function_code in _WRITE_COILS and values is not None:
             if address != TRIGGER_COIL or len(values) != 1:
-                return ExcCodes.ILLEGAL_ADDRESS
+                return self._codes.ILLEGAL_ADDRESS
             if values[0]:
-                return self._trigger(ExcCodes)
+                return self._trigger()
         return None
 
-    async def _wrong_unit(self, *_: Any) -> Any:
+    async def _wrong_unit(self, *_: Any) -> ExcCodes:
         """Exception 0B ("target device failed to respond"), what a gateway answers for a unit it does not
         have; logged once, not per poll."""
-        from pymodbus.constants import ExcCodes
-
         self._wrong_units += 1
         if self._wrong_units == 1:
             log.warning("Modbus request for a unit id other than [modbus] unit_id = %d: answered with exception "
                         "0B; set the PLC's unit id to %d", self._unit_id, self._unit_id)
-        return ExcCodes.GATEWAY_NO_RESPONSE
+        return self._codes.GATEWAY_NO_RESPONSE
 
-    def _trigger(self, codes: Any) -> Any:
+    def _trigger(self) -> ExcCodes | None:
         """None when the frame was asked for; else the exception code the PLC gets, counted and logged once."""
         callback = self.on_trigger if self._armed else None
         try:
@@ -181,7 +182,7 @@ class ModbusSink:
             self.refused += 1
             if self.refused == 1:
                 log.warning("Modbus trigger coil written but refused (exception 01 to the PLC): %s", exc)
-            return codes.ILLEGAL_FUNCTION  # "the server is in the wrong state for this request"
+            return self._codes.ILLEGAL_FUNCTION  # "the server is in the wrong state for this request"
         self.triggers += 1
         return None
 
@@ -242,11 +243,6 @@ class ModbusSink:
 
     def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
         pass
-
-    def registers(self) -> dict[str, int]:
-        """The image by name (what a PLC reads), for logs and tests."""
-        with self._lock:
-            return {r.name: self._get(r.name) for r in REGISTERS}
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
