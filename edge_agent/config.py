@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+from edge_agent.capture.controls import AF_MODES
 from edge_agent.capture.gpio_trigger import EDGES, PULLS
 from edge_agent.capture.images import MAX_PIXELS
 from edge_agent.capture.roi import Roi, RoiError
@@ -69,6 +70,22 @@ class SourceConfig:
     reopen_max_s: float = 30.0
     max_pixels: int = MAX_PIXELS  # larger images are refused from their header, before decoding
     roi: list[float] = field(default_factory=list)  # [x, y, width, height], pixels or fractions; []: all
+    camera_num: int = 0  # picamera2: which camera (a Pi 5 or a Compute Module has two connectors)
+
+
+@dataclass
+class CameraConfig:
+    """Camera controls, applied at open (`edge_agent.capture.controls`, docs/camera.md); each default leaves the
+    camera's own behaviour, so a configuration without ``[camera]`` sets none."""
+
+    ae: bool = True  # automatic exposure and gain; false: exposure_us and analogue_gain are held
+    exposure_us: int = 0  # 0: automatic
+    analogue_gain: float = 0.0  # 0: automatic; else a multiplier >= 1
+    awb: bool = True  # automatic white balance; false: colour_gains are held
+    colour_gains: list[float] = field(default_factory=list)  # [red, blue]; []: automatic
+    af_mode: str = AF_MODES[0]
+    lens_position: float = -1.0  # dioptres (1 / distance in m; 0 = infinity); -1: not set
+    frame_duration_limits_us: list[int] = field(default_factory=list)  # [min, max]; []: the source's own
 
 
 @dataclass
@@ -207,6 +224,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -233,6 +251,7 @@ _CHOICES = {
     ("threshold", "method"): THRESHOLD_METHODS,
     ("gpio", "trigger_edge"): EDGES,
     ("gpio", "trigger_pull"): PULLS,
+    ("camera", "af_mode"): AF_MODES,
 }
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
@@ -250,7 +269,11 @@ _RANGES = {
     ("gpio", "trigger_debounce_ms"): (0, 1000), ("gpio", "reject_pulse_ms"): (1, 10_000),
     ("gpio", "reject_delay_ms"): (0, 60_000),
     ("modbus", "port"): (1, 65535), ("modbus", "unit_id"): (0, 255),
+    ("source", "camera_num"): (0, 15), ("camera", "exposure_us"): (0, 10_000_000),
+    ("camera", "analogue_gain"): (0, 64), ("camera", "lens_position"): (-1, 100),
 }
+#: Each item of these lists: colour gains as libcamera bounds them; frame durations from 100 µs to 10 s.
+_ITEM_RANGES = {("camera", "colour_gains"): (0.0, 32.0), ("camera", "frame_duration_limits_us"): (100, 10_000_000)}
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -271,6 +294,9 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         item = typing.get_args(hint)[0]
         if item is str and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        if item is int and (not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} must be a list of integers, got {value!r}")
         if item is float:
             if not isinstance(value, list) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
@@ -306,6 +332,10 @@ def _section(cls: type, data: Any, name: str) -> Any:
             lo, hi = _RANGES[(name, key)]
             if not lo <= value <= hi:
                 raise ConfigError(f"{where} is {value}; it must be between {lo} and {hi}")
+        if (name, key) in _ITEM_RANGES:
+            lo, hi = _ITEM_RANGES[(name, key)]
+            if len(value) not in (0, 2) or not all(lo <= v <= hi for v in value):
+                raise ConfigError(f"{where} is {value}; it must be [] or two numbers between {lo} and {hi}")
         values[key] = value
     return cls(**values)
 
@@ -366,6 +396,33 @@ def _cross_checks(c: Config) -> None:
         if path and not Path(path).is_file():
             raise ConfigError(f"[mqtt] {key} file not found: {path}")
     _check_gpio(c)
+    _check_camera(c.camera)
+
+
+def _check_camera(cam: CameraConfig) -> None:
+    """Settings that contradict each other, each named with what to change (docs/camera.md: locking a line)."""
+    if cam.ae and (cam.exposure_us or cam.analogue_gain):
+        raise ConfigError("[camera] exposure_us and analogue_gain are held only with ae = false (auto-exposure "
+                          "would override them): set ae = false, or leave them 0")
+    if not cam.ae and not (cam.exposure_us and cam.analogue_gain):
+        raise ConfigError("[camera] ae = false needs exposure_us and analogue_gain: run with ae = true, read the "
+                          "values the camera settled on from the state, and set them (docs/camera.md)")
+    if 0 < cam.analogue_gain < 1:
+        raise ConfigError(f"[camera] analogue_gain is {cam.analogue_gain}: 0 (automatic) or a gain of at least 1")
+    if cam.awb == bool(cam.colour_gains):
+        raise ConfigError("[camera] colour_gains = [red, blue] go with awb = false, and awb = false needs them "
+                          f"(awb is {str(cam.awb).lower()}, colour_gains {cam.colour_gains})")
+    if -1 < cam.lens_position < 0:
+        raise ConfigError(f"[camera] lens_position is {cam.lens_position}: -1 (not set) or dioptres >= 0")
+    if (cam.lens_position >= 0) != (cam.af_mode == "manual"):
+        raise ConfigError(f"[camera] lens_position goes with af_mode = \"manual\", and manual needs it (af_mode is "
+                          f"{cam.af_mode!r}, lens_position {cam.lens_position})")
+    limits = cam.frame_duration_limits_us
+    if limits and limits[0] > limits[1]:
+        raise ConfigError(f"[camera] frame_duration_limits_us is {limits}: [min, max] with min <= max")
+    if limits and cam.exposure_us > limits[1]:
+        raise ConfigError(f"[camera] exposure_us = {cam.exposure_us} is longer than frame_duration_limits_us' "
+                          f"max {limits[1]}: a frame cannot expose longer than it lasts; raise the max")
 
 
 def _check_gpio(c: Config) -> None:

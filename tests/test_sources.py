@@ -1,15 +1,12 @@
-"""Frame sources: a folder (plain, watched, looped), OpenCV on a real video file, the Pi camera through a fake
-``picamera2`` module (no camera here), and the reopening wrapper with its backoff and status reports."""
+"""Frame sources: a folder (plain, watched, looped), OpenCV on a real video file, the factory, and the reopening
+wrapper with its backoff and status reports. The Pi camera has its own file (tests/test_picamera.py)."""
 
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
-import types
 from pathlib import Path
-from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -307,110 +304,6 @@ def test_opencv_camera_by_device_path_that_stops_giving_frames_is_a_source_error
     src.open()
     with pytest.raises(SourceError):
         src.read()
-
-
-# ---- Pi camera (fake picamera2 module) ---------------------------------------------------------------------
-
-
-class _FakePicamera2:
-    """Stands in for picamera2.Picamera2: records the calls, hands out a B, G, R array as "RGB888" does."""
-
-    instances: ClassVar[list[_FakePicamera2]] = []
-    fail_start = False
-    fail_capture = False
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-        self.config = None
-        _FakePicamera2.instances.append(self)
-
-    def create_still_configuration(self, main):
-        self.calls.append(("create_still_configuration", main))
-        return {"main": dict(main)}
-
-    def configure(self, config):
-        self.calls.append(("configure",))
-        self.config = config
-
-    def start(self):
-        if self.fail_start:
-            raise RuntimeError("Camera __init__ sequence did not complete.")
-        self.calls.append(("start",))
-
-    def capture_array(self, stream):
-        if self.fail_capture:
-            raise RuntimeError("dequeue timeout")
-        w, h = self.config[stream]["size"]
-        bgr = np.empty((h, w, 3), np.uint8)
-        bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10, 20, 30  # B, G, R
-        self.calls.append(("capture_array", stream))
-        return bgr
-
-    def stop(self):
-        self.calls.append(("stop",))
-
-    def close(self):
-        self.calls.append(("close",))
-
-
-@pytest.fixture
-def fake_picamera2(monkeypatch):
-    _FakePicamera2.instances = []
-    _FakePicamera2.fail_start = _FakePicamera2.fail_capture = False
-    module = types.ModuleType("picamera2")
-    module.Picamera2 = _FakePicamera2
-    monkeypatch.setitem(sys.modules, "picamera2", module)
-    return _FakePicamera2
-
-
-def test_picamera_frames_are_converted_to_rgb(fake_picamera2):
-    src = PiCameraSource(64, 48)
-    src.open()
-    f1, f2 = src.read(), src.read()
-    src.close()
-    cam = fake_picamera2.instances[0]
-    assert cam.calls[0] == ("create_still_configuration", {"size": (64, 48), "format": "RGB888"})
-    assert [c[0] for c in cam.calls] == ["create_still_configuration", "configure", "start", "capture_array",
-                                         "capture_array", "stop", "close"]
-    assert f1.image.shape == (48, 64, 3)
-    assert tuple(f1.image[0, 0]) == (30, 20, 10)  # R, G, B
-    assert (f1.name, f2.name) == ("picamera2#1", "picamera2#2")
-    src.close()  # safe twice
-    assert [c[0] for c in cam.calls].count("close") == 1
-
-
-def test_picamera_default_size(fake_picamera2):
-    src = PiCameraSource()
-    src.open()
-    assert src.read().image.shape == (960, 1280, 3)
-    src.close()
-
-
-def test_picamera_missing_module_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "picamera2", None)  # makes `import picamera2` raise ImportError
-    with pytest.raises(SourceError) as err:
-        PiCameraSource().open()
-    msg = str(err.value)
-    assert "picamera2 is not importable" in msg
-    assert "sudo apt install python3-picamera2" in msg
-    assert "--system-site-packages" in msg
-
-
-def test_picamera_that_will_not_start(fake_picamera2):
-    fake_picamera2.fail_start = True
-    with pytest.raises(SourceError, match="cannot start the Pi camera: Camera __init__"):
-        PiCameraSource().open()
-
-
-def test_picamera_capture_failure_and_read_before_open(fake_picamera2):
-    src = PiCameraSource(32, 24)
-    with pytest.raises(SourceError, match="not open"):
-        src.read()
-    src.open()
-    fake_picamera2.fail_capture = True
-    with pytest.raises(SourceError, match="capture failed: dequeue timeout"):
-        src.read()
-    src.close()
 
 
 # ---- reopening ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from edge_agent.capture.base import Frame, FrameSource, SourceError
 
@@ -48,7 +48,7 @@ class ReopeningSource(FrameSource):
             self._fail(exc, "retrying")
             return
         self._open = True
-        self.on_status({"source": self.name, "status": "open"})
+        self.on_status({"source": self.name, "status": "open", **self.inner.describe()})
 
     def poll_open(self) -> bool:
         """Retry opening when the backoff allows, without taking a frame; True when open."""
@@ -61,10 +61,16 @@ class ReopeningSource(FrameSource):
         return self._open
 
     def read(self) -> Frame | None:
+        return self._take(self.inner.read)
+
+    def read_after(self, since: float) -> Frame | None:
+        return self._take(lambda: self.inner.read_after(since))
+
+    def _take(self, read: Callable[[], Frame | None]) -> Frame | None:
         if not self.poll_open():
             return None
         try:
-            frame = self.inner.read()
+            frame = read()
         except SourceError as exc:
             self.inner.close()
             self._open = False
@@ -77,6 +83,10 @@ class ReopeningSource(FrameSource):
     @property
     def is_open(self) -> bool:
         return self._open
+
+    def describe(self) -> dict[str, Any]:
+        """The inner source's, while it is open: read live (a camera's settled exposure changes frame by frame)."""
+        return self.inner.describe() if self._open else {}
 
     def close(self) -> None:
         self.inner.close()
