@@ -27,7 +27,7 @@ from edge_agent.embed.manifest import sha256_file
 from edge_agent.embed.runtime import interpreter_module, open_interpreter
 from edge_agent.embed.runtime.interpreter import RuntimeUnavailable
 from edge_agent.embed.runtime.load import EDGETPU_LIBRARY
-from edge_agent.embed.runtime.probe import probe_delegate
+from edge_agent.embed.runtime.delegates import probe_delegate
 
 STANDIN_VERSION = "2.14.0+standin"
 STANDIN_INTERPRETER = '''\

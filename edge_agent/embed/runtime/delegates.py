@@ -12,18 +12,56 @@ that is a deployment mistake no fallback should hide.
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from edge_agent.embed.runtime.interpreter import interpreter_module
+from edge_agent.embed.runtime.interpreter import interpreter_module, runtime_version
 from edge_agent.embed.runtime.load import ACCELERATORS, DelegateError, open_on
-from edge_agent.embed.runtime.probe import probe_delegate
 
 log = logging.getLogger(__name__)
 
 DELEGATES = ("cpu", "gpu", "edgetpu", "auto")
 _NO_EDGETPU_MODEL = "the model folder has no Edge TPU-compiled model (edge-convert --edgetpu makes one)"
+_PROBE = "edge_agent.embed.runtime.probe"
+PROBE_TIMEOUT_S = 60.0  # Python start, imports, and the Edge TPU's first invoke (firmware and model upload)
+
+
+def probe_delegate(module: ModuleType, delegate: str, model_path: Path, threads: int,
+                   edgetpu_device: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``delegate`` ran the model once in a child process on ``module``; otherwise why it did not.
+
+    Nothing is cached across starts: a probe costs one Python start and import (about a second on a Pi) per
+    accelerator tried, when the model loads.
+    """
+    command = [sys.executable, "-m", _PROBE, module.__name__, delegate, str(model_path), "--threads", str(threads)]
+    if edgetpu_device:
+        command += ["--edgetpu-device", edgetpu_device]
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not finish in {timeout:g} s (killed)"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        reason = f"crashed with {_signal_name(-done.returncode)}"
+        if delegate == "edgetpu":
+            reason += (f" (libedgetpu was most likely built for another TensorFlow Lite than "
+                       f"{runtime_version(module)}; see docs/coral.md)")
+        return reason
+    lines = (done.stdout.strip() or done.stderr.strip() or f"exit status {done.returncode}").splitlines()
+    return f"failed: {lines[-1]}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @dataclass
