@@ -151,7 +151,8 @@ class Picamera2:
             raise RuntimeError("Failed to configure camera")
         lores = camera_config["lores"]
         if lores is not None:
-            if lores["size"][0] > camera_config["main"]["size"][0] or lores["size"][1] > camera_config["main"]["size"][1]:
+            (w, h), (mw, mh) = lores["size"], camera_config["main"]["size"]
+            if w > mw or h > mh:
                 raise RuntimeError("lores stream dimensions may not exceed main stream")
             if self.platform == Platform.VC4 and lores["format"] not in ("YUV420", "YVU420"):
                 raise RuntimeError("lores stream must be YUV")
@@ -192,7 +193,8 @@ class Picamera2:
         controls = self.camera_config["controls"]
         return CompletedRequest(self, {
             "SensorSequence": self._sequence, "SensorTimestamp": sensor_timestamp_ns,
-            "ExposureTime": controls.get("ExposureTime", EXPOSURE_US), "AnalogueGain": controls.get("AnalogueGain", 2.5),
+            "ExposureTime": controls.get("ExposureTime", EXPOSURE_US),
+            "AnalogueGain": controls.get("AnalogueGain", 2.5),
             "ColourGains": controls.get("ColourGains", (1.8, 1.6)), "FrameDuration": 33333, "Lux": 400.0})
 
     def capture_request(self, wait=None, signal_function=None, flush=None):

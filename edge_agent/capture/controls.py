@@ -74,7 +74,7 @@ def opencv_properties(camera: CameraConfig) -> tuple[list[tuple[str, float]], di
     if camera.af_mode in ("manual", "continuous"):
         props.append(("CAP_PROP_AUTOFOCUS", int(camera.af_mode == "continuous")))
     elif camera.af_mode == "auto":
-        ignored["af_mode"] = "\"auto\" (scan once, then hold) has no OpenCV equivalent: use \"continuous\" or \"manual\""
+        ignored["af_mode"] = "'auto' (scan once, then hold) has no OpenCV equivalent: use 'continuous' or 'manual'"
     if camera.lens_position >= 0:
         ignored["lens_position"] = "CAP_PROP_FOCUS is in the driver's own units, not dioptres (set it with v4l2-ctl)"
     if camera.frame_duration_limits_us:

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from edge_agent.capture.base import Frame, FrameSource, SourceError
-from edge_agent.capture.controls import ENUM_CONTROLS, picamera2_controls
+from edge_agent.capture.controls import ENUM_CONTROLS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class PiCameraSource(FrameSource):
 
     def open(self) -> None:
         self.close()
+        self._settled = {}
         try:  # not only ImportError: a numpy built for another ABI raises ValueError from picamera2's imports
             from picamera2 import Picamera2
             from libcamera import controls as libcamera_controls
@@ -95,8 +96,8 @@ class PiCameraSource(FrameSource):
         limits = config["controls"].get("FrameDurationLimits")  # ours, or the video configuration's default
         exposure = applied.get("ExposureTime", 0)
         if limits and exposure > limits[1]:
-            ignored["ExposureTime"] = (f"{exposure} µs is longer than the frame duration limit {limits[1]} µs, so the "
-                                       "camera shortens it: set [camera] frame_duration_limits_us")
+            ignored["ExposureTime"] = (f"{exposure} µs is longer than the frame duration limit {limits[1]} µs, so "
+                                       "the camera shortens it: set [camera] frame_duration_limits_us")
         camera.configure(config)
         self._lores = lores is not None
         self._timeout_s = CAPTURE_TIMEOUT_S + _FRAMES_PER_CAPTURE * (limits[1] / 1e6 if limits else 0)
@@ -129,7 +130,7 @@ class PiCameraSource(FrameSource):
         try:
             request = camera.capture_request(wait=self._timeout_s, flush=flush_ns)
         except TimeoutError:  # concurrent.futures.TimeoutError, what picamera2's Job.get_result raises
-            camera.cancel_all_and_flush()  # the job stays queued otherwise (picamera2's advice before closing)
+            _cancel_jobs(camera)
             raise SourceError(f"Pi camera {self.camera_num} gave no frame within {self._timeout_s:.1f} s (ribbon "
                               "cable loose, or the camera hung)") from None
         except Exception as exc:
@@ -165,12 +166,23 @@ def _close(camera: Any) -> None:
         log.warning("closing the Pi camera failed: %s: %s", type(exc).__name__, exc)
 
 
+def _cancel_jobs(camera: Any) -> None:
+    """Without this the timed-out job stays queued (picamera2's advice before closing a camera that stopped).
+    A frame that completes the job just after the timeout makes cancelling it raise InvalidStateError: the
+    camera is closed next either way."""
+    try:
+        camera.cancel_all_and_flush()
+    except Exception as exc:
+        log.warning("cancelling the Pi camera's capture failed: %s: %s", type(exc).__name__, exc)
+
+
 def _missing(name: str, advertised: dict[str, tuple]) -> str:
     """Why the camera cannot take this control ("" when it can): picamera2 raises on a control it lacks. Values
     are not checked against the camera's ranges: libcamera clamps them, and the state shows what it settled on."""
     if name in advertised:
         return ""
-    return "this camera does not have it" + (" (no autofocus on this module?)" if name.startswith(("Af", "Lens")) else "")
+    autofocus = name.startswith(("Af", "Lens"))
+    return "this camera does not have it" + (" (no autofocus on this module?)" if autofocus else "")
 
 
 def _libcamera_value(name: str, value: Any, libcamera_controls: Any) -> Any:
