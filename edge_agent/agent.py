@@ -49,8 +49,10 @@ _TICK_S = 0.5  # longest the main loop waits for anything, so the watchdog keeps
 _STATE_EVERY_S = 10.0
 #: The reject rate in the state is over this many latest parts: recent enough to show a drifting line.
 RECENT_PARTS = 100
-#: The training parts' contact sheet (`edge_agent.deliver.snapshot.contact_sheet`) is at most this wide and tall.
+#: The training parts' contact sheet (`edge_agent.deliver.snapshot.contact_sheet`) is at most this wide and tall,
+#: and is published (retained) under this name; an empty picture says the current detector has none.
 TRAINING_PICTURE_SIDE = 960
+TRAINING_PICTURE = "retrain/images"
 
 
 @dataclass
@@ -197,6 +199,10 @@ class Agent:
                  meta["threshold"], path.name)
         self._active, self._active_path = LoadedDetector(active.detector, meta), path
 
+    def _publish_training_picture(self) -> None:
+        """What the detector in use learned from, for an operator to check (one part ten times, a hand)."""
+        self.sink.publish_image(TRAINING_PICTURE, self.store.picture(self._active_path) or b"")
+
     def _view(self, image: np.ndarray) -> np.ndarray | None:
         """What the detector sees of a frame: the region of interest; ``None`` (logged once per kind) when the
         frame is too small for it."""
@@ -231,6 +237,7 @@ class Agent:
         except StoreError as exc:
             raise ValueError(str(exc)) from None
         self._load_current()
+        self._publish_training_picture()
         if self._active is None:
             raise ValueError(f"rolled back to {path.name}, which cannot be used: running unfitted")
         return {"detector_file": path.name, "threshold": self._active.metadata["threshold"]}
@@ -319,6 +326,7 @@ class Agent:
             path = self.store.save(result, settings, self.extractor.manifest, {"roi": self.config.source.roi},
                                    picture)
             self._load_current()
+            self._publish_training_picture()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)
             self._fail(job, str(exc), f"retrain failed, previous model kept: {exc}")
@@ -468,6 +476,7 @@ class Agent:
         self.sink.start()
         self.source.open()
         self.publish_state()
+        self._publish_training_picture()
         self.sink.publish_availability(True)
         self.notifier.ready(f"{self.state()['status']}, model {self.extractor.manifest.model_id}")
         min_period = 1.0 / self.config.trigger.max_fps

@@ -541,3 +541,30 @@ def test_the_detector_sees_the_region_of_interest_and_a_new_region_needs_a_retra
     loop_turned(subscriber, "alive")
     assert len(subscriber.json_on("verdict")) == seen
     assert retained_state(subscriber)["status"] == "unfitted"
+
+
+def test_the_training_parts_are_kept_with_the_detector_and_published_retained(rig, subscriber, tmp_path):
+    """An operator can see what a retrain learned: one numbered tile per training part, on a retained topic that
+    follows the detector in use (a rollback shows the older fit's parts, or none)."""
+    def latest() -> bytes:
+        return subscriber.on("retrain/images")[-1].payload
+
+    agent = rig.start()
+    assert wait_until(lambda: subscriber.on("retrain/images"), 10) and latest() == b""  # unfitted: no picture
+    assert command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")["ok"]
+    assert wait_until(lambda: latest() != b"", 10)
+    sheet = cv2.imdecode(np.frombuffer(latest(), np.uint8), cv2.IMREAD_COLOR)
+    assert sheet.shape[:2] == (960, 960)  # 4 parts: 2 x 2 tiles of 480 px
+    tiles = [sheet[r * 480:(r + 1) * 480, c * 480:(c + 1) * 480].astype(int) for r in (0, 1) for c in (0, 1)]
+    assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(tiles) for b in tiles[i + 1:])  # four different parts
+    fitted_file = agent.store.current_path()
+    assert agent.store.picture(fitted_file) == latest()  # kept beside the detector file
+    assert command(subscriber, "threshold", {"sensitivity": 0.8}, "t1")["ok"]
+    assert agent.store.picture(agent.store.current_path()) == agent.store.picture(fitted_file)  # same parts
+
+    viewer = Subscriber(rig.broker)  # a dashboard connecting later still gets it: the broker retained it
+    try:
+        assert wait_until(lambda: viewer.on("retrain/images"), 10)
+        assert viewer.on("retrain/images")[-1].payload == agent.store.picture(fitted_file)
+    finally:
+        viewer.close()

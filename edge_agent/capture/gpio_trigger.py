@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.deliver.sink import PartialSink
+
 log = logging.getLogger(__name__)
 
 #: The edge that takes a frame, and the pin's pull resistor (``none``: the sensor drives the line both ways).
@@ -34,7 +36,7 @@ EDGES = ("falling", "rising")
 PULLS = ("up", "down", "none")
 
 
-class GpioTrigger:
+class GpioTrigger(PartialSink):
     def __init__(self, pin: int, edge: str = "falling", pull: str = "up", debounce_ms: int = 10,
                  on_trigger: Callable[[], None] | None = None, pin_factory: Any = None) -> None:
         if edge not in EDGES or pull not in PULLS:
@@ -88,17 +90,7 @@ class GpioTrigger:
         return {"queued": 0, "dropped": 0, "connected": not self.device.closed, "triggers": self.triggers,
                 "ignored": self.ignored}
 
-    def publish_availability(self, online: bool) -> None:
-        pass
 
-    def publish_verdict(self, verdict: dict[str, Any]) -> int:
-        return verdict["seq"]
 
-    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
-        pass
 
-    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
-        pass
 
-    def publish_state(self, state: dict[str, Any]) -> None:
-        pass

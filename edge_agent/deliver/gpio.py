@@ -25,11 +25,12 @@ import time
 from typing import Any
 
 from edge_agent.deliver.messages import ANOMALOUS
+from edge_agent.deliver.sink import PartialSink
 
 log = logging.getLogger(__name__)
 
 
-class GpioSink:
+class GpioSink(PartialSink):
     def __init__(self, reject_pin: int = -1, reject_pulse_ms: int = 100, reject_delay_ms: int = 0,
                  ready_pin: int = -1, busy_pin: int = -1, active_high: bool = True, pin_factory: Any = None) -> None:
         from gpiozero import DigitalOutputDevice
@@ -122,8 +123,6 @@ class GpioSink:
             self._status = "offline"
             self._show()
 
-    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
-        pass
 
     # ---- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.deliver.messages import ANOMALOUS, GOOD
+from edge_agent.deliver.sink import PartialSink
 
 if TYPE_CHECKING:
     from pymodbus.constants import ExcCodes
@@ -93,7 +94,7 @@ def scaled_score(score: float, threshold: float, anomalous: bool) -> int:
     return max(value, AT_THRESHOLD) if anomalous else min(value, AT_THRESHOLD - 1)
 
 
-class ModbusSink:
+class ModbusSink(PartialSink):
     """The server listens from construction (a port in use stops the agent at start, with the port named) until
     `stop`; the coil triggers only between `start` and `stop`."""
 
@@ -241,8 +242,6 @@ class ModbusSink:
                 self._status = "stopping"
                 self._show_status()
 
-    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
-        pass
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:

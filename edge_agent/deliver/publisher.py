@@ -10,6 +10,7 @@ p/state                 JSON: model, threshold, delegate, fps ...   1         ye
 p/verdict               JSON, one per part, with ``epoch``, ``seq``  1         no      yes
 p/alert                 JSON, anomalies only                        1         no      yes
 p/alert/image           raw JPEG bytes                              0         no      no
+p/retrain/images        JPEG: the current detector's training parts 1         yes     no (latest re-sent)
 p/<event name>          JSON (e.g. ``retrain/progress``)            1         no      yes
 p/cmd/<name>            JSON object or empty (to the device)        1         --      --
 p/cmd/<name>/result     ``{"ok", "result"|"error", "request_id"}``  1         no      no
@@ -99,7 +100,7 @@ class Publisher:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._state_lock = threading.Lock()
-        self._state: bytes | None = None
+        self._retained: dict[str, bytes] = {}  # the latest state and pictures, re-sent on every (re)connect
         self._online = False  # what the agent last said of itself; re-said on every (re)connect
         self._failing = False  # in a streak of failed connection attempts: log only its first one as WARNING
         self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
@@ -207,10 +208,18 @@ class Publisher:
 
     def publish_state(self, state: dict[str, Any]) -> None:
         """Publish the retained state now if connected; the latest state is re-sent on every (re)connect."""
+        self._retain("state", to_json(state))
+
+    def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        """A retained picture (``retrain/images``), like the state: the latest is re-sent on every (re)connect,
+        never spooled (a newer one replaces it)."""
+        self._retain(name, image_jpeg)
+
+    def _retain(self, name: str, payload: bytes) -> None:
         with self._state_lock:
-            self._state = to_json(state)
+            self._retained[name] = payload
             if self.connected:
-                self._client.publish(self.topic("state"), self._state, qos=1, retain=True)
+                self._client.publish(self.topic(name), payload, qos=1, retain=True)
 
     def _spool(self, name: str, payload: dict[str, Any]) -> None:
         self.spool.put(self.topic(name), to_json(payload), qos=QOS)
@@ -239,8 +248,8 @@ class Publisher:
             self._connected.set()
             if self._online:
                 client.publish(self.topic("availability"), b"online", qos=1, retain=True)
-            if self._state is not None:
-                client.publish(self.topic("state"), self._state, qos=1, retain=True)
+            for name, payload in self._retained.items():
+                client.publish(self.topic(name), payload, qos=1, retain=True)
         self._wake.set()
 
     @_guarded

@@ -38,6 +38,10 @@ class Sink(Protocol):
     def publish_state(self, state: dict[str, Any]) -> None:
         """The agent's current state; only the latest matters."""
 
+    def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        """A picture that holds until the next one of that name (``retrain/images``: the current detector's
+        training parts); only the latest matters."""
+
     def stats(self) -> dict[str, Any]:
         """``queued``, ``dropped`` (messages not delivered yet / given up) and ``connected``."""
 
@@ -55,6 +59,38 @@ class TriggerSource(Protocol):
     ``on_trigger`` (`edge_agent.agent.Agent.trigger`, safe to call from any thread)."""
 
     on_trigger: Callable[[], None] | None
+
+
+class PartialSink:
+    """The base of outputs that use only some of the messages (a pin, a PLC's registers): every `Sink` method,
+    doing nothing, so that each output spells out only what it uses."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 5) -> None:
+        pass
+
+    def publish_availability(self, online: bool) -> None:
+        pass
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        return verdict["seq"]  # numbered by the first sink of the `FanOut`
+
+    def publish_alert(self, alert: dict[str, Any], image_jpeg: bytes | None = None) -> None:
+        pass
+
+    def publish_event(self, name: str, payload: dict[str, Any]) -> None:
+        pass
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": 0, "dropped": 0, "connected": True}
 
 
 def leaves(sink: Sink) -> list[Sink]:
@@ -107,6 +143,9 @@ class FanOut:
 
     def publish_state(self, state: dict[str, Any]) -> None:
         self._each("publish_state", state)
+
+    def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        self._each("publish_image", name, image_jpeg)
 
     def stats(self) -> dict[str, Any]:
         return self.sinks[0].stats()

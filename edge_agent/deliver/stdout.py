@@ -54,3 +54,6 @@ class StdoutSink:
 
     def publish_state(self, state: dict[str, Any]) -> None:
         self.write("state", state)
+
+    def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        self.write(name, {"image_bytes": len(image_jpeg)})
