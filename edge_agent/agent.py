@@ -98,14 +98,17 @@ class Agent:
         self.stop_event = threading.Event()
         self.store = DetectorStore(config.state_dir, config.retrain.keep)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.source = ReopeningSource(source or open_source(config.source, config.state_dir), config.source.reopen_min_s,
+        model_size = (extractor.manifest.input.width, extractor.manifest.input.height)
+        source = source or open_source(config.source, config.state_dir, config.camera, model_size)
+        self.source = ReopeningSource(source, config.source.reopen_min_s,
                                       config.source.reopen_max_s, self._source_status, self.stop_event)
         self._retrains: queue.Queue[RetrainJob] = queue.Queue()
         self._changes: queue.Queue[Change] = queue.Queue()
         self._job: RetrainJob | None = None
         self._retrains_done = 0
         self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
-        self._triggers: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # one part id (or None) per trigger
+        # One (part id or None, monotonic time) per trigger: the frame must be exposed after that time.
+        self._triggers: queue.SimpleQueue[tuple[str | None, float]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self.roi = Roi.parse(config.source.roi)
         self._roi_errors: set[str] = set()
@@ -152,7 +155,7 @@ class Agent:
         validated by `edge_agent.commands.parse_part_id`, is echoed in that part's verdict."""
         if self.config.trigger.mode != "mqtt":
             raise ValueError('trigger is only used with [trigger] mode = "mqtt"')
-        self._triggers.put(part_id)
+        self._triggers.put((part_id, time.monotonic()))
         self._wake.set()
 
     @property
@@ -216,6 +219,11 @@ class Agent:
                 log.error("frame not judged: %s", exc)
             return None
 
+    def _model_view(self, frame: Frame) -> np.ndarray | None:
+        """The frame as the detector sees it: the camera's own model-sized stream when it gives one (no ROI
+        then, see `edge_agent.capture.factory.open_source`), else `_view` of the full frame."""
+        return frame.model_image if frame.model_image is not None else self._view(frame.image)
+
     @property
     def fitted(self) -> bool:
         return self._active is not None
@@ -269,7 +277,8 @@ class Agent:
         counts = {"inspected": self.inspected, "good": self.inspected - self.rejected, "rejected": self.rejected,
                   "reject_rate": round(sum(recent) / len(recent), 4) if recent else None}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
-                             self.fps(), counts, self._source_state, self.sink.stats())
+                             self.fps(), counts, {**self._source_state, **self.source.describe()},
+                             self.sink.stats())
 
     def publish_state(self) -> None:
         state = self.state()
@@ -365,7 +374,7 @@ class Agent:
     def _collect(self, frame: Frame) -> None:
         job = self._job
         assert job is not None
-        view = self._view(frame.image)
+        view = self._model_view(frame)
         if view is None:
             return
         job.frames.append(view)
@@ -385,7 +394,7 @@ class Agent:
     def inspect(self, frame: Frame, part_id: str | None = None) -> dict[str, Any] | None:
         """Judge one frame and publish its verdict (and an alert if anomalous); ``None`` when unfitted."""
         active = self._active
-        view = self._view(frame.image) if active is not None else None
+        view = self._model_view(frame) if active is not None else None
         if active is None or view is None:
             return None
         t0 = time.perf_counter()
@@ -444,20 +453,21 @@ class Agent:
         """A frame when one is due, with the part id its trigger carried (in trigger mode: one per trigger, also
         while a retrain collects, so that it learns from as many parts as frames); ``None`` when there is nothing
         to do this tick."""
-        part_id = None
         if self.config.trigger.mode == "mqtt":
             try:
-                part_id = self._triggers.get(timeout=self._tick)
+                part_id, triggered_at = self._triggers.get(timeout=self._tick)
             except queue.Empty:
                 return None
-        elif self._job is None and self._active is None:
+            frame = self.source.read_after(triggered_at)  # the part at the trigger, not a frame queued before it
+            return None if frame is None else (frame, part_id)
+        if self._job is None and self._active is None:
             # Unfitted: no verdicts, so take no frames, but keep (re)opening the source so its state is known.
             if self.source.poll_open():
                 self._wake.wait(self._tick)
             self._wake.clear()
             return None
         frame = self.source.read()
-        return None if frame is None else (frame, part_id)
+        return None if frame is None else (frame, None)
 
     def _run_jobs(self) -> bool:
         """Changes first (in arrival order, before a retrain that came after them), then a pending retrain.

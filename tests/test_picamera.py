@@ -508,3 +508,41 @@ def test_an_old_config_sets_no_controls(picamera2):
     source, cam = opened(open_source(config.source))
     assert cam.calls[1][1]["controls"] == {}
     assert source.describe()["controls"] == {} and source.describe()["ignored"] == {}
+
+
+# ---- through the agent ----------------------------------------------------------------------------------------
+
+
+def test_the_agent_opens_the_camera_with_its_controls_and_takes_each_triggered_frame_after_the_trigger(
+        picamera2, tmp_path):
+    """The whole wiring: [camera] applied at open and shown in the state with the live values; in trigger mode
+    each trigger asks the camera for a frame exposed after it (the part at the light barrier, not a queued one)."""
+    import threading
+
+    from edge_agent.cli import build_agent
+    from tests.mqtt_broker import wait_until
+
+    picamera2.queued_frames = 3
+    config = config_from_dict({
+        "device": {"state_dir": str(tmp_path / "state")}, "model": {"delegate": "cpu"},
+        "source": {"kind": "picamera2", "width": 64, "height": 48}, "trigger": {"mode": "mqtt"},
+        "mqtt": {"enabled": False}, "camera": {"ae": False, "exposure_us": 8000, "analogue_gain": 2.0}})
+    agent = build_agent(config)
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: Picamera2.instances and Picamera2.instances[-1].started, 10)
+        cam = Picamera2.instances[-1]
+        assert cam.configured()["controls"]["ExposureTime"] == 8000
+        before = time.monotonic()
+        agent.trigger("P-1")
+        assert wait_until(lambda: any(name == "capture_request" for name, _ in cam.calls), 10)
+        flush = next(arg["flush"] for name, arg in cam.calls if name == "capture_request")
+        assert flush >= int(before * 1e9)  # a frame exposed after the trigger was asked for
+        assert wait_until(lambda: cam.released == [1, 2, 3, 4], 10)  # the queued frames were dropped
+        state = agent.state()["source"]
+        assert state["status"] == "open" and state["controls"]["ExposureTime"] == 8000
+        assert state["settled"]["ExposureTime"] == 8000  # what the camera ran with, for locking a line
+    finally:
+        agent.stop()
+        runner.join(20)
