@@ -119,9 +119,75 @@ def test_presets_cover_mvtec_and_generic() -> None:
     assert set(PRESETS) == set(MVTEC_CATEGORIES) | {"object", "texture"}
     for name, policy in PRESETS.items():
         assert AugmentationPolicy.from_dict(policy.to_dict()) == policy, name
-    # Parts whose mirror image is a defect must not be flipped.
-    for name in ("metal_nut", "transistor", "capsule", "pill", "cable"):
+        # Every row of the paper's Table 4 adds (-10, 10) and multiplies by (0.9, 1.1), at its 380 px input.
+        assert policy.brightness_add == 10 and policy.brightness_mul == (0.9, 1.1), name
+        assert policy.translate_ref_px == 380, name
+    # Parts with print or a checked orientation are neither mirrored nor turned (Table 4: capsule, pill, cable).
+    for name in ("capsule", "pill", "cable", "object"):
         assert not (PRESETS[name].hflip or PRESETS[name].vflip or PRESETS[name].rot90), name
+
+
+# Rows of the paper's Table 4 (../shared/PAPER_TABLES.md), written out literally:
+# flip h, flip v, translate (x, y) at 380 px, rotate +-deg, rot 90s, zoom.
+TABLE_4 = {
+    "carpet": (True, True, 5, 0.0, True, None),
+    "wood": (True, True, 5, 2.0, False, None),
+    "capsule": (False, False, 10, 3.0, False, (0.98, 1.02)),
+    "cable": (False, False, 10, 5.0, False, None),
+    "transistor": (True, False, 5, 2.0, False, None),
+    "metal_nut": (False, False, 10, 10.0, True, None),
+    "toothbrush": (True, False, 10, 0.0, False, None),
+    "screw": (True, True, 10, 10.0, True, (0.98, 1.02)),
+    "hazelnut": (True, True, 10, 20.0, True, (0.98, 1.02)),
+    "zipper": (True, False, (30, 0), 0.0, False, None),
+    "bottle": (False, False, 5, 10.0, True, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_4))
+def test_presets_are_the_papers_table_4(name: str) -> None:
+    p = PRESETS[name]
+    assert (p.hflip, p.vflip, p.translate_px, p.rotate_deg, p.rot90, p.zoom) == TABLE_4[name]
+
+
+def test_generic_presets_are_table_4_rows() -> None:
+    assert PRESETS["texture"] == PRESETS["carpet"] == PRESETS["tile"] == PRESETS["leather"] == PRESETS["grid"]
+    assert PRESETS["object"] == PRESETS["capsule"] == PRESETS["pill"]
+
+
+def _shift_of_a_dot(policy: AugmentationPolicy, size: tuple[int, int], copies: int = 200) -> tuple[float, float]:
+    """Largest |dx|, |dy| by which a one-pixel dot at the centre moves over many copies."""
+    h, w = size
+    img = np.zeros((h, w), np.uint8)
+    img[h // 2, w // 2] = 255
+    moved = [np.unravel_index(int(np.argmax(o)), o.shape) for o in augment([img], policy, copies, seed=0)[1:]]
+    return (max(abs(x - w // 2) for _, x in moved), max(abs(y - h // 2) for y, _ in moved))
+
+
+def test_translation_scales_from_the_papers_380_px_to_each_image() -> None:
+    paper = AugmentationPolicy(translate_px=10, translate_ref_px=380, border="constant")
+    assert paper.max_shift(380, 380) == (10, 10)
+    assert paper.max_shift(760, 190) == (20, 5)  # per axis: the paper resized every image to 380 x 380
+    dx, dy = _shift_of_a_dot(paper, (190, 760))
+    assert 17 <= dx <= 20 and 4 <= dy <= 5
+    own = AugmentationPolicy(translate_px=10, border="constant")  # translate_ref_px=0: the image's own pixels
+    assert own.max_shift(760, 190) == (10, 10)
+    dx, dy = _shift_of_a_dot(own, (190, 760))
+    assert 8 <= dx <= 10 and 8 <= dy <= 10
+    along_x = AugmentationPolicy(translate_px=(30, 0), translate_ref_px=380, border="constant")
+    dx, dy = _shift_of_a_dot(along_x, (380, 380))
+    assert 25 <= dx <= 30 and dy == 0
+
+
+def test_translate_forms() -> None:
+    assert AugmentationPolicy(translate_px=(4, 4)).translate_px == 4  # one canonical form
+    assert AugmentationPolicy(translate_px=[30, 0]).translate_px == (30, 0)
+    assert AugmentationPolicy.from_dict({"translate_px": [30, 0]}).to_dict()["translate_px"] == [30, 0]
+    for bad in ((1, 2, 3), (1.5, 2), (-1, 0), "5"):
+        with pytest.raises(ValueError, match="translate_px"):
+            AugmentationPolicy(translate_px=bad)
+    with pytest.raises(ValueError, match="translate_ref_px"):
+        AugmentationPolicy(translate_ref_px=-380)
 
 
 def test_on_a_real_image(real_set) -> None:

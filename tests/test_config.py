@@ -427,7 +427,7 @@ def test_overrides_replace_only_the_named_fields(tmp_path):
     expected = dataclasses.replace(PRESETS["bottle"], vflip=False, translate_px=12, brightness_mul=(0.8, 1.2))
     assert policy == expected
     # The preset's other choices are kept.
-    assert policy.hflip and policy.rot90 and policy.rotate_deg == PRESETS["bottle"].rotate_deg
+    assert policy.rot90 and policy.rotate_deg == PRESETS["bottle"].rotate_deg and policy.translate_ref_px == 380
     assert policy.brightness_mul == (0.8, 1.2)
 
 

@@ -97,29 +97,37 @@ class _Embedder:
         return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
     def _per_image(self, paths: list[Path], key: str, make: Callable[[np.ndarray, int], list[np.ndarray]],
-                   what: str) -> list[Features]:
-        """Features of the images ``make(image, seed)`` derives from each path, seeded by its list position."""
-        out = []
-        for i, path in enumerate(paths):
+                   what: str, needed: set[int] | None) -> list[Features | None]:
+        """Features of the images ``make(image, seed)`` derives from each path, seeded by its list position.
+
+        Only the positions in ``needed`` (all when None) are embedded; the others are None. The seed and cache
+        key depend on the position alone, so a run that draws more images reuses what a smaller one embedded.
+        """
+        todo = range(len(paths)) if needed is None else sorted(needed)
+        out: list[Features | None] = [None] * len(paths)
+        for done, i in enumerate(todo, 1):
+            path = paths[i]
             full_key = f"{key}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
             feats = self.cache.get(full_key)
             if feats is None:
                 feats = self.extractor.embed(make(read_image(path), self.seed + i))
                 self.cache.put(full_key, feats)
-            out.append(feats)
-            if (i + 1) % max(1, len(paths) // 5) == 0 or i + 1 == len(paths):
-                log.info("%s: %d/%d training images embedded", what, i + 1, len(paths))
+            out[i] = feats
+            if done % max(1, len(todo) // 5) == 0 or done == len(todo):
+                log.info("%s: %d/%d training images embedded", what, done, len(todo))
         return out
 
-    def copies(self, paths: list[Path], factor: int) -> list[Features]:
-        """``factor`` augmented copies of each image."""
+    def copies(self, paths: list[Path], factor: int, needed: set[int] | None = None) -> list[Features | None]:
+        """``factor`` augmented copies of each image (of the ``needed`` ones)."""
         return self._per_image(paths, f"aug|{self._policy_key}|{factor}",
-                               lambda img, seed: augment([img], self.policy, factor, seed)[1:], f"augmented x{factor}")
+                               lambda img, seed: augment([img], self.policy, factor, seed)[1:], f"augmented x{factor}",
+                               needed)
 
-    def defects(self, paths: list[Path]) -> list[Features]:
-        """`DEFECTS_PER_IMAGE` damaged copies of each image, for detectors weighted by them."""
+    def defects(self, paths: list[Path], needed: set[int] | None = None) -> list[Features | None]:
+        """`DEFECTS_PER_IMAGE` damaged copies of each image (of the ``needed`` ones), for detectors weighted by them."""
         return self._per_image(paths, f"defects|{DEFECTS_PER_IMAGE}",
-                               lambda img, seed: pseudo_defects([img], DEFECTS_PER_IMAGE, seed), "damaged copies")
+                               lambda img, seed: pseudo_defects([img], DEFECTS_PER_IMAGE, seed), "damaged copies",
+                               needed)
 
 
 def parse_detector_spec(spec: str) -> tuple[str, dict]:
@@ -169,6 +177,11 @@ def _resolve_sizes(sizes: Sequence[int | str], n_max: int, factor: int, max_fold
     return sorted(out)
 
 
+def _draw(seed: int, n: int, rep: int, n_max: int) -> np.ndarray:
+    """The sorted indices of replicate ``rep``'s N training images (the same for every factor and detector)."""
+    return np.sort(np.random.default_rng([seed, n, rep]).choice(n_max, size=n, replace=False))
+
+
 def _train_features(orig: Features, copies: list[Features] | None, idx: np.ndarray) -> Features:
     """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
     if copies is None:
@@ -189,33 +202,36 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
     n_max = len(dataset.train)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
     wants_damage = {d for d in detectors if _detector(d).needs_defects}
-    damaged = embedder.defects(dataset.train) if wants_damage else None
+    draws = {factor: [(n, rep, _draw(settings.seed, n, rep, n_max))
+                      for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds)
+                      for rep in range(1 if n == n_max else settings.replicates)] for factor in settings.factors}
+    # Copies and damaged copies only of the training images some fit draws (50 of 320 at N=10, 5 replicates).
+    drawn = {int(i) for fits in draws.values() for _, _, idx in fits for i in idx}
+    damaged = embedder.defects(dataset.train, drawn) if wants_damage else None
     rows = []
     for factor in settings.factors:
-        copies = embedder.copies(dataset.train, factor) if factor > 0 else None
-        for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds):
-            for rep in range(1 if n == n_max else settings.replicates):
-                rng = np.random.default_rng([settings.seed, n, rep])
-                idx = np.sort(rng.choice(n_max, size=n, replace=False))
-                feats = _train_features(train, copies, idx)
-                for name in detectors:
-                    det, params = parse_detector_spec(name)
-                    fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
-                    t0 = time.perf_counter()
-                    defects = [damaged[i] for i in idx] if name in wants_damage else None
-                    result = fit_features(feats, n, fit, defects)
-                    scores = result.detector.score_samples(test)
-                    flagged = is_anomalous(scores, result.threshold)
-                    rows.append({
-                        "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,
-                        "factor": factor, "n": n, "replicate": rep, "auroc": roc_auc(dataset.test_labels, scores),
-                        "threshold": result.threshold,
-                        "false_reject_rate": float(np.mean(flagged[good])),
-                        "detection_rate": float(np.mean(flagged[bad])),
-                        "fit_s": round(time.perf_counter() - t0, 3),
-                    })
-                log.info("factor %d, N=%d, replicate %d: %s", factor, n, rep,
-                         ", ".join(f"{r['detector']} {r['auroc']:.3f}" for r in rows[-len(detectors):]))
+        needed = {int(i) for _, _, idx in draws[factor] for i in idx}
+        copies = embedder.copies(dataset.train, factor, needed) if factor > 0 else None
+        for n, rep, idx in draws[factor]:
+            feats = _train_features(train, copies, idx)
+            for name in detectors:
+                det, params = parse_detector_spec(name)
+                fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
+                t0 = time.perf_counter()
+                defects = [damaged[i] for i in idx] if name in wants_damage else None
+                result = fit_features(feats, n, fit, defects)
+                scores = result.detector.score_samples(test)
+                flagged = is_anomalous(scores, result.threshold)
+                rows.append({
+                    "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,
+                    "factor": factor, "n": n, "replicate": rep, "auroc": roc_auc(dataset.test_labels, scores),
+                    "threshold": result.threshold,
+                    "false_reject_rate": float(np.mean(flagged[good])),
+                    "detection_rate": float(np.mean(flagged[bad])),
+                    "fit_s": round(time.perf_counter() - t0, 3),
+                })
+            log.info("factor %d, N=%d, replicate %d: %s", factor, n, rep,
+                     ", ".join(f"{r['detector']} {r['auroc']:.3f}" for r in rows[-len(detectors):]))
     return rows
 
 
