@@ -5,6 +5,12 @@ detector's normalisation (`edge_agent.learn.detectors.combined`) need honest sco
 scoring an image with the model fitted on it is optimistic (it sits inside the fitted distribution). So each
 original is scored by a model fitted WITHOUT it and without its augmented copies (a "group").
 
+A detector whose fit is expensive and can be taken apart row by row (`Reducible`: the patch memory, whose
+greedy coreset dominates a fit) is fitted once; each fold's model is that fit with every part derived from the
+held-out rows removed, instead of a refit per fold. The guarantee is the same (nothing derived from image i is
+in the model that scores image i); what the fit on all rows may still carry into a fold is documented by the
+detector (`edge_agent.learn.detectors.patch_memory`).
+
 This module sits below the detectors and the threshold: it imports neither, and only needs something with
 ``fit(features) -> self`` and ``score_samples(features) -> (n,)`` (`Scorer`). It also owns `Features`, the
 one type of the feature mappings every module in ``edge_agent.learn`` passes around.
@@ -13,12 +19,11 @@ one type of the feature mappings every module in ``edge_agent.learn`` passes aro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from edge_agent.embed.manifest import Features
-
 
 
 class Scorer(Protocol):
@@ -27,6 +32,18 @@ class Scorer(Protocol):
     def fit(self, features: Features) -> Scorer: ...
 
     def score_samples(self, features: Features) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Reducible(Protocol):
+    """A fitted detector that can drop training rows without refitting (a fold's model in a fraction of a fit)."""
+
+    def fit(self, features: Features) -> Reducible: ...
+
+    def score_samples(self, features: Features) -> np.ndarray: ...
+
+    def without_rows(self, features: Features, rows: np.ndarray) -> Scorer:
+        """A model that has seen nothing of ``rows`` of ``features``, the features it was fitted on."""
 
 
 def take_groups(features: Features, groups: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -54,34 +71,75 @@ def held_out_scores(
     once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
     copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
     A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
-    damaged copies of it (the combined detector's weights).
+    damaged copies of it (the combined detector's weights). A `Reducible` detector is fitted once, on all
+    groups, and each fold's model is that fit without the fold's rows (`reduced_held_out_scores`).
     """
-    if len(features_by_group) < 2:
-        raise ValueError(f"leave-one-out needs at least 2 good images, got {len(features_by_group)}")
     if len(probes) != len(features_by_group):
         raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(features_by_group)} groups")
-    if max_folds is not None and max_folds < 2:
-        raise ValueError(f"max_folds must be at least 2, got {max_folds}")
+    fold_of = _folds(len(features_by_group), max_folds)
     levels = set(features_by_group[0])
     for i, group in enumerate(features_by_group):
         if set(group) != levels:
             raise ValueError(f"group {i} has levels {sorted(group)}, group 0 has {sorted(levels)}")
     n = len(features_by_group)
-    n_folds = n if max_folds is None else min(n, max_folds)
-    fold_of = np.arange(n) % n_folds
+    first = make_detector()
+    if isinstance(first, Reducible):
+        sizes = [len(next(iter(g.values()))) for g in features_by_group]
+        whole = {name: np.concatenate([np.asarray(g[name]) for g in features_by_group]) for name in levels}
+        starts = np.cumsum([0, *sizes])
+        rows = [np.arange(starts[j], starts[j + 1]) for j in range(n)]
+        return reduced_held_out_scores(first.fit(whole), whole, rows, probes, max_folds)
     scores: list[np.ndarray] = [np.empty(0)] * n
-    for fold in range(n_folds):
+    for fold in range(int(fold_of.max()) + 1):
         held = np.flatnonzero(fold_of == fold)
         train = {
             name: np.concatenate([np.asarray(g[name]) for j, g in enumerate(features_by_group) if fold_of[j] != fold])
             for name in levels
         }
-        detector = make_detector().fit(train)
-        sizes = [len(next(iter(probes[j].values()))) for j in held]
-        probe = {name: np.concatenate([np.asarray(probes[j][name]) for j in held]) for name in levels}
-        for j, part in zip(held, np.split(detector.score_samples(probe), np.cumsum(sizes)[:-1])):
-            scores[j] = part
+        detector = (first if fold == 0 else make_detector()).fit(train)
+        _score_fold(detector, held, probes, scores)
     return scores
+
+
+def reduced_held_out_scores(
+    fitted: Reducible,
+    features: Features,
+    groups: Sequence[np.ndarray],
+    probes: Sequence[Features],
+    max_folds: int | None = None,
+) -> list[np.ndarray]:
+    """`held_out_scores` (same folds) from ``fitted``, a detector fitted on all of ``features``: each fold's model
+    is ``fitted.without_rows`` the rows of the fold's groups (``groups``: index arrays into ``features``).
+
+    Why: a camera fits the model on all images anyway; removing rows from it costs a fraction of a refit per fold.
+    """
+    if len(probes) != len(groups):
+        raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(groups)} groups")
+    fold_of = _folds(len(groups), max_folds)
+    scores: list[np.ndarray] = [np.empty(0)] * len(groups)
+    for fold in range(int(fold_of.max()) + 1):
+        held = np.flatnonzero(fold_of == fold)
+        rows = np.concatenate([np.asarray(groups[j]) for j in held])
+        _score_fold(fitted.without_rows(features, rows), held, probes, scores)
+    return scores
+
+
+def _folds(n: int, max_folds: int | None) -> np.ndarray:
+    """Fold of each of ``n`` groups: dealt round-robin into ``max_folds`` folds (one per group without it)."""
+    if n < 2:
+        raise ValueError(f"leave-one-out needs at least 2 good images, got {n}")
+    if max_folds is not None and max_folds < 2:
+        raise ValueError(f"max_folds must be at least 2, got {max_folds}")
+    return np.arange(n) % (n if max_folds is None else min(n, max_folds))
+
+
+def _score_fold(detector: Scorer, held: np.ndarray, probes: Sequence[Features], out: list[np.ndarray]) -> None:
+    """Score the probes of the ``held`` groups in one batch and store each group's share in ``out``."""
+    sizes = [len(next(iter(probes[j].values()))) for j in held]
+    levels = probes[held[0]].keys()
+    probe = {name: np.concatenate([np.asarray(probes[j][name]) for j in held]) for name in levels}
+    for j, part in zip(held, np.split(detector.score_samples(probe), np.cumsum(sizes)[:-1])):
+        out[j] = part
 
 
 def leave_one_out_scores(

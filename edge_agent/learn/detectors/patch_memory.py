@@ -36,10 +36,26 @@ Cost: the coreset selection is O(P * k * d') time and O(P * d') memory for P tra
 d' = projection dimensions (no P x P distance matrix: PatchCore's exact variant would need 21560^2 x 4 B =
 1.9 GB at N = 10 with 10x augmentation). Scoring one image is one (L x d) @ (d x k) float32 matrix product
 for its L patches, i.e. O(L * k * d), with the matrix bounded by ``BLOCK_ELEMENTS``.
+
+Held-out folds (`edge_agent.learn.heldout`): the threshold and the combined detector's normalisation score each
+training image with a model that never saw it. Refitting per fold would select a coreset per fold, most of a
+fit's time. Instead the memory is selected once, on all images, and a fold's model is that memory without every
+patch of the held-out images and their copies (`without_rows`): no patch derived from image i is in the memory
+that scores image i. What the selection on all images still carries into a fold is which patches of the OTHER
+images were kept. Greedy k-center keeps a patch because it is far from everything kept so far, so where image i
+and image j have similar patches, keeping i's is what makes the selection skip j's, never what makes it keep
+them: without i's patches, the region image i lies in is covered by the other images less densely, if anything,
+than by a coreset selected without i. The held-out distances therefore err high (a looser threshold, not a model
+that has learnt image i; docs/performance.md has the measured difference), and they are measured on the memory
+the camera will actually score with, less one fold.
+A fold keeps about the coreset ratio of its remaining patches, as a refit would, except under ``coreset_max``:
+a capped memory loses the held-out images' share of the cap where a refit would keep the whole cap. With
+``coreset_ratio`` 1 (the full bank) a fold's model is exactly the refit one.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 
@@ -216,6 +232,28 @@ class PatchMemoryDetector(GridDetector):
         self.memory_sq_norms_ = np.einsum("ij,ij->i", as32, as32)  # of the stored (possibly float16) values
         self.coreset_indices_ = np.asarray(indices, dtype=np.int32)
         return self
+
+    def without_rows(self, features: Features, rows: np.ndarray) -> PatchMemoryDetector:
+        """This fit without the memory patches of training images ``rows``: a held-out fold's model without a
+        second coreset selection (see the module docstring for what it keeps of the fit on all images).
+
+        ``features`` are the features it was fitted on; they are read only when every memory patch came from
+        ``rows`` (a tiny coreset), and the model is then refitted on the other images."""
+        if not self.is_fitted:
+            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit() first")
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size and not (0 <= rows[0] and rows[-1] < self.n_train_):
+            raise ValueError(f"rows must be training rows in [0, {self.n_train_}), got {rows[0]}..{rows[-1]}")
+        keep = ~np.isin(self.coreset_indices_ // (self.grid_[0] * self.grid_[1]), rows)
+        if not keep.any():
+            rest = np.setdiff1d(np.arange(self.n_train_), rows)
+            return type(self)(**self.get_params()).fit({k: np.asarray(features[k])[rest] for k in self.levels_})
+        fold = copy.copy(self)
+        fold.memory_bank_ = self.memory_bank_[keep]
+        fold.memory_sq_norms_ = self.memory_sq_norms_[keep]
+        fold.coreset_indices_ = self.coreset_indices_[keep]  # still rows of this fit's training patches
+        fold.n_train_ = self.n_train_ - rows.size
+        return fold
 
     def _patch_scores(self, features: Features) -> np.ndarray:
         """Nearest-memory distance of every patch, (n, h, w) float32, unblurred."""
