@@ -92,6 +92,9 @@ class CameraConfig:
 class TriggerConfig:
     mode: str = TRIGGER_MODES[0]
     max_fps: float = 5.0
+    # External trigger: a trigger not served within this time is dropped (and reported), never judged on a
+    # later frame under its part id.
+    max_age_s: float = 1.0
 
 
 @dataclass
@@ -254,7 +257,8 @@ _CHOICES = {
     ("camera", "af_mode"): AF_MODES,
 }
 _RANGES = {
-    ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("augmentation", "factor"): (0, 100),
+    ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("trigger", "max_age_s"): (0.01, 60),
+    ("augmentation", "factor"): (0, 100),
     ("threshold", "sensitivity"): (0, 1), ("threshold", "quantile"): (0.5, 1), ("threshold", "margin"): (0, 10),
     ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
