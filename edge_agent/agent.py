@@ -53,6 +53,8 @@ RECENT_PARTS = 100
 #: and is published (retained) under this name; an empty picture says the current detector has none.
 TRAINING_PICTURE_SIDE = 960
 TRAINING_PICTURE = "retrain/images"
+#: Triggers waiting for the loop, at most: a flood (a PLC writing the coil in a loop) is refused, not queued.
+MAX_PENDING_TRIGGERS = 64
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Agent:
         self._frame_times: list[float] = []
         self.inspected = 0
         self.rejected = 0
+        self.missed_triggers = 0
         self._recent: collections.deque[bool] = collections.deque(maxlen=RECENT_PARTS)  # anomalous or not
         self.publish_errors = 0
         # The longest the loop waits for anything: short enough to feed the watchdog on time.
@@ -155,6 +158,8 @@ class Agent:
         validated by `edge_agent.commands.parse_part_id`, is echoed in that part's verdict."""
         if self.config.trigger.mode != "mqtt":
             raise ValueError('trigger is only used with [trigger] mode = "mqtt"')
+        if self._triggers.qsize() >= MAX_PENDING_TRIGGERS:
+            raise ValueError(f"trigger refused: {MAX_PENDING_TRIGGERS} triggers are already waiting for the camera")
         self._triggers.put((part_id, time.monotonic()))
         self._wake.set()
 
@@ -201,6 +206,15 @@ class Agent:
         log.info("[threshold] changed: threshold %.4g -> %.4g (saved as %s)", active.metadata["threshold"],
                  meta["threshold"], path.name)
         self._active, self._active_path = LoadedDetector(active.detector, meta), path
+
+    def _training_picture(self, images: list[np.ndarray]) -> bytes | None:
+        """The contact sheet of a fit's parts; a picture that cannot be made costs the picture, not the fit."""
+        try:
+            return jpeg(contact_sheet(images, TRAINING_PICTURE_SIDE), self.config.alerts.jpeg_quality,
+                        max_side=TRAINING_PICTURE_SIDE)
+        except Exception:
+            log.exception("the training parts' picture could not be made; the fit is kept without it")
+            return None
 
     def _publish_training_picture(self) -> None:
         """What the detector in use learned from, for an operator to check (one part ten times, a hand)."""
@@ -275,9 +289,10 @@ class Agent:
                  "delegate": self.extractor.delegate}
         recent = list(self._recent)
         counts = {"inspected": self.inspected, "good": self.inspected - self.rejected, "rejected": self.rejected,
-                  "reject_rate": round(sum(recent) / len(recent), 4) if recent else None}
+                  "reject_rate": round(sum(recent) / len(recent), 4) if recent else None,
+                  "missed_triggers": self.missed_triggers}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
-                             self.fps(), counts, {**self._source_state, **self.source.describe()},
+                             self.fps(), counts, {**self.source.describe(), **self._source_state},
                              self.sink.stats())
 
     def publish_state(self) -> None:
@@ -321,25 +336,34 @@ class Agent:
             job.future.set_result(job.outcome or {})
 
     def _drain_triggers(self) -> None:
-        """Triggers that came while collecting were used by it: none is replayed on a later part."""
+        """Triggers still waiting when a retrain ends came while it fitted (or timed out): their parts have
+        passed, so none is replayed on a later part; each is reported."""
         while not self._triggers.empty():
-            self._triggers.get_nowait()
+            part_id, triggered_at = self._triggers.get_nowait()
+            self._missed(part_id, triggered_at, "came while a retrain fitted")
+
+    def _missed(self, part_id: str | None, triggered_at: float, why: str) -> None:
+        """A trigger that got no frame: the part passed without a verdict, which the line must hear about
+        (a PLC treats a part without a verdict as rejected)."""
+        self.missed_triggers += 1
+        age_ms = round((time.monotonic() - triggered_at) * 1e3, 1)
+        log.warning("trigger %s missed (%s, %.0f ms old)", part_id or "", why, age_ms)
+        self.sink.publish_event("trigger/missed", event_message(self.config.device.id, part_id=part_id,
+                                                                age_ms=age_ms, reason=why))
 
     def _run_fit(self, job: RetrainJob, images: list[np.ndarray]) -> None:
         settings = fit_settings(self.config)
         self._progress(job, "fitting", collected=len(images))
         try:
             result = fit_images(lambda ims: self.extractor.embed(ims, "retrain", self.notifier.watchdog), images, settings)
-            picture = jpeg(contact_sheet(images, TRAINING_PICTURE_SIDE), self.config.alerts.jpeg_quality,
-                           max_side=TRAINING_PICTURE_SIDE)
             path = self.store.save(result, settings, self.extractor.manifest, {"roi": self.config.source.roi},
-                                   picture)
+                                   self._training_picture(images))
             self._load_current()
-            self._publish_training_picture()
         except (FitError, ValueError, OSError, DetectorFileError) as exc:
             log.error("retrain failed, previous model kept: %s", exc)
             self._fail(job, str(exc), f"retrain failed, previous model kept: {exc}")
             return
+        self._publish_training_picture()
         summary = {"detector_file": path.name, "n_train": result.n_train, "distinct_parts": result.distinct_parts,
                    "threshold": result.threshold,
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
@@ -419,7 +443,7 @@ class Agent:
         try:
             self.sink.publish_verdict(verdict)
             if anomalous:
-                self._alert(frame, verdict, heatmap)
+                self._alert(frame, verdict, heatmap, score / threshold if threshold > 0 else math.inf)
         except Exception:  # an output that fails (a read-only card under the spool) must not stop inspection
             self.publish_errors += 1
             if self.publish_errors in (1, 10, 100) or self.publish_errors % 1000 == 0:
@@ -434,12 +458,12 @@ class Agent:
         a = self.config.alerts
         return a.snapshot and a.heatmap and active.detector.supports_heatmaps
 
-    def _alert(self, frame: Frame, verdict: dict[str, Any], heatmap: np.ndarray | None) -> None:
+    def _alert(self, frame: Frame, verdict: dict[str, Any], heatmap: np.ndarray | None, level: float) -> None:
+        """``level``: the score over the threshold, which the heat map's colours are anchored to."""
         a = self.config.alerts
         image = None
         box = self.roi.box(frame.image.shape) if self.roi else None
         if a.snapshot:
-            level = verdict["score"] / verdict["threshold"] if verdict["threshold"] > 0 else math.inf
             image = jpeg(alert_picture(frame.image, heatmap, box, level), a.jpeg_quality, a.max_side)
         where = None
         if heatmap is not None:
@@ -457,9 +481,16 @@ class Agent:
             try:
                 part_id, triggered_at = self._triggers.get(timeout=self._tick)
             except queue.Empty:
+                self.source.poll_open(block=False)  # a failed camera is reopened between parts: "ready" comes back
+                return None
+            if time.monotonic() - triggered_at > self.config.trigger.max_age_s:
+                self._missed(part_id, triggered_at, "older than [trigger] max_age_s when the loop got to it")
                 return None
             frame = self.source.read_after(triggered_at)  # the part at the trigger, not a frame queued before it
-            return None if frame is None else (frame, part_id)
+            if frame is None:
+                self._missed(part_id, triggered_at, "no frame from the source")
+                return None
+            return frame, part_id
         if self._job is None and self._active is None:
             # Unfitted: no verdicts, so take no frames, but keep (re)opening the source so its state is known.
             if self.source.poll_open():

@@ -568,3 +568,36 @@ def test_the_training_parts_are_kept_with_the_detector_and_published_retained(ri
         assert viewer.on("retrain/images")[-1].payload == agent.store.picture(fitted_file)
     finally:
         viewer.close()
+
+
+def test_a_trigger_the_loop_gets_to_too_late_is_reported_never_judged_on_a_later_part(rig, subscriber):
+    """A part id must never land on another part's frame: triggers older than [trigger] max_age_s when the loop
+    reaches them (it was busy, or stopped) are dropped and reported on trigger/missed."""
+    rig.drop(rig.set.test_good[:3], "waiting")  # frames a stale trigger would otherwise take
+    agent = build_agent(rig.config(trigger={"mode": "mqtt", "max_age_s": 0.2}))
+    for part in ("A", "B", "C"):
+        agent.trigger(part)
+    time.sleep(0.4)  # the loop is not running yet: all three are stale by the time it starts
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    rig.running.append((agent, thread))
+    assert wait_until(lambda: len(subscriber.json_on("trigger/missed")) == 3, 10)
+    missed = subscriber.json_on("trigger/missed")
+    assert [m["part_id"] for m in missed] == ["A", "B", "C"] and all(m["age_ms"] >= 400 for m in missed)
+    assert not subscriber.on("verdict") and agent.state()["missed_triggers"] == 3
+
+
+def test_a_flood_of_triggers_is_refused_beyond_the_queue_bound(rig):
+    agent = build_agent(rig.config(trigger={"mode": "mqtt"}))
+    for i in range(edge_agent.agent.MAX_PENDING_TRIGGERS):
+        agent.trigger(str(i))
+    with pytest.raises(ValueError, match="triggers are already waiting"):
+        agent.trigger("one too many")
+
+
+def test_in_trigger_mode_a_failed_source_is_reopened_without_waiting_for_a_trigger(rig, subscriber, tmp_path):
+    late = tmp_path / "late"
+    rig.start(source={"path": str(late)}, trigger={"mode": "mqtt"})
+    assert wait_until(lambda: any(e["status"] == "failed" for e in subscriber.json_on("source/status")), 10)
+    late.mkdir()
+    assert wait_until(lambda: subscriber.json_on("source/status")[-1]["status"] == "open", 10)  # no trigger sent

@@ -201,19 +201,20 @@ def test_commands_reply_with_result_or_error(make_publisher, subscriber: Subscri
 
     started(make_publisher(on_command=handle))
     send = [("retrain", b'{"request_id": "r1", "n": 5}'), ("trigger", b""), ("threshold", b"not json"),
-            ("threshold", b"[1, 2]"), ("explode", b'{"request_id": 7}'), ("trigger", b'{"request_id": "last"}')]
+            ("threshold", b"[1, 2]"), ("threshold", b"[" * 5000), ("explode", b'{"request_id": 7}'),
+            ("trigger", b'{"request_id": "last"}')]  # 5000 "[" once ended the command thread (RecursionError)
     with caplog.at_level(logging.ERROR, logger="edge_agent.deliver.publisher"):
         for name, payload in send:
             subscriber.client.publish(f"{BASE}/cmd/{name}", payload, qos=1)
-        assert wait_until(lambda: len([m for m in subscriber.messages if m.topic.endswith("/result")]) == 6, 5)
+        assert wait_until(lambda: len([m for m in subscriber.messages if m.topic.endswith("/result")]) == 7, 5)
     replies = [(m.topic.split("/")[-2], json.loads(m.payload)) for m in subscriber.messages
                if m.topic.endswith("/result")]
     assert replies[0] == ("retrain", {"ok": True, "result": {"echo": 5}, "request_id": "r1"})
     assert replies[1] == ("trigger", {"ok": True, "result": {"echo": None}})
-    assert [r[0] for r in replies[2:4]] == ["threshold", "threshold"]
-    assert all(r[1]["ok"] is False and "error" in r[1] for r in replies[2:4])
-    assert replies[4] == ("explode", {"ok": False, "error": "RuntimeError: boom", "request_id": 7})
-    assert replies[5] == ("trigger", {"ok": True, "result": {"echo": None}, "request_id": "last"})
+    assert [r[0] for r in replies[2:5]] == ["threshold", "threshold", "threshold"]
+    assert all(r[1]["ok"] is False and "error" in r[1] for r in replies[2:5])
+    assert replies[5] == ("explode", {"ok": False, "error": "RuntimeError: boom", "request_id": 7})
+    assert replies[6] == ("trigger", {"ok": True, "result": {"echo": None}, "request_id": "last"})
     assert [c[0] for c in calls] == ["retrain", "trigger", "explode", "trigger"]  # invalid payloads never reach it
     assert calls[0][1] == {"request_id": "r1", "n": 5} and calls[1][1] == {}
     assert {c[2] for c in calls} == {"mqtt-commands"}

@@ -29,12 +29,12 @@ def test_the_colour_follows_the_score_over_the_threshold_not_the_maps_own_units(
     assert np.array_equal(_peak_colour(SATURATION), _peak_colour(10 * SATURATION))  # saturates, no wrap-around
 
 
-def test_an_all_zero_or_unbounded_map_draws_without_error():
+def test_an_all_zero_map_draws_nothing_and_the_map_stays_inside_its_box():
     grey = np.full((10, 10, 3), 128, np.uint8)
     flat = overlay(grey, np.zeros((3, 3), np.float32), 2.0, alpha=1.0)
     assert np.array_equal(flat, overlay(grey, np.zeros((3, 3), np.float32), 0.1, alpha=1.0))  # no evidence anywhere
-    picture = alert_picture(grey, np.ones((3, 3), np.float32), (2, 2, 5, 5), float("inf"))
-    assert picture.shape == grey.shape
+    picture = alert_picture(grey, np.ones((3, 3), np.float32), (2, 2, 5, 5), 1.0)
+    assert picture.shape == grey.shape and (picture[0] == 128).all()  # away from the box: the frame untouched
 
 
 def test_a_contact_sheet_shows_every_training_part_once_in_a_square_grid():
@@ -49,3 +49,8 @@ def test_a_contact_sheet_shows_every_training_part_once_in_a_square_grid():
 def test_a_contact_sheet_of_many_parts_stays_within_its_width():
     sheet = contact_sheet([np.zeros((5000, 40), np.uint8)] * 500, 960)  # grey, thin, and many
     assert sheet.shape[1] <= 960 and sheet.shape[0] <= 960
+
+
+def test_a_part_over_a_zero_threshold_is_drawn_at_full_evidence():
+    # A threshold of 0 (set by hand) makes score / threshold infinite: the hottest spot is the hottest colour.
+    assert np.array_equal(_peak_colour(float("inf")), _peak_colour(SATURATION))

@@ -50,12 +50,15 @@ class ReopeningSource(FrameSource):
         self._open = True
         self.on_status({"source": self.name, "status": "open", **self.inner.describe()})
 
-    def poll_open(self) -> bool:
-        """Retry opening when the backoff allows, without taking a frame; True when open."""
+    def poll_open(self, block: bool = True) -> bool:
+        """Retry opening when the backoff allows, without taking a frame; True when open. ``block``: while the
+        backoff runs, wait a little (a loop with nothing else to do) rather than return at once (one that
+        waits for triggers meanwhile)."""
         if not self._open:
             wait = self._next_try - time.monotonic()
             if wait > 0:
-                self.stop.wait(min(wait, _MAX_WAIT_S))
+                if block:
+                    self.stop.wait(min(wait, _MAX_WAIT_S))
                 return False
             self.open()
         return self._open

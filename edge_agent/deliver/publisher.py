@@ -318,8 +318,12 @@ class Publisher:
         return last_id
 
     def _command_loop(self) -> None:
+        """One command at a time, for the life of the publisher: whatever one command does, the next is heard."""
         while (message := self._commands.get()) is not None:
-            self._run_command(message.topic.rsplit("/", 1)[-1], message.payload)
+            try:
+                self._run_command(message.topic.rsplit("/", 1)[-1], message.payload)
+            except Exception:
+                log.exception("MQTT command on %s failed unanswered", message.topic)
 
     def _run_command(self, name: str, payload: bytes) -> None:
         """Decode and run the handler; its result (now, or when its `Future` resolves) or its refusal is the reply."""
@@ -329,7 +333,7 @@ class Publisher:
                                                f"{MAX_COMMAND_BYTES}")
         try:
             args = json.loads(payload) if payload.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested beyond the parser's depth
             log.warning("MQTT command %r: payload is not JSON: %s", name, exc)
             return self._reply(name, {}, error=f"payload is not JSON: {exc}")
         if not isinstance(args, dict):

@@ -47,7 +47,8 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, level: float, alpha: float = 0
         raise ValueError(f"cannot overlay a {heatmap.shape} heat map on a {w} x {h} image")
     hm = np.maximum(cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0)
     peak = float(hm.max())
-    scale = max(float(level), 0.0) / (peak * SATURATION) if peak > 0 and math.isfinite(level) else 0.0
+    level = min(max(float(level), 0.0), SATURATION) if not math.isnan(level) else SATURATION  # inf: no threshold
+    scale = level / (peak * SATURATION) if peak > 0 else 0.0
     norm = np.clip(hm * scale, 0, 1)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
