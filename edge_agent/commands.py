@@ -108,8 +108,10 @@ def parse_part_id(args: dict[str, Any]) -> str | None:
     part_id = args.get("part_id")
     if part_id is None:
         return None
-    if not isinstance(part_id, str) or not part_id or len(part_id) > MAX_PART_ID or not part_id.isprintable():
-        raise ValueError(f"part_id must be 1 to {MAX_PART_ID} printable characters, got {part_id!r:.80}")
+    if (not isinstance(part_id, str) or not part_id.strip() or len(part_id) > MAX_PART_ID
+            or not part_id.isprintable()):
+        raise ValueError(f"part_id must be 1 to {MAX_PART_ID} printable characters, not only spaces, got "
+                         f"{part_id!r:.80}")
     return part_id
 
 

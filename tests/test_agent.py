@@ -356,7 +356,7 @@ def test_trigger_mode_inspects_one_frame_per_trigger(rig, subscriber):
     assert reply["ok"] and reply["result"]["part_id"] == "SN-0042/7", reply
     assert wait_until(lambda: len(subscriber.on("verdict")) == 2, 10)
     assert subscriber.json_on("verdict")[1]["part_id"] == "SN-0042/7"  # the PLC's id comes back with its part
-    for bad in ("", "x" * 65, "a\nb", 42):
+    for bad in ("", "   ", "x" * 65, "a\nb", 42):
         reply = command(subscriber, "trigger", {"part_id": bad}, f"bad{bad!r:.5}")
         assert not reply["ok"] and "part_id must be 1 to 64 printable characters" in reply["error"], reply
     loop_turned(subscriber, "alive3")

@@ -1,8 +1,8 @@
 """The line's trigger input: an edge on a GPIO pin (a light barrier, a PLC output) takes one frame.
 
 Why here: on a real line the part is under the camera when a sensor says so, not when an MQTT message arrives.
-The pin calls ``on_trigger`` (the builder sets it to `edge_agent.agent.Agent.trigger`, which only releases a
-semaphore: safe from gpiozero's callback thread), so the loop's external-trigger mode (``[trigger] mode =
+The pin calls ``on_trigger`` (the builder sets it to `edge_agent.agent.Agent.trigger`, which only queues the
+trigger: safe from gpiozero's callback thread), so the loop's external-trigger mode (``[trigger] mode =
 "mqtt"``) serves both the ``cmd/trigger`` message and this pin.
 
 Debouncing is done here, not by gpiozero's ``bounce_time``: the first edge counts at once and the same edge
@@ -89,8 +89,3 @@ class GpioTrigger(PartialSink):
     def stats(self) -> dict[str, Any]:
         return {"queued": 0, "dropped": 0, "connected": not self.device.closed, "triggers": self.triggers,
                 "ignored": self.ignored}
-
-
-
-
-

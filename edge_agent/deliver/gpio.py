@@ -123,7 +123,6 @@ class GpioSink(PartialSink):
             self._status = "offline"
             self._show()
 
-
     # ---- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.reject is not None and self._thread is None:

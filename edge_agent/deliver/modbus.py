@@ -7,7 +7,7 @@ on the loop, only write the image under a lock; a read copies the registers it a
 one request (say FC4 on the whole block) gives a consistent snapshot: a seq with its own verdict and score.
 
 The trigger coil calls ``on_trigger`` (the builder sets it to `edge_agent.agent.Agent.trigger`, which only
-releases a semaphore): nothing else from the Modbus thread reaches the agent. No coil starts a retrain: a retrain
+queues the trigger): nothing else from the Modbus thread reaches the agent. No coil starts a retrain: a retrain
 needs the checks and the reply of the command path (`edge_agent.commands`: which frames, the token), which a coil
 cannot carry; a PLC that needs one asks over MQTT or a shift-start timer signals the agent.
 
@@ -241,7 +241,6 @@ class ModbusSink(PartialSink):
             with self._lock:
                 self._status = "stopping"
                 self._show_status()
-
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -112,7 +112,11 @@ class DetectorStore:
         path = self._new_path(metadata)
         if picture is not None:
             write_bytes_atomic(path.with_suffix(_PICTURE), picture)
-        save_detector(path, detector, metadata)
+        try:
+            save_detector(path, detector, metadata)
+        except BaseException:
+            path.with_suffix(_PICTURE).unlink(missing_ok=True)  # no picture left without its detector
+            raise
         current = self.current_path()
         self._point(path, [current.name, *self._previous(current)] if current else [])
         self._prune(path)
