@@ -83,6 +83,23 @@ def test_greedy_coreset_equals_naive_reference(rng: np.random.Generator) -> None
         greedy_coreset(X, 3, start=300)
 
 
+def test_pruned_greedy_coreset_selects_what_the_unpruned_one_selects(rng: np.random.Generator) -> None:
+    # Clustered like augmented copies of a few parts (where the pruning skips most cells), plus duplicate rows
+    # (ties: the lowest index wins, as np.argmax picks) and a selection long enough to run out of distinct rows.
+    centres = rng.normal(scale=20.0, size=(12, 6))
+    X = np.concatenate([c + rng.normal(scale=0.5, size=(40, 6)) for c in centres])
+    X = np.concatenate([X, X[::7]])
+    for data in (X, X.astype(np.float32)):
+        for cells in (1, 4, 16):
+            pruned = greedy_coreset(data, 200, 3, cells=cells)
+            np.testing.assert_array_equal(pruned, greedy_coreset(data, 200, 3, cells=200))
+    assert greedy_coreset(X, 120, 3, cells=8).tolist() == naive_greedy(X, 120, 3)
+    everything = greedy_coreset(X, len(X), 0, cells=5)
+    assert sorted(everything.tolist()) == list(range(len(X)))
+    with pytest.raises(ValueError, match="cells"):
+        greedy_coreset(X, 10, cells=0)
+
+
 def test_greedy_coreset_covers_better_than_random(rng: np.random.Generator) -> None:
     # Clustered data: a random subset misses small clusters; the k-center coreset does not.
     centres = rng.normal(scale=10.0, size=(30, 8))
