@@ -30,14 +30,14 @@ from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.config import MAX_RETRAIN_IMAGES
-from edge_agent.learn.fitting import recorded_threshold_settings
-from edge_agent.learn.threshold import calibrate_threshold
+from edge_agent.learn.fitting import recorded_threshold_settings, set_threshold
+from edge_agent.learn.threshold import MAX_TARGET_FALSE_REJECT
 
 #: Every command, with the arguments it takes (``request_id`` and ``token`` are allowed everywhere).
 COMMANDS: dict[str, frozenset[str]] = {
     "retrain": frozenset({"n_images", "folder"}),
     "trigger": frozenset({"part_id"}),
-    "threshold": frozenset({"sensitivity", "value", "force"}),
+    "threshold": frozenset({"target_false_reject", "sensitivity", "value", "force"}),
     "rollback": frozenset(),
     "status": frozenset(),
 }
@@ -53,30 +53,28 @@ MAX_PART_ID = 64
 
 @dataclass(frozen=True)
 class ThresholdChange:
-    """Exactly one of: a new sensitivity (recalibrated from the stored leave-one-out scores) or a fixed value."""
+    """Exactly one of: a new false-reject target or sensitivity (recalibrated from the stored leave-one-out
+    scores; the other keeps the value the threshold was last calibrated with) or a fixed value."""
 
+    target_false_reject: float | None = None
     sensitivity: float | None = None
     value: float | None = None
     force: bool = False
 
     def apply(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """The detector's metadata with the new threshold (saved as a new file, so ``rollback`` undoes it)."""
-        meta = dict(metadata)
+        recorded = recorded_threshold_settings(metadata)
+        target = metadata.get("target_false_reject", recorded["target_false_reject"])
+        sensitivity = metadata.get("sensitivity", recorded["sensitivity"])
         if self.value is not None:
-            scores = meta["loo_scores"]
+            scores = metadata["loo_scores"]
             low, high = min(scores) / THRESHOLD_VALUE_SPAN, max(scores) * THRESHOLD_VALUE_SPAN
             if not self.force and not low <= self.value <= high:
                 raise ValueError(f"value {self.value:g} is far outside the good parts' scores ({min(scores):.4g} to "
                                  f"{max(scores):.4g}; allowed {low:.4g} to {high:.4g}): add \"force\": true to set it")
-            meta["threshold"] = calibrate_threshold(scores, override=self.value)
-            meta["threshold_override"] = meta["threshold"]
-        else:
-            assert self.sensitivity is not None
-            s = recorded_threshold_settings(meta)
-            meta["threshold"] = calibrate_threshold(meta["loo_scores"], self.sensitivity, s["quantile"], s["margin"],
-                                                    method=s["method"])
-            meta.update(sensitivity=self.sensitivity, threshold_override=None)
-        return meta
+            return set_threshold(metadata, target, sensitivity, recorded["method"], self.value)
+        return set_threshold(metadata, target if self.target_false_reject is None else self.target_false_reject,
+                             sensitivity if self.sensitivity is None else self.sensitivity, recorded["method"], None)
 
 
 def _number(args: dict[str, Any], key: str) -> float:
@@ -87,8 +85,9 @@ def _number(args: dict[str, Any], key: str) -> float:
 
 
 def parse_threshold(args: dict[str, Any]) -> ThresholdChange:
-    if ("sensitivity" in args) == ("value" in args):
-        raise ValueError('give exactly one of {"sensitivity": 0..1} or {"value": threshold}')
+    if sum(key in args for key in ("target_false_reject", "sensitivity", "value")) != 1:
+        raise ValueError('give exactly one of {"target_false_reject": share of good parts to reject}, '
+                         '{"sensitivity": 0..1} or {"value": threshold}')
     force = args.get("force", False)
     if not isinstance(force, bool):
         raise ValueError(f"force must be true or false, got {force!r}")
@@ -97,6 +96,12 @@ def parse_threshold(args: dict[str, Any]) -> ThresholdChange:
         if value < 0:
             raise ValueError(f"value must be >= 0, got {value}")
         return ThresholdChange(value=value, force=force)
+    if "target_false_reject" in args:
+        target = _number(args, "target_false_reject")
+        if not 0 < target < MAX_TARGET_FALSE_REJECT:
+            raise ValueError(f"target_false_reject must be above 0 and below {MAX_TARGET_FALSE_REJECT} (a share of "
+                             f"good parts, e.g. 0.01 = 1 %), got {target}")
+        return ThresholdChange(target_false_reject=target)
     sensitivity = _number(args, "sensitivity")
     if not 0 <= sensitivity <= 1:
         raise ValueError(f"sensitivity must be between 0 and 1, got {sensitivity}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import tomllib
@@ -28,8 +29,11 @@ from edge_agent.embed.runtime.delegates import DELEGATES
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES, make_detector
 from edge_agent.learn.fitting import FitSettings
-from edge_agent.learn.threshold import (DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_QUANTILE, DEFAULT_SENSITIVITY,
-                                        THRESHOLD_METHODS)
+from edge_agent.learn.threshold import (DEFAULT_METHOD, DEFAULT_SENSITIVITY, DEFAULT_TARGET_FALSE_REJECT,
+                                        LEGACY_MARGIN, LEGACY_QUANTILE, MAX_TARGET_FALSE_REJECT, THRESHOLD_METHODS,
+                                        legacy_target)
+
+log = logging.getLogger(__name__)
 
 #: The most good images one retrain may take: frames are held in memory until the fit (a 5 MP RGB frame is 15 MB).
 MAX_RETRAIN_IMAGES = 500
@@ -117,11 +121,29 @@ class AugmentationConfig:
 
 @dataclass
 class ThresholdConfig:
+    """-1 in ``target_false_reject``, ``quantile`` and ``margin``: not set. ``quantile`` and ``margin`` are the
+    replaced rule's keys, still read so that an old file keeps its meaning (`target`)."""
+
+    target_false_reject: float = -1.0
     sensitivity: float = DEFAULT_SENSITIVITY
-    quantile: float = DEFAULT_QUANTILE
-    margin: float = DEFAULT_MARGIN
     override: float = -1.0  # -1: calibrated from the good images; >= 0: this fixed threshold
     method: str = DEFAULT_METHOD
+    quantile: float = -1.0
+    margin: float = -1.0
+
+    @property
+    def legacy(self) -> bool:
+        return self.quantile >= 0 or self.margin >= 0
+
+    def target(self) -> float:
+        """The share of good parts to reject: as set; else what an old file's quantile and margin meant
+        (`edge_agent.learn.threshold.legacy_target`); else the default."""
+        if self.target_false_reject > 0:
+            return self.target_false_reject
+        if self.legacy:
+            return legacy_target(LEGACY_QUANTILE if self.quantile < 0 else self.quantile,
+                                 LEGACY_MARGIN if self.margin < 0 else self.margin)
+        return DEFAULT_TARGET_FALSE_REJECT
 
 
 @dataclass
@@ -259,7 +281,8 @@ _CHOICES = {
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("trigger", "max_age_s"): (0.01, 60),
     ("augmentation", "factor"): (0, 100),
-    ("threshold", "sensitivity"): (0, 1), ("threshold", "quantile"): (0.5, 1), ("threshold", "margin"): (0, 10),
+    ("threshold", "sensitivity"): (0, 1), ("threshold", "target_false_reject"): (-1, MAX_TARGET_FALSE_REJECT),
+    ("threshold", "quantile"): (-1, 1), ("threshold", "margin"): (-1, 10),  # -1: not set (`_check_threshold`)
     ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
     ("retrain", "timeout_s"): (1, 86_400), ("mqtt", "keepalive"): (5, 3600),
@@ -367,9 +390,7 @@ def _cross_checks(c: Config) -> None:
             check_topic_level(what, value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc} (no +, #, NUL{', /' if what == 'device_id' else ''}; not empty)") from None
-    if -1 < c.threshold.override < 0:
-        raise ConfigError(f"[threshold] override is {c.threshold.override}: -1 (calibrate from the good images) or a "
-                          "threshold >= 0")
+    _check_threshold(c.threshold)
     try:
         c.augmentation.policy()
     except (ValueError, TypeError) as exc:
@@ -401,6 +422,25 @@ def _cross_checks(c: Config) -> None:
             raise ConfigError(f"[mqtt] {key} file not found: {path}")
     _check_gpio(c)
     _check_camera(c.camera)
+
+
+def _check_threshold(t: ThresholdConfig) -> None:
+    if -1 < t.override < 0:
+        raise ConfigError(f"[threshold] override is {t.override}: -1 (calibrate from the good images) or a "
+                          "threshold >= 0")
+    if t.target_false_reject != -1 and not 0 < t.target_false_reject < MAX_TARGET_FALSE_REJECT:
+        raise ConfigError(f"[threshold] target_false_reject is {t.target_false_reject}: the share of good parts you "
+                          f"accept to reject, above 0 and below {MAX_TARGET_FALSE_REJECT} (e.g. 0.005 = 1 in 200), "
+                          "or -1 for the default")
+    for key, value, low, high in (("quantile", t.quantile, 0.5, 1), ("margin", t.margin, 0, 10)):
+        if value != -1 and not low <= value <= high:
+            raise ConfigError(f"[threshold] {key} is {value}: between {low} and {high}, or -1; it is replaced by "
+                              "target_false_reject, the share of good parts you accept to reject")
+    if t.legacy:
+        used = "ignored: target_false_reject is set" if t.target_false_reject > 0 else (
+            f"read as target_false_reject = {t.target():g}")
+        log.warning("[threshold] quantile and margin are replaced by target_false_reject (the share of good parts "
+                    "you accept to reject) and are %s; remove them", used)
 
 
 def _check_camera(cam: CameraConfig) -> None:
@@ -471,6 +511,6 @@ def fit_settings(config: Config) -> FitSettings:
     return FitSettings(
         detector=config.detector.name, detector_params=dict(config.detector.params),
         policy=config.augmentation.policy(), factor=config.augmentation.factor, seed=config.augmentation.seed,
-        sensitivity=t.sensitivity, quantile=t.quantile, margin=t.margin,
+        target_false_reject=t.target(), sensitivity=t.sensitivity,
         threshold_override=t.override if t.override >= 0 else None, threshold_method=t.method,
     )

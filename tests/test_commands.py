@@ -69,6 +69,38 @@ def test_a_fixed_threshold_far_from_the_good_scores_needs_force() -> None:
     assert ThresholdChange(sensitivity=1.0).apply(meta)["threshold_override"] is None
 
 
+SCORES = [float(i) for i in range(1, 20)]  # 19 good parts' leave-one-out scores: 1 .. 19
+
+
+def test_a_false_reject_target_recalibrates_from_the_stored_scores() -> None:
+    meta = {"loo_scores": SCORES, "threshold": 25.0, "target_false_reject": 0.005, "sensitivity": 0.5,
+            "threshold_method": "lognormal", "threshold_override": 25.0,
+            "threshold_settings": {"target_false_reject": 0.005, "sensitivity": 0.5, "method": "lognormal",
+                                   "override": None}}
+    new = parse_threshold({"target_false_reject": 0.1}).apply(meta)
+    assert new["threshold"] == 18.0  # ceil(20 * 0.9) = 18th smallest of 19
+    assert (new["target_false_reject"], new["threshold_guarantee"], new["threshold_override"]) == (0.1, "conformal", None)
+    assert new["threshold_settings"] == meta["threshold_settings"]  # a command leaves what [threshold] set
+    # The knob then moves that target: 0.1 * 10 ** (2 * 0.7 - 1) = 0.251, ceil(20 * 0.749) = 15th smallest.
+    assert parse_threshold({"sensitivity": 0.7}).apply(new)["threshold"] == 15.0
+    for bad, fragment in ((0, "above 0"), (0.5, "below 0.5"), (-0.01, "above 0"), ("1%", "must be a number"),
+                          (True, "must be a number")):
+        with pytest.raises(ValueError, match=fragment):
+            parse_threshold({"target_false_reject": bad})
+    with pytest.raises(ValueError, match="exactly one"):
+        parse_threshold({"target_false_reject": 0.01, "sensitivity": 0.5})
+
+
+def test_commands_on_a_detector_saved_with_quantile_and_margin() -> None:
+    """No target recorded: its quantile/margin's translation (the old defaults: the default target)."""
+    old = {"loo_scores": SCORES, "threshold": 21.0, "sensitivity": 0.5, "quantile": 0.99, "margin": 0.1,
+           "threshold_method": "lognormal", "threshold_override": None}
+    new = parse_threshold({"sensitivity": 1.0}).apply(old)
+    assert new["effective_target_false_reject"] == pytest.approx(0.05)  # the default 0.005 x 10
+    assert new["threshold_guarantee"] == "conformal" and new["threshold"] == 19.0  # ceil(20 * 0.95) = 19
+    assert "quantile" not in new and "margin" not in new
+
+
 class _Agent:
     """Only what `Commands` reads for ``status``: the real handler is checked, not an agent."""
 

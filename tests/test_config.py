@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import textwrap
 import tomllib
@@ -21,7 +22,8 @@ from edge_agent.config import (
     fit_settings,
     load_config,
 )
-from edge_agent.learn.fitting import FitSettings
+from edge_agent.learn.fitting import FitSettings, recorded_threshold_settings
+from edge_agent.learn.threshold import DEFAULT_TARGET_FALSE_REJECT
 
 
 def write_toml(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
@@ -101,9 +103,8 @@ seed = 7
 overrides = {{ rotate_deg = 5.0, zoom = [0.9, 1.1] }}
 
 [threshold]
+target_false_reject = 0.02
 sensitivity = 0.7
-quantile = 0.95
-margin = 0.2
 override = 12.5
 
 [retrain]
@@ -157,8 +158,7 @@ def test_full_file_sets_every_section(full_file, tmp_path):
     assert (c.trigger.mode, c.trigger.max_fps) == ("mqtt", 2.5)
     assert (c.detector.name, c.detector.params) == ("knn", {"k": 3})
     assert (c.augmentation.preset, c.augmentation.factor, c.augmentation.seed) == ("bottle", 4, 7)
-    assert (c.threshold.sensitivity, c.threshold.quantile, c.threshold.margin, c.threshold.override) == (
-        0.7, 0.95, 0.2, 12.5)
+    assert (c.threshold.target_false_reject, c.threshold.sensitivity, c.threshold.override) == (0.02, 0.7, 12.5)
     assert (c.retrain.n_images, c.retrain.timeout_s, c.retrain.keep) == (20, 120.0, 3)
     assert (c.mqtt.host, c.mqtt.port, c.mqtt.topic_prefix, c.mqtt.username, c.mqtt.keepalive) == (
         "broker.plant", 8883, "plant/line3", "cam2", 60)
@@ -182,9 +182,36 @@ def test_fit_settings_follow_the_file(full_file):
     assert s.detector == "knn" and s.detector_params == {"k": 3}
     assert s.detector_params is not c.detector.params  # a copy: a fit cannot change the configuration
     assert s.factor == 4 and s.seed == 7
-    assert (s.sensitivity, s.quantile, s.margin) == (0.7, 0.95, 0.2)
+    assert (s.target_false_reject, s.sensitivity) == (0.02, 0.7)
     assert s.threshold_override == 12.5
     assert s.policy == dataclasses.replace(PRESETS["bottle"], rotate_deg=5.0, zoom=(0.9, 1.1))
+
+
+def test_the_false_reject_target_defaults_and_is_validated_naming_the_key():
+    assert fit_settings(config_from_dict(minimal())).target_false_reject == DEFAULT_TARGET_FALSE_REJECT
+    assert fit_settings(config_from_dict(minimal(threshold={"target_false_reject": 0.01}))).target_false_reject == 0.01
+    for value in (0.0, 0.5, -0.2):
+        with pytest.raises(ConfigError, match=rf"\[threshold\] target_false_reject is {value}: the share of good"):
+            config_from_dict(minimal(threshold={"target_false_reject": value}))
+    with pytest.raises(ConfigError, match=r"\[threshold\] target_false_reject is 0.7; it must be between"):
+        config_from_dict(minimal(threshold={"target_false_reject": 0.7}))
+
+
+def test_an_old_threshold_section_still_loads_and_keeps_its_meaning(caplog):
+    """quantile/margin from before target_false_reject: read with a warning that names the replacement; the fit
+    settings equal what a detector saved under them records, so updating moves no threshold."""
+    old = {"sensitivity": 0.5, "quantile": 0.99, "margin": 0.1, "method": "lognormal"}
+    with caplog.at_level(logging.WARNING, logger="edge_agent.config"):
+        settings = fit_settings(config_from_dict(minimal(threshold=old)))
+    assert "replaced by target_false_reject" in caplog.text and "read as target_false_reject = 0.005" in caplog.text
+    saved = {"loo_scores": [1.0, 2.0], "threshold": 3.0, "sensitivity": 0.5, "quantile": 0.99, "margin": 0.1,
+             "threshold_method": "lognormal", "threshold_override": None, "threshold_settings": {**old, "override": None}}
+    assert settings.threshold_settings() == recorded_threshold_settings(saved)
+    assert fit_settings(config_from_dict(minimal(threshold={"quantile": 0.95}))).target_false_reject == 0.05
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.config"):
+        both = fit_settings(config_from_dict(minimal(threshold={"quantile": 0.95, "target_false_reject": 0.01})))
+    assert both.target_false_reject == 0.01 and "ignored: target_false_reject is set" in caplog.text
 
 
 def test_negative_threshold_override_means_calibrate():

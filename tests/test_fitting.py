@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import lognorm
+from scipy.stats import t as student_t
 
 from edge_agent.capture.images import read_image
 from edge_agent.embed.features import FeatureExtractor
@@ -19,6 +19,8 @@ from edge_agent.learn.fitting import (
     check_good_images,
     fit_features,
     fit_images,
+    recorded_threshold_settings,
+    rethreshold,
 )
 from edge_agent.offline.metrics import roc_auc
 
@@ -108,8 +110,8 @@ def gaussian_fit(extractor, real_images):
 def test_defaults_come_from_their_owners():
     settings = FitSettings()
     assert settings.detector == DEFAULT_DETECTOR == "combined"
-    assert (settings.sensitivity, settings.quantile, settings.margin, settings.threshold_method) == (
-        threshold.DEFAULT_SENSITIVITY, threshold.DEFAULT_QUANTILE, threshold.DEFAULT_MARGIN, threshold.DEFAULT_METHOD)
+    assert (settings.target_false_reject, settings.sensitivity, settings.threshold_method) == (
+        threshold.DEFAULT_TARGET_FALSE_REJECT, threshold.DEFAULT_SENSITIVITY, threshold.DEFAULT_METHOD)
     assert settings.threshold_method in threshold.THRESHOLD_METHODS
 
 
@@ -121,17 +123,18 @@ def test_fit_images_on_real_images(gaussian_fit):
     assert result.threshold > 0 and np.isfinite(result.threshold)
     assert result.loo_scores.shape == (5,)
     assert np.all(result.loo_scores > 0)
-    # The stated share (0.99) of the held-out good scores lies below the threshold: with 5 scores, all of them,
-    # and the 10 % margin on top.
-    assert np.mean(result.loo_scores < result.threshold / 1.1) >= settings.quantile
-    # The 0.99 quantile of a log-normal fitted by hand to the held-out scores (scipy's), widened by 10 %.
+    # 5 scores cannot promise the default target (below 1/6): the log-normal prediction bound, by hand with
+    # scipy's t, never below the largest score.
     logs = np.log(result.loo_scores)
-    tail = lognorm(s=logs.std(ddof=1), scale=np.exp(logs.mean())).ppf(0.99)
-    assert result.threshold == pytest.approx(1.1 * max(tail, np.quantile(result.loo_scores, 0.99)), rel=1e-9)
+    bound = np.exp(logs.mean() + student_t.ppf(1 - settings.target_false_reject, 4) * logs.std(ddof=1) * np.sqrt(1.2))
+    assert result.threshold == pytest.approx(max(bound, result.loo_scores.max()), rel=1e-9)
     assert set(result.timings) == {"augment_embed", "fit", "calibrate"}  # no damaged copies for the Gaussian
     meta = result.metadata(settings)
     assert meta["n_train"] == 5 and meta["factor"] == 2 and meta["augmentation"] == PRESETS["bottle"].to_dict()
     assert len(meta["loo_scores"]) == 5
+    assert meta["threshold"] == result.threshold and meta["threshold_guarantee"] == "extrapolated"
+    assert meta["target_false_reject"] == meta["effective_target_false_reject"] == settings.target_false_reject
+    assert "quantile" not in meta and "margin" not in meta
 
 
 def test_real_defects_score_above_real_good_parts(gaussian_fit, extractor, real_images):
@@ -231,11 +234,56 @@ def test_fit_features_passes_detector_params():
     assert result.detector.k == 2
 
 
-def test_sensitivity_moves_the_threshold():
+def test_sensitivity_and_target_move_the_threshold():
     feats = synthetic(6, 1, seed=6)
-    low, mid, high = (fit_features(feats, 6, FitSettings(detector="mahalanobis", factor=1, sensitivity=s)).threshold
-                      for s in (0.0, 0.5, 1.0))
-    assert low == pytest.approx(2 * mid) and high == pytest.approx(mid / 2)
+
+    def fitted(**kwargs) -> float:
+        return fit_features(feats, 6, FitSettings(detector="mahalanobis", factor=1, **kwargs)).threshold
+
+    low, mid, high = (fitted(sensitivity=s) for s in (0.0, 0.5, 1.0))
+    assert low > mid > high
+    # Sensitivity 1 is the target times 10, 0 the target over 10.
+    target = threshold.DEFAULT_TARGET_FALSE_REJECT
+    assert high == pytest.approx(fitted(target_false_reject=10 * target))
+    assert low == pytest.approx(fitted(target_false_reject=target / 10))
+
+
+# ---- detectors saved before the false-reject target ---------------------------------------------------------
+
+LOO = [1.0, 1.1, 1.25, 1.3, 1.6]
+
+
+def old_metadata(**threshold_settings) -> dict:
+    """What a detector saved by the quantile/margin rule carries."""
+    settings = {"sensitivity": 0.5, "quantile": 0.99, "margin": 0.1, "method": "lognormal", "override": None,
+                **threshold_settings}
+    return {"threshold": 2.34, "loo_scores": LOO, "sensitivity": settings["sensitivity"],
+            "quantile": settings["quantile"], "margin": settings["margin"], "threshold_method": settings["method"],
+            "threshold_override": settings["override"], "threshold_settings": settings}
+
+
+def test_an_old_detector_counts_as_set_by_the_configuration_that_means_the_same():
+    """The old defaults are the new default target: with the default configuration nothing is recalibrated,
+    so an old detector keeps its threshold until [threshold] changes or a retrain."""
+    assert recorded_threshold_settings(old_metadata()) == FitSettings().threshold_settings()
+    assert recorded_threshold_settings(old_metadata(quantile=0.95, sensitivity=0.3)) == FitSettings(
+        target_false_reject=0.05, sensitivity=0.3).threshold_settings()
+    # Older still: no settings key, the fit's own fields (method "empirical" before it was recorded).
+    oldest = {k: v for k, v in old_metadata().items() if k not in ("threshold_settings", "threshold_method")}
+    assert recorded_threshold_settings(oldest) == {**FitSettings().threshold_settings(), "method": "empirical"}
+
+
+def test_rethresholding_an_old_detector_uses_the_target_and_drops_quantile_and_margin():
+    settings = FitSettings(target_false_reject=0.1)
+    meta = rethreshold(old_metadata(), settings)
+    # 5 scores, 10 %: ceil(6 * 0.9) = 6 > 5 scores, so the fitted tail, above the largest score.
+    assert meta["threshold"] == threshold.calibrate_threshold(LOO, 0.1) > max(LOO)
+    assert meta["threshold_guarantee"] == "extrapolated"
+    assert "quantile" not in meta and "margin" not in meta
+    assert recorded_threshold_settings(meta) == settings.threshold_settings()
+    assert meta["loo_scores"] == LOO and meta["sensitivity"] == 0.5
+    twenty = rethreshold({**old_metadata(), "loo_scores": [float(i) for i in range(1, 21)]}, settings)
+    assert twenty["threshold"] == 19.0 and twenty["threshold_guarantee"] == "conformal"  # ceil(21 * 0.9) = 19
 
 
 def test_the_fit_reports_how_many_distinct_parts_it_saw(gaussian_fit):

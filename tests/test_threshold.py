@@ -1,19 +1,25 @@
-"""Label-free threshold: leave-one-out by group, calibration knobs, rates."""
+"""Label-free threshold: leave-one-out by group, the false-reject target (conformal rank, fitted tail below the
+finite-sample limit, the sensitivity knob), rates."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import lognorm
+from scipy.stats import t as student_t
 
 from edge_agent.learn.augment import group_indices
 from edge_agent.learn.detectors import make_detector
 from edge_agent.learn.heldout import first_rows, held_out_scores, leave_one_out_scores, take_groups
 from edge_agent.learn.threshold import (
+    DEFAULT_TARGET_FALSE_REJECT,
     ThresholdReport,
     calibrate_threshold,
+    conformal_rank,
     is_anomalous,
-    sensitivity_factor,
+    legacy_target,
+    student_t_quantile,
+    target_from_sensitivity,
+    threshold_guarantee,
 )
 
 DIMS = {"pooled/a": 8, "pooled/b": 12}
@@ -84,19 +90,91 @@ def test_loo_errors() -> None:
         leave_one_out_scores(lambda: make_detector("mahalanobis"), [groups[0], {"pooled/a": groups[1]["pooled/a"]}])
 
 
-def test_calibration_knobs() -> None:
+def test_conformal_threshold_is_the_order_statistic_worked_out_by_hand() -> None:
+    """19 scores, target 10 %: k = ceil(20 * 0.9) = 18, the 18th smallest; 9 scores at 10 %: k = ceil(9) = 9,
+    the largest; 10 scores at 10 %: ceil(9.9) = 10, the largest, since a new part is the largest of 11 with
+    probability 1/11 < 10 %. At 1/11 exactly the rank is still 10; just below it, none."""
+    scores = np.random.default_rng(0).permutation(np.arange(1.0, 20.0))  # 1..19 in random order
+    assert conformal_rank(19, 0.10) == 18
+    assert calibrate_threshold(scores, target_false_reject=0.10) == 18.0
+    assert calibrate_threshold(scores, target_false_reject=0.25) == 15.0  # ceil(20 * 0.75) = 15
+    assert calibrate_threshold(scores[:9], target_false_reject=0.10) == max(scores[:9])
+    assert conformal_rank(10, 0.10) == 10 and conformal_rank(10, 1 / 11) == 10
+    assert conformal_rank(10, 1 / 11 - 1e-4) is None and conformal_rank(99, 0.01) == 99
+    assert threshold_guarantee(19, 0.10) == "conformal"
+
+
+def test_below_the_finite_sample_limit_the_lognormal_bound_extrapolates() -> None:
+    """Logs -1, 0, 1 and 0.5 (n = 4: limit 1/5): mean 0.125, sample sd 0.8539; the bound at 1 % is
+    exp(0.125 + t_3(0.99) * 0.8539 * sqrt(1.25)) = exp(0.125 + 4.3349) = 86.49 with t_3(0.99) = 4.5407
+    (scipy agrees), far above the largest score e = 2.72, so "extrapolated"."""
+    loo = np.exp([-1.0, 0.0, 1.0, 0.5])
+    expected = np.exp(0.125 + student_t.ppf(0.99, 3) * np.std(np.log(loo), ddof=1) * np.sqrt(1.25))
+    assert expected == pytest.approx(86.49, rel=1e-4)
+    assert calibrate_threshold(loo, target_false_reject=0.01) == pytest.approx(expected, rel=1e-9)
+    assert threshold_guarantee(4, 0.01) == "extrapolated"
+    # The bound never goes below the largest score: lower would already reject one of the 4 good images.
+    tight = np.array([1.0, 1.0, 1.0, 1.001, 5.0])
+    assert calibrate_threshold(tight, target_false_reject=0.15) >= 5.0
+    # Without the fitted tail: the largest score, which promises only about 1 / (n + 1).
+    assert calibrate_threshold(loo, target_false_reject=0.01, method="empirical") == pytest.approx(np.e)
+    assert threshold_guarantee(4, 0.01, "empirical") == "limited"
+    # Too few scores for a spread, or a zero score (no log): the largest score.
+    assert calibrate_threshold([1.0, 2.0], target_false_reject=0.01) == 2.0
+    assert calibrate_threshold([0.0, 1.0, 2.0], target_false_reject=0.01) == 2.0
+    assert threshold_guarantee(2, 0.01) == "limited" and threshold_guarantee(2, 0.01, override=3.0) == "fixed"
+
+
+def test_the_target_is_kept_by_new_good_parts_with_ten_images() -> None:
+    """Log-normal good scores, 10 images, target 1 % (below the 1/11 limit): the fitted tail rejects about 1 % of
+    new good parts; the largest score (empirical) about 1/11, whatever the target."""
+    rng = np.random.default_rng(0)
+    frr = {"lognormal": [], "empirical": []}
+    for _ in range(400):
+        loo = rng.lognormal(3.0, 0.25, size=10)
+        fresh = rng.lognormal(3.0, 0.25, size=500)
+        for method in frr:
+            frr[method].append(np.mean(fresh > calibrate_threshold(loo, 0.01, method=method)))
+    assert 0.005 < np.mean(frr["lognormal"]) < 0.015
+    assert np.mean(frr["empirical"]) == pytest.approx(1 / 11, abs=0.015)
+
+
+def test_student_t_quantile_matches_scipy() -> None:
+    for df in (1, 2, 3, 9, 10, 99):
+        for p in (0.9, 0.99, 0.999):
+            assert student_t_quantile(p, df) == pytest.approx(student_t.ppf(p, df), rel=1e-9)
+
+
+def test_sensitivity_maps_onto_the_target_monotonically_and_neutrally() -> None:
+    assert target_from_sensitivity(0.5, 0.02) == pytest.approx(0.02)  # neutral
+    assert target_from_sensitivity(1.0, 0.02) == pytest.approx(0.2)  # 10x the share rejected
+    assert target_from_sensitivity(0.0, 0.02) == pytest.approx(0.002)
+    assert target_from_sensitivity(1.0, 0.2) == 0.5  # capped
+    knob = np.linspace(0, 1, 11)
+    targets = [target_from_sensitivity(s) for s in knob]
+    assert all(a < b for a, b in zip(targets, targets[1:]))
+    loo = np.random.default_rng(1).lognormal(0.0, 0.3, size=10)
+    ladder = [calibrate_threshold(loo, sensitivity=s) for s in knob]
+    assert all(a >= b for a, b in zip(ladder, ladder[1:])) and ladder[0] > ladder[-1]  # higher -> lower threshold
+    assert calibrate_threshold(loo, sensitivity=0.5) == calibrate_threshold(loo, DEFAULT_TARGET_FALSE_REJECT)
+
+
+def test_old_quantile_and_margin_translate_to_a_target() -> None:
+    assert legacy_target(0.99, 0.10) == DEFAULT_TARGET_FALSE_REJECT  # the old defaults mean the default
+    assert legacy_target(0.95, 0.10) == pytest.approx(0.05)
+    assert legacy_target(0.99, 0.20) == pytest.approx(0.01)
+    assert legacy_target(1.0, 0.10) == 0.001
+
+
+def test_calibration_errors_name_the_setting() -> None:
     loo = np.array([1.0, 2.0, 3.0, 4.0])
-    assert calibrate_threshold(loo, quantile=1.0, margin=0.0) == pytest.approx(4.0)
-    assert calibrate_threshold(loo, quantile=1.0, margin=0.25) == pytest.approx(5.0)
-    ladder = [calibrate_threshold(loo, sensitivity=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert all(a > b for a, b in zip(ladder, ladder[1:]))  # higher sensitivity -> lower threshold
-    assert sensitivity_factor(0.0) == 2.0 and sensitivity_factor(0.5) == 1.0 and sensitivity_factor(1.0) == 0.5
     assert calibrate_threshold(loo, override=7.5) == 7.5
     for kwargs, message in [
         ({"sensitivity": 1.5}, "sensitivity"),
-        ({"quantile": 0.0}, "quantile"),
-        ({"margin": -0.1}, "margin"),
+        ({"target_false_reject": 0.0}, "target_false_reject"),
+        ({"target_false_reject": 0.5}, "target_false_reject"),
         ({"override": -1.0}, "override"),
+        ({"method": "gaussian"}, "unknown threshold method"),
     ]:
         with pytest.raises(ValueError, match=message):
             calibrate_threshold(loo, **kwargs)
@@ -106,18 +184,6 @@ def test_calibration_knobs() -> None:
         calibrate_threshold([])
 
 
-def test_lognormal_threshold_on_known_numbers() -> None:
-    """Logs -1, 0, 1: mean 0, sample standard deviation 1, so the 0.99 quantile of the fitted log-normal is
-    exp(z_0.99) = exp(2.3263...) = 10.24, far above the largest score e = 2.72; scipy's log-normal agrees."""
-    loo = np.exp([-1.0, 0.0, 1.0])
-    reference = lognorm(s=1.0, scale=1.0).ppf(0.99)
-    assert reference == pytest.approx(10.2405, rel=1e-4)
-    assert calibrate_threshold(loo, margin=0.0) == pytest.approx(reference, rel=1e-9)
-    assert calibrate_threshold(loo) == pytest.approx(1.1 * reference, rel=1e-9)  # the default 10 % margin
-    assert calibrate_threshold(loo, quantile=0.9, margin=0.0) == pytest.approx(lognorm(s=1.0).ppf(0.9), rel=1e-9)
-    assert calibrate_threshold(loo, margin=0.0, method="empirical") == pytest.approx(np.quantile(loo, 0.99))
-
-
 def test_report_rates() -> None:
     report = ThresholdReport.from_scores(2.0, [1.0, 2.0, 3.0, 0.5], [2.5, 1.0])
     assert report.false_reject_rate == 0.25  # strictly above the threshold only
@@ -125,29 +191,6 @@ def test_report_rates() -> None:
     assert report.to_dict()["n_good"] == 4
     assert ThresholdReport.from_scores(2.0, [1.0]).detection_rate is None
     assert is_anomalous([2.0, 2.0001], 2.0).tolist() == [False, True]
-
-
-def test_lognormal_threshold_keeps_its_promise_with_ten_images() -> None:
-    """With 10 good images the empirical 0.99 quantile is about the maximum, which a new good part exceeds
-    with probability 1/11; the log-normal tail brings false rejects near the 1% that quantile=0.99 promises."""
-    rng = np.random.default_rng(0)
-    frr = {"empirical": [], "lognormal": []}
-    for _ in range(400):
-        loo = rng.lognormal(3.0, 0.25, size=10)
-        fresh = rng.lognormal(3.0, 0.25, size=500)
-        for method in frr:
-            frr[method].append(np.mean(fresh > calibrate_threshold(loo, margin=0.0, method=method)))
-    assert np.mean(frr["empirical"]) > 0.06
-    assert np.mean(frr["lognormal"]) < 0.03
-
-
-def test_lognormal_never_goes_below_the_empirical_quantile_and_method_is_checked() -> None:
-    loo = np.array([1.0, 1.0, 1.0, 10.0])  # one outlier: the empirical quantile is the larger
-    assert calibrate_threshold(loo, margin=0.0) >= np.quantile(loo, 0.99)
-    assert calibrate_threshold(loo, quantile=1.0, margin=0.0) == pytest.approx(10.0)
-    assert calibrate_threshold([0.0, 1.0, 2.0], margin=0.0) == pytest.approx(np.quantile([0.0, 1.0, 2.0], 0.99))
-    with pytest.raises(ValueError, match="unknown threshold method"):
-        calibrate_threshold(loo, method="gaussian")
 
 
 class _Recorder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -22,12 +23,16 @@ from edge_agent.embed.manifest import Features
 from edge_agent.learn.heldout import leave_one_out_scores, take_groups
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import (
-    DEFAULT_MARGIN,
     DEFAULT_METHOD,
-    DEFAULT_QUANTILE,
     DEFAULT_SENSITIVITY,
+    DEFAULT_TARGET_FALSE_REJECT,
+    LEGACY_MARGIN,
+    LEGACY_QUANTILE,
     ThresholdReport,
     calibrate_threshold,
+    legacy_target,
+    target_from_sensitivity,
+    threshold_guarantee,
 )
 
 log = logging.getLogger(__name__)
@@ -47,36 +52,57 @@ class FitSettings:
     policy: AugmentationPolicy = field(default_factory=lambda: PRESETS["object"])
     factor: int = 10
     seed: int = 0
+    target_false_reject: float = DEFAULT_TARGET_FALSE_REJECT
     sensitivity: float = DEFAULT_SENSITIVITY
-    quantile: float = DEFAULT_QUANTILE
-    margin: float = DEFAULT_MARGIN
     threshold_override: float | None = None
     threshold_method: str = DEFAULT_METHOD
     max_folds: int | None = DEFAULT_MAX_FOLDS
 
     def threshold_settings(self) -> dict[str, Any]:
         """The settings the threshold follows, as saved with a detector (see `rethreshold`)."""
-        return {"sensitivity": self.sensitivity, "quantile": self.quantile, "margin": self.margin,
+        return {"target_false_reject": self.target_false_reject, "sensitivity": self.sensitivity,
                 "method": self.threshold_method, "override": self.threshold_override}
+
+
+def set_threshold(metadata: dict[str, Any], target_false_reject: float, sensitivity: float, method: str,
+                  override: float | None) -> dict[str, Any]:
+    """``metadata`` with the threshold calibrated from its ``loo_scores`` and the keys that say how it was set:
+    the target, the knob, the method, the target the knob made of it and what the threshold promises
+    (`edge_agent.learn.threshold.GUARANTEES`). The replaced rule's quantile and margin go: they no longer
+    describe the threshold."""
+    scores = metadata["loo_scores"]
+    effective = target_from_sensitivity(sensitivity, target_false_reject)
+    meta = {k: v for k, v in metadata.items() if k not in ("quantile", "margin")}
+    return {**meta, "threshold": calibrate_threshold(scores, target_false_reject, sensitivity, method, override),
+            "target_false_reject": target_false_reject, "sensitivity": sensitivity, "threshold_method": method,
+            "threshold_override": override, "effective_target_false_reject": effective,
+            "threshold_guarantee": threshold_guarantee(len(scores), effective, method, override)}
 
 
 def recorded_threshold_settings(metadata: dict[str, Any]) -> dict[str, Any]:
     """The threshold settings a saved detector's threshold was last set from by configuration (a command that
-    moves the threshold leaves them as they were). Files from before this key: the fit's own fields."""
-    if "threshold_settings" in metadata:
-        return metadata["threshold_settings"]
-    return {"sensitivity": metadata["sensitivity"], "quantile": metadata["quantile"], "margin": metadata["margin"],
-            "method": metadata.get("threshold_method", "empirical"), "override": metadata.get("threshold_override")}
+    moves the threshold leaves them as they were), as `FitSettings.threshold_settings` writes them.
+
+    Detectors saved before ``target_false_reject`` (quantile and margin instead) count as set from
+    `edge_agent.learn.threshold.legacy_target`'s target, the one a configuration with the same old keys means:
+    the threshold they carry stays until [threshold] changes or a retrain. Older still (no settings key): the
+    fit's own fields."""
+    recorded = metadata.get("threshold_settings") or {
+        "sensitivity": metadata["sensitivity"], "quantile": metadata.get("quantile", LEGACY_QUANTILE),
+        "margin": metadata.get("margin", LEGACY_MARGIN), "method": metadata.get("threshold_method", "empirical"),
+        "override": metadata.get("threshold_override")}
+    if "target_false_reject" in recorded:
+        return recorded
+    return {"target_false_reject": legacy_target(recorded["quantile"], recorded["margin"]),
+            "sensitivity": recorded["sensitivity"], "method": recorded["method"], "override": recorded["override"]}
 
 
 def rethreshold(metadata: dict[str, Any], settings: FitSettings) -> dict[str, Any]:
     """A saved detector's metadata with its threshold recalibrated to ``settings`` from its leave-one-out scores:
     no refit, as a configuration change of the threshold needs none."""
-    threshold = calibrate_threshold(metadata["loo_scores"], settings.sensitivity, settings.quantile, settings.margin,
-                                    settings.threshold_override, settings.threshold_method)
-    return {**metadata, "threshold": threshold, "sensitivity": settings.sensitivity, "quantile": settings.quantile,
-            "margin": settings.margin, "threshold_method": settings.threshold_method,
-            "threshold_override": settings.threshold_override, "threshold_settings": settings.threshold_settings()}
+    meta = set_threshold(metadata, settings.target_false_reject, settings.sensitivity, settings.threshold_method,
+                         settings.threshold_override)
+    return {**meta, "threshold_settings": settings.threshold_settings()}
 
 
 @dataclass
@@ -92,16 +118,17 @@ class FitResult:
 
     def metadata(self, settings: FitSettings) -> dict[str, Any]:
         """What a saved detector carries besides its arrays: enough to explain and reproduce the fit."""
-        return {
-            "threshold": self.threshold, "n_train": self.n_train, "fitted_at": self.fitted_at,
+        meta = {
+            "n_train": self.n_train, "fitted_at": self.fitted_at,
             "detector": settings.detector, "detector_params": settings.detector_params,
             "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
-            "sensitivity": settings.sensitivity, "quantile": settings.quantile, "margin": settings.margin,
-            "threshold_method": settings.threshold_method,
-            "threshold_override": settings.threshold_override, "threshold_settings": settings.threshold_settings(),
+            "threshold_settings": settings.threshold_settings(),
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
         }
+        meta = set_threshold(meta, settings.target_false_reject, settings.sensitivity, settings.threshold_method,
+                             settings.threshold_override)
+        return {**meta, "threshold": self.threshold}
 
 
 def min_distinct_parts(n_frames: int, min_images: int = MIN_GOOD_IMAGES) -> int:
@@ -208,11 +235,19 @@ def fit_features(
     if loo is None:
         loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
     t2 = time.perf_counter()
-    threshold = calibrate_threshold(loo, settings.sensitivity, settings.quantile, settings.margin,
-                                    settings.threshold_override, settings.threshold_method)
+    threshold = calibrate_threshold(loo, settings.target_false_reject, settings.sensitivity,
+                                    settings.threshold_method, settings.threshold_override)
     report = ThresholdReport.from_scores(threshold, loo)
-    log.info("fitted %s on %d images (+%d copies each): threshold %.4g, leave-one-out false rejects %.0f%%",
-             settings.detector, n_originals, settings.factor, threshold, 100 * report.false_reject_rate)
+    target = target_from_sensitivity(settings.sensitivity, settings.target_false_reject)
+    guarantee = threshold_guarantee(len(loo), target, settings.threshold_method, settings.threshold_override)
+    log.info("fitted %s on %d images (+%d copies each): threshold %.4g for %.2g%% false rejects (%s), "
+             "leave-one-out false rejects %.0f%%", settings.detector, n_originals, settings.factor, threshold,
+             100 * target, guarantee, 100 * report.false_reject_rate)
+    if guarantee == "limited":
+        log.warning("a %.2g%% false-reject target needs at least %d good images without a fitted tail; with %d, "
+                    "the threshold is their largest score and about 1 in %d good parts will be rejected "
+                    "([threshold] method = \"lognormal\" extrapolates)", 100 * target, math.ceil(1 / target) - 1,
+                    len(loo), len(loo) + 1)
     return FitResult(detector, threshold, loo, n_originals, report,
                      {"fit": round(t1 - t0, 4), "calibrate": round(t2 - t1, 4)},
                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
