@@ -150,14 +150,14 @@ def test_threshold_and_rollback_commands(rig, subscriber):
     rig.start()
     first = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")["result"]
     lower = command(subscriber, "threshold", {"sensitivity": 1.0}, "t1")
-    assert lower["ok"] and lower["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
+    assert lower["ok"] and lower["result"]["threshold"] < first["threshold"]  # more sensitive: a lower threshold
     fixed = command(subscriber, "threshold", {"value": 1e6, "force": True}, "t2")
     assert fixed["ok"] and fixed["result"]["threshold"] == 1e6
     rig.drop(rig.set.defects[3:4], "bad")
     assert wait_until(lambda: subscriber.json_on("verdict"), 20)
     assert subscriber.json_on("verdict")[0]["verdict"] == "good"  # nothing exceeds a huge fixed threshold
     back = command(subscriber, "rollback", {}, "b1")
-    assert back["ok"] and back["result"]["threshold"] == pytest.approx(first["threshold"] / 2, rel=1e-6)
+    assert back["ok"] and back["result"]["threshold"] == pytest.approx(lower["result"]["threshold"], rel=1e-6)
     for payload, rid, fragment in (({"value": "high"}, "e1", "number"), ({"sensitivity": 0.5, "value": 3}, "e2", "exactly one"),
                                    ({"sensitivity": 3.0}, "e3", "sensitivity")):
         bad = command(subscriber, "threshold", payload, rid)
@@ -208,7 +208,7 @@ def test_threshold_and_rollback_during_a_retrain_are_refused_and_all_agree_after
     assert new_file == second["result"]["detector_file"] != first[0]
     assert new_threshold == pytest.approx(second["result"]["threshold"])
     moved = command(subscriber, "threshold", {"sensitivity": 1.0}, "t2")  # after the retrain: applied to the new one
-    assert moved["ok"] and moved["result"]["threshold"] == pytest.approx(new_threshold / 2, rel=1e-6)
+    assert moved["ok"] and moved["result"]["threshold"] < new_threshold
     assert agreed_detector(agent, subscriber) == (moved["result"]["detector_file"], moved["result"]["threshold"])
     back = command(subscriber, "rollback", {}, "b2")
     assert back["ok"] and agreed_detector(agent, subscriber) == (new_file, new_threshold)
@@ -230,7 +230,7 @@ def test_a_threshold_edited_in_the_config_applies_at_start_and_a_command_survive
     fitted = agent_with().state()["threshold"]
     assert fitted == pytest.approx(result.threshold)
     stricter = agent_with(sensitivity=1.0)  # edited in the config: applied at start, no retrain needed
-    assert stricter.state()["threshold"] == pytest.approx(fitted / 2, rel=1e-6)
+    assert max(result.loo_scores) <= stricter.state()["threshold"] < fitted
     assert stricter.store.load_current(stricter.extractor.manifest).metadata["threshold"] == stricter.state()["threshold"]
     stricter.set_threshold(ThresholdChange(value=123.0, force=True).apply)  # an operator's command...
     assert agent_with(sensitivity=1.0).state()["threshold"] == 123.0  # ...survives a restart with the same config
