@@ -70,7 +70,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 DEFAULT_SPECS=(
-  "ai-edge-litert>=1.4,<2.2"      # the project's aarch64 pin (pyproject.toml); resolves to the newest 2.1.x
+  "ai-edge-litert>=1.4,<2.4"      # the project's aarch64 pin (pyproject.toml); resolves to 2.3.0
+  "ai-edge-litert==2.1.*"         # the pin before 2026-11-30
   "ai-edge-litert==1.4.0"
   "ai-edge-litert==2.0.*"
   "ai-edge-litert==2.2.0"
@@ -171,6 +172,23 @@ DEBOOTSTRAP=$(command -v debootstrap || echo /usr/sbin/debootstrap)
 QEMU=$(command -v qemu-aarch64-static)
 info "$("$QEMU" --version | head -1)"
 
+install_site() {  # install_site SITE WHEELHOUSE LOG PIP_PLATFORM_ARGS... -- REQS...: pip --target, stamped with REQS
+  local site=$1 wheels=$2 log=$3 plat=() reqs=() stamp
+  shift 3
+  while [[ $1 != -- ]]; do plat+=("$1"); shift; done; shift
+  reqs=("$@")
+  stamp=$(printf '%s\n' "${reqs[@]}")
+  if [[ "$REFRESH" != 1 && -f "$site/.reqs" && "$(cat "$site/.reqs")" == "$stamp" ]]; then
+    echo reused; return 0
+  fi
+  rm -rf "$site"
+  "$HOST_PYTHON" -m pip download -q -d "$wheels" "${plat[@]}" "${reqs[@]}" >"$log" 2>&1 \
+    && "$HOST_PYTHON" -m pip install -q --no-index --find-links "$wheels" --target "$site" "${plat[@]}" "${reqs[@]}" \
+         >>"$log" 2>&1 \
+    || { rm -rf "$site"; echo FAILED; return 1; }
+  printf '%s' "$stamp" >"$site/.reqs"
+  echo installed
+}
 # The feature comparison both checks use.
 COMPARE=$WORK/compare.py
 cat >"$COMPARE" <<'PY'
@@ -289,6 +307,9 @@ cp "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$DEV_ROO
   || cp /etc/ssl/certs/ca-certificates.crt "$DEV_ROOT/etc/ssl/host-ca.crt" \
   || die "no CA bundle on the host for the guest's pip (set PIP_CERT to one)"
 dev_mount -t proc proc "$DEV_ROOT/proc"
+# A private devpts instance (not the host's), so apt and dpkg have a terminal to log to.
+mkdir -p "$DEV_ROOT/dev/pts"
+dev_mount -t devpts -o newinstance,ptmxmode=0666 devpts "$DEV_ROOT/dev/pts" 2>/dev/null || true
 bind_cpuinfo "${INSTALL_CPUS[0]}"
 guest "${INSTALL_CPUS[0]}" /bin/true || die "arm64 programs do not run in $DEV_ROOT (binfmt_misc?)"
 
@@ -367,7 +388,7 @@ print(r.get("numpy", "-"), r.get("opencv-python-headless", "-"))' "$DEV_ROOT/tmp
 $( [[ $DEBIAN_MOD == scipy ]] && echo 'from scipy import ndimage, linalg' )" 2>&1) && naive_rc=0 || naive_rc=$?
     printf '%s\n' "$err" >>"$WORK/logs/device-naive.log"
     if [[ $naive_rc -ne 0 ]]; then
-      COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv breaks apt's $DEBIAN_MOD: $(grep -E 'Error|error' <<<"$err" | tail -1)"
+      COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv breaks apt's $DEBIAN_MOD: $(grep -m1 -o 'A module that was compiled using NumPy 1.x cannot be run in' <<<"$err" || true) $(grep -E 'Error|error' <<<"$err" | tail -1)"
     else
       COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv: apt's $DEBIAN_MOD still imported (no breakage reproduced)"
     fi
@@ -394,10 +415,38 @@ for rel in test/good/000.png test/broken_large/000.png; do
 done
 cp "$REPO/scripts/arm64_fit_check.py" "$DEV_ROOT$CHECK_DIR/"
 info "fit on ${#fit_imgs[@]} images of $BOTTLE/train/good (factor $FIT_FACTOR); score ${SCORE_IMGS[*]#$CHECK_DIR/}"
-x86_out=$WORK/out/install-x86.npz; rm -f "$x86_out"
-env PYTHONPATH="$REPO" PYTHONDONTWRITEBYTECODE=1 "$HOST_PYTHON" "$REPO/scripts/arm64_fit_check.py" --embed-only \
-    --expect-numpy - --expect-numpy-dir - --good - --score "$BOTTLE/test/good/000.png" --features-out "$x86_out" \
-    >"$WORK/logs/install-x86.log" 2>&1 || { tail "$WORK/logs/install-x86.log"; die "the x86 reference embed failed"; }
+# x86 references for the features: the dev venv, and a twin with the versions install.sh put in the Pi's venv
+# (apt's numpy version from PyPI, the same opencv and interpreter), so that arm64 is judged against the same code.
+x86_embed() {  # x86_embed OUT LOG [PYTHONPATH for -S]: embed test/good/000.png on the host
+  local out=$1 log=$2 rc=0; rm -f "$out"
+  if [[ -n "${3:-}" ]]; then
+    env -i PATH=/usr/bin:/bin HOME=/nonexistent LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$3:$REPO" \
+      "$HOST_PYTHON" -S "$REPO/scripts/arm64_fit_check.py" --embed-only --expect-numpy - --expect-numpy-dir - \
+      --good - --score "$BOTTLE/test/good/000.png" --model-dir "$MODEL_DIR" --features-out "$out" >"$log" 2>&1 || rc=$?
+  else
+    env PYTHONPATH="$REPO" PYTHONDONTWRITEBYTECODE=1 "$HOST_PYTHON" "$REPO/scripts/arm64_fit_check.py" --embed-only \
+      --expect-numpy - --expect-numpy-dir - --good - --score "$BOTTLE/test/good/000.png" --model-dir "$MODEL_DIR" \
+      --features-out "$out" >"$log" 2>&1 || rc=$?
+  fi
+  return $rc
+}
+x86_out=$WORK/out/install-x86.npz
+x86_embed "$x86_out" "$WORK/logs/install-x86.log" || { tail "$WORK/logs/install-x86.log"; die "the x86 reference embed failed"; }
+x86_versions() { awk '/^NUMPY/ {n=$2} /^CV2/ {c=$2} /^RUNTIME/ {r=$4" "$5} END {printf "numpy %s, opencv %s, %s", n, c, r}' "$1"; }
+info "x86 dev venv: $(x86_versions "$WORK/logs/install-x86.log")"
+twin_out=""
+if [[ $INSTALL_RC -eq 0 ]]; then
+  mapfile -t twin_reqs < <(echo "numpy==$APT_NUMPY"; guest "${INSTALL_CPUS[0]}" /opt/edge-agent/venv/bin/pip freeze --local \
+    2>/dev/null | grep -v -e '^edge-inspect' -e '^numpy==')
+  twin=$WORK/sites/x86-install-twin
+  r=$(install_site "$twin" "$WORK/wheels-x86" "$WORK/logs/pip-x86-install-twin.log" --only-binary=:all: -- "${twin_reqs[@]}") || true
+  if [[ $r != FAILED ]] && x86_embed "$WORK/out/install-x86-twin.npz" "$WORK/logs/install-x86-twin.log" "$twin"; then
+    twin_out=$WORK/out/install-x86-twin.npz
+    info "x86 twin of the Pi venv ($r): $(x86_versions "$WORK/logs/install-x86-twin.log")"
+  else
+    info "x86 twin with the venv's versions: not available (log: $WORK/logs/pip-x86-install-twin.log); comparing with the dev venv only"
+  fi
+fi
 if [[ $INSTALL_RC -eq 0 ]]; then
   for cpu in "${INSTALL_CPUS[@]}"; do
     bind_cpuinfo "$cpu"
@@ -413,8 +462,14 @@ if [[ $INSTALL_RC -eq 0 ]]; then
     if [[ $rc -eq 0 && -f "$out" ]]; then
       cmp=$("$HOST_PYTHON" "$COMPARE" "$x86_out" "$out" "$MODEL_DIR/manifest.json" "$MIN_COSINE" | sed -n 's/^COMPARE //p')
       read -r verdict cos _ lsb <<<"$cmp"
-      printf '    %-11s test/good/000.png features vs x86 (the dev venv): %s, min cosine %s, max %s int8 steps\n' \
+      printf '    %-11s test/good/000.png features vs x86 dev venv: %s, min cosine %s, max %s int8 steps\n' \
         X86 "$verdict" "$cos" "$lsb"
+      if [[ -n "$twin_out" ]]; then  # the twin is the judge when there is one
+        cmp=$("$HOST_PYTHON" "$COMPARE" "$twin_out" "$out" "$MODEL_DIR/manifest.json" "$MIN_COSINE" | sed -n 's/^COMPARE //p')
+        read -r verdict cos _ lsb <<<"$cmp"
+        printf '    %-11s test/good/000.png features vs x86 twin (same versions): %s, min cosine %s, max %s int8 steps\n' \
+          X86 "$verdict" "$cos" "$lsb"
+      fi
       if [[ $verdict == MISMATCH ]]; then INS_STATUS[$cpu]="MISMATCH vs x86"; ins_fail "$cpu: features differ from x86"
       else INS_STATUS[$cpu]=pass; fi
     else
@@ -552,23 +607,6 @@ reqs_for() {  # the full requirement list for one spec, one per line
 }
 dist_version() { # dist_version SITE NAME -> installed version from the .dist-info folder name
   { ls "$1" 2>/dev/null || true; } | sed -n "s/^$2-\(.*\)\.dist-info$/\1/p" | head -1
-}
-install_site() {  # install_site SITE WHEELHOUSE LOG PIP_PLATFORM_ARGS... -- REQS...: pip --target, stamped with REQS
-  local site=$1 wheels=$2 log=$3 plat=() reqs=() stamp
-  shift 3
-  while [[ $1 != -- ]]; do plat+=("$1"); shift; done; shift
-  reqs=("$@")
-  stamp=$(printf '%s\n' "${reqs[@]}")
-  if [[ "$REFRESH" != 1 && -f "$site/.reqs" && "$(cat "$site/.reqs")" == "$stamp" ]]; then
-    echo reused; return 0
-  fi
-  rm -rf "$site"
-  "$HOST_PYTHON" -m pip download -q -d "$wheels" "${plat[@]}" "${reqs[@]}" >"$log" 2>&1 \
-    && "$HOST_PYTHON" -m pip install -q --no-index --find-links "$wheels" --target "$site" "${plat[@]}" "${reqs[@]}" \
-         >>"$log" 2>&1 \
-    || { rm -rf "$site"; echo FAILED; return 1; }
-  printf '%s' "$stamp" >"$site/.reqs"
-  echo installed
 }
 declare -A SITE_OF TWIN_OF
 for spec in "${SPECS[@]}"; do

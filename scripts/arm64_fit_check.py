@@ -7,7 +7,7 @@ detector with edge_agent's own fitting code. Exit status 0 only when all of that
 an upper-case tag are what the calling script and docs/arm64.md quote.
 
 Usage: python arm64_fit_check.py --expect-numpy VERSION --expect-numpy-dir DIR --debian-ext MODULE
-           --good DIR --score IMAGE [IMAGE ...] [--factor 2] [--features-out FILE.npz]
+           --good DIR --score IMAGE [IMAGE ...] [--factor 2] [--model-dir DIR] [--features-out FILE.npz]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--good", required=True, help="folder of good images to fit on")
     ap.add_argument("--score", nargs="+", required=True, help="images to score after the fit")
     ap.add_argument("--factor", type=int, default=2, help="augmented copies per good image")
+    ap.add_argument("--model-dir", help="model folder [the installed package's default model]")
     ap.add_argument("--features-out", help="save the first --score image's features here (for the x86 comparison)")
     ap.add_argument("--embed-only", action="store_true", help="only embed the first --score image (x86 reference)")
     args = ap.parse_args()
@@ -59,7 +60,6 @@ def main() -> None:
     from edge_agent.capture.images import read_folder, read_image
     from edge_agent.embed.features import FeatureExtractor
     from edge_agent.embed.runtime.interpreter import interpreter_module
-    from edge_agent.models import default_model_dir
 
     def version(dist: str) -> str | None:
         try:
@@ -72,7 +72,12 @@ def main() -> None:
     line("RUNTIME", f"{mod.__name__} (ai-edge-litert {version('ai-edge-litert')}, "
                     f"tflite-runtime {version('tflite-runtime')}); edge-inspect {version('edge-inspect')}")
 
-    model_dir = default_model_dir()
+    if args.model_dir:
+        model_dir = args.model_dir
+    else:
+        from edge_agent.models import default_model_dir
+
+        model_dir = default_model_dir()
     t = time.perf_counter()
     fx = FeatureExtractor(model_dir, delegate="cpu", threads=2)
     line("MODEL", f"{model_dir} ({fx.manifest.model_id}) loaded in {time.perf_counter() - t:.1f} s")
