@@ -38,6 +38,13 @@ five() {
     evaluate $SHIPPED "$DATA/mvtec_loco_juice_bottle" object five-juice_bottle-object "${args[@]}"
     # Leave-one-set-out: every choice (detector, preset rule) made on the other four sets, scored on the fifth.
     $PY -m bench.loso "$OUT" | tee "$OUT/loso.md"
+    # The combined detector's weighting: fixed weights, label-free rules, and their leave-one-set-out choice.
+    $PY -m bench.site_choice --out build/site_choice --cache build/embeddings-site \
+        bottle="$DATA/mvtec_ad_bottle:bottle" elpv_mono=build/data/elpv_mono:object elpv_poly=build/data/elpv_poly:object \
+        screw="$DATA/mvtec_screw:screw" juice="$DATA/mvtec_loco_juice_bottle:object" | tee "$OUT/site_choice.md"
+    # Tried and dropped: a Gaussian fed copies at any angle (screw360), and pose removal on screw (bench/screw_pose.py).
+    # $PY -m bench.site_choice --out build/site_choice --cache build/embeddings-site screw="$DATA/mvtec_screw:screw360"
+    # $PY -m bench.screw_pose "$DATA/mvtec_screw"
 }
 if [ "${1:-}" = five ]; then five; exit 0; fi
 
