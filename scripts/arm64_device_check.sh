@@ -388,7 +388,7 @@ print(r.get("numpy", "-"), r.get("opencv-python-headless", "-"))' "$DEV_ROOT/tmp
 $( [[ $DEBIAN_MOD == scipy ]] && echo 'from scipy import ndimage, linalg' )" 2>&1) && naive_rc=0 || naive_rc=$?
     printf '%s\n' "$err" >>"$WORK/logs/device-naive.log"
     if [[ $naive_rc -ne 0 ]]; then
-      COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv breaks apt's $DEBIAN_MOD: $(grep -m1 -o 'A module that was compiled using NumPy 1.x cannot be run in' <<<"$err" || true) $(grep -E 'Error|error' <<<"$err" | tail -1)"
+      COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv breaks apt's $DEBIAN_MOD: "$(grep -m1 -A1 'A module that was compiled using NumPy 1.x' <<<"$err" | tr '\n' ' ' | sed 's/ *$//')" then $(grep -E 'Error|error' <<<"$err" | tail -1)"
     else
       COUNTERFACTUAL="numpy $NAIVE_NUMPY in the venv: apt's $DEBIAN_MOD still imported (no breakage reproduced)"
     fi
@@ -432,7 +432,7 @@ x86_embed() {  # x86_embed OUT LOG [PYTHONPATH for -S]: embed test/good/000.png 
 }
 x86_out=$WORK/out/install-x86.npz
 x86_embed "$x86_out" "$WORK/logs/install-x86.log" || { tail "$WORK/logs/install-x86.log"; die "the x86 reference embed failed"; }
-x86_versions() { awk '/^NUMPY/ {n=$2} /^CV2/ {c=$2} /^RUNTIME/ {r=$4" "$5} END {printf "numpy %s, opencv %s, %s", n, c, r}' "$1"; }
+x86_versions() { awk '/^NUMPY/ {n=$2} /^CV2/ {c=$2} /^RUNTIME/ {r=$2" "$3" "$4; sub(/,$/, "", r); sub(/\(/, "", r)} END {printf "numpy %s, opencv %s, %s", n, c, r}' "$1"; }
 info "x86 dev venv: $(x86_versions "$WORK/logs/install-x86.log")"
 twin_out=""
 if [[ $INSTALL_RC -eq 0 ]]; then
