@@ -1,6 +1,7 @@
 """Held-out folds from one fit: the patch memory's coreset is selected once, and each fold's model is that
-memory without the held-out images' patches. The guarantee (nothing derived from image i scores image i) must
-hold as it did with a refit per fold."""
+memory without the held-out images' patches, topped up with the other images' patches that only those covered.
+The guarantee (nothing derived from image i scores image i) must hold as it did with a refit per fold, and the
+held-out scores must not come out higher for a hole the held-out image left in the memory."""
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _one_direction_per_image(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 class _Refit:
-    """The patch memory refitted per fold, as before (hides ``without_rows``)."""
+    """The patch memory refitted per fold, as before (hides ``held_out_models``)."""
 
     def __init__(self, **params) -> None:
         self.params = params
@@ -44,14 +45,14 @@ def test_a_held_out_images_own_patches_are_never_in_the_memory_that_scores_it(mo
     feats = _one_direction_per_image(np.random.default_rng(0))
     groups = group_indices(N_GROUPS, FACTOR)
     folds = []
-    reduce = PatchMemoryDetector.without_rows
+    models = PatchMemoryDetector.held_out_models
 
     def spy(self, features, rows):
-        fold = reduce(self, features, rows)
-        folds.append((rows, fold))
-        return fold
+        for r, fold in zip(rows, models(self, features, rows)):
+            folds.append((r, fold))
+            yield fold
 
-    monkeypatch.setattr(PatchMemoryDetector, "without_rows", spy)
+    monkeypatch.setattr(PatchMemoryDetector, "held_out_models", spy)
     full = make_detector("patch-knn").fit(feats)
     patches = full.patch_embeddings(feats).reshape(len(groups) * (1 + FACTOR), -1, CHANNELS)
     held = np.concatenate(reduced_held_out_scores(full, feats, groups, first_rows(take_groups(feats, groups)), 4))
@@ -100,23 +101,47 @@ def test_with_the_full_bank_a_folds_model_is_exactly_the_refit_one() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def test_a_memory_left_empty_by_the_fold_is_refitted_on_the_other_images() -> None:
+def test_a_hole_the_held_out_image_leaves_in_the_memory_is_filled_from_the_other_images() -> None:
+    # Images in near-identical pairs (2g, 2g + 1), each pair along its own channel. The coreset keeps one twin's
+    # patches for the pair's region; holding that twin out must not leave its region empty: a refit would keep the
+    # other twin's patches, and so must the fold, or the held-out twin scores another pair's distance (> 6).
+    rng = np.random.default_rng(5)
+    n = 8
+    maps = 0.02 * rng.normal(size=(n, 6, 6, CHANNELS))
+    maps[np.arange(n), :, :, np.arange(n) // 2] += 10.0
+    feats = {"spatial/stage3": maps.astype(np.float32)}
+    groups = [np.array([i]) for i in range(n)]
+    full = make_detector("patch-knn").fit(feats)
+    patches, image_of = full.patch_embeddings(feats).reshape(n, 36, CHANNELS), full.coreset_indices_ // 36
+    bare = [nearest_distances(patches[i], full.memory_bank_[image_of != i], full.memory_sq_norms_[image_of != i]).max()
+            for i in range(n)]
+    assert max(bare) > 6  # the memory less an image's own patches does leave a hole here
+    probes = first_rows(take_groups(feats, groups))
+    assert np.all(np.concatenate(held_out_scores(_Refit, take_groups(feats, groups), probes)) < 1)  # the twin covers it
+    assert np.all(np.concatenate(reduced_held_out_scores(full, feats, groups, probes)) < 1)
+
+
+def test_a_memory_left_empty_by_the_fold_is_rebuilt_from_the_other_images() -> None:
     rng = np.random.default_rng(3)
     feats = spatial(rng, 9)
     full = make_detector("patch-knn", coreset_max=1).fit(feats)
     owner = int(full.coreset_indices_[0]) // (full.grid_[0] * full.grid_[1])
-    fold = full.without_rows(feats, np.array([owner]))
-    rest = {k: np.delete(v, owner, axis=0) for k, v in feats.items()}
-    expected = make_detector("patch-knn", coreset_max=1).fit(rest)
-    np.testing.assert_array_equal(fold.memory_bank_, expected.memory_bank_)
-    kept = full.without_rows(feats, np.array([(owner + 1) % 9]))  # the one memory patch is not that image's
-    np.testing.assert_array_equal(kept.memory_bank_, full.memory_bank_)
+    fold, kept = full.held_out_models(feats, [np.array([owner]), np.array([(owner + 1) % 9])])
+    assert len(fold.memory_bank_) >= 1 and not np.any(fold.coreset_indices_ // 64 == owner)
+    patches = full.patch_embeddings(feats).reshape(9, 64, -1)
+    radius = nearest_distances(patches.reshape(-1, patches.shape[-1]), full.memory_bank_, full.memory_sq_norms_).max()
+    others = np.delete(patches, owner, axis=0).reshape(-1, patches.shape[-1])
+    assert nearest_distances(others, fold.memory_bank_, fold.memory_sq_norms_).max() <= radius * (1 + 1e-5)
+    np.testing.assert_array_equal(kept.memory_bank_, full.memory_bank_)  # its one patch is not that image's
     assert kept.n_train_ == 8
 
 
-def test_without_rows_refuses_what_it_cannot_mean() -> None:
+def test_held_out_models_refuse_what_they_cannot_mean() -> None:
     feats = spatial(np.random.default_rng(4), 4)
     with pytest.raises(ValueError, match="not fitted"):
-        PatchMemoryDetector().without_rows(feats, np.array([0]))
+        next(PatchMemoryDetector().held_out_models(feats, [np.array([0])]))
+    det = make_detector("patch-knn").fit(feats)
     with pytest.raises(ValueError, match=r"training rows in \[0, 4\)"):
-        make_detector("patch-knn").fit(feats).without_rows(feats, np.array([4]))
+        next(det.held_out_models(feats, [np.array([4])]))
+    with pytest.raises(ValueError, match="features of 3 images, but this model was fitted on 4"):
+        next(det.held_out_models({k: v[:3] for k, v in feats.items()}, [np.array([0])]))

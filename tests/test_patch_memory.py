@@ -17,7 +17,7 @@ from edge_agent.capture.images import read_image
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.augment import PRESETS, augment
 from edge_agent.learn.detectors import persistence
-from edge_agent.learn.detectors.coreset import greedy_coreset
+from edge_agent.learn.detectors.coreset import extend_cover, greedy_coreset
 from edge_agent.learn.detectors.patch_memory import PatchMemoryDetector, box_filter_3x3, to_grid
 from edge_agent.offline.metrics import roc_auc
 from tests.synthetic import spatial
@@ -98,6 +98,19 @@ def test_pruned_greedy_coreset_selects_what_the_unpruned_one_selects(rng: np.ran
     assert sorted(everything.tolist()) == list(range(len(X)))
     with pytest.raises(ValueError, match="cells"):
         greedy_coreset(X, 10, cells=0)
+
+
+def test_extend_cover_continues_the_greedy_selection_until_the_radius(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    order = greedy_coreset(X, 200, 0)
+    added = extend_cover(X, np.full(200, np.inf), 1.0)  # from nothing: the greedy order, cut at the radius
+    np.testing.assert_array_equal(added, order[: len(added)])
+    assert cdist(X, X[added]).min(axis=1).max() <= 1.0 + 1e-4 < cdist(X, X[added[:-1]]).min(axis=1).max()
+    covered = cdist(X, X[order[:30]]).min(axis=1) ** 2  # from a selection: only what it leaves beyond the radius
+    more = extend_cover(X, covered, 0.8)
+    assert not np.isin(more, order[:30]).any()
+    assert cdist(X, X[np.r_[order[:30], more]]).min(axis=1).max() ** 2 <= 0.8 + 1e-4
+    assert len(extend_cover(X, covered, float(covered.max()))) == 0
 
 
 def test_greedy_coreset_covers_better_than_random(rng: np.random.Generator) -> None:

@@ -18,7 +18,7 @@ one type of the feature mappings every module in ``edge_agent.learn`` passes aro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -42,8 +42,8 @@ class Reducible(Protocol):
 
     def score_samples(self, features: Features) -> np.ndarray: ...
 
-    def without_rows(self, features: Features, rows: np.ndarray) -> Scorer:
-        """A model that has seen nothing of ``rows`` of ``features``, the features it was fitted on."""
+    def held_out_models(self, features: Features, folds: Sequence[np.ndarray]) -> Iterator[Scorer]:
+        """Per array of rows of ``features`` (the features it was fitted on), a model that saw nothing of them."""
 
 
 def take_groups(features: Features, groups: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -109,18 +109,18 @@ def reduced_held_out_scores(
     max_folds: int | None = None,
 ) -> list[np.ndarray]:
     """`held_out_scores` (same folds) from ``fitted``, a detector fitted on all of ``features``: each fold's model
-    is ``fitted.without_rows`` the rows of the fold's groups (``groups``: index arrays into ``features``).
+    is ``fitted.held_out_models`` without the rows of the fold's groups (``groups``: index arrays into ``features``).
 
     Why: a camera fits the model on all images anyway; removing rows from it costs a fraction of a refit per fold.
     """
     if len(probes) != len(groups):
         raise ValueError(f"one probe set per group expected, got {len(probes)} for {len(groups)} groups")
     fold_of = _folds(len(groups), max_folds)
+    held = [np.flatnonzero(fold_of == fold) for fold in range(int(fold_of.max()) + 1)]
+    rows = [np.concatenate([np.asarray(groups[j]) for j in h]) for h in held]
     scores: list[np.ndarray] = [np.empty(0)] * len(groups)
-    for fold in range(int(fold_of.max()) + 1):
-        held = np.flatnonzero(fold_of == fold)
-        rows = np.concatenate([np.asarray(groups[j]) for j in held])
-        _score_fold(fitted.without_rows(features, rows), held, probes, scores)
+    for h, model in zip(held, fitted.held_out_models(features, rows)):
+        _score_fold(model, h, probes, scores)
     return scores
 
 

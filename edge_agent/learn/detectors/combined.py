@@ -30,7 +30,7 @@ patch memory alone rejected 1-4 %.)
 
 The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_``, so the
 threshold calibration does not have to refit the whole ensemble once per fold again. The patch memory's fold
-models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.without_rows`), so its
+models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
 coreset, most of the fit's time, is selected once rather than once more per fold.
 """
 

@@ -149,3 +149,29 @@ def _first_farthest(min_d2: np.ndarray, cell_max: np.ndarray, bounds: np.ndarray
     rows = [lo + np.flatnonzero(min_d2[lo:hi] == top) for lo, hi in
             ((bounds[b], bounds[b + 1]) for b in np.flatnonzero(cell_max == top))]
     return int(order[np.concatenate(rows)].min())
+
+
+def extend_cover(points: np.ndarray, min_d2: np.ndarray, radius2: float) -> np.ndarray:
+    """Greedy k-center continued from an existing selection: indices of rows of ``points`` added, farthest first,
+    until every row's squared distance to the selection (``min_d2``, inf for none) is at most ``radius2``.
+
+    Why: a held-out fold's patch memory loses the held-out images' patches; the other images' patches that those
+    covered are left farther from the memory than the fit's own covering radius, and this puts them back within
+    it, as a selection made without the held-out images would have covered them.
+    """
+    X = np.ascontiguousarray(points, dtype=np.float32)
+    d2 = np.array(min_d2, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", X, X)
+    buf = np.empty_like(d2)
+    added = []
+    while d2.size:
+        j = int(np.argmax(d2))
+        if d2[j] <= radius2:
+            break
+        added.append(j)
+        np.einsum("ij,j->i", X, X[j] * np.float32(-2.0), out=buf)
+        buf += sq
+        buf += sq[j]
+        np.minimum(d2, buf, out=d2)
+        d2[j] = -np.inf
+    return np.asarray(added, dtype=np.int64)

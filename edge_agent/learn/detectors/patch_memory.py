@@ -39,30 +39,32 @@ for its L patches, i.e. O(L * k * d), with the matrix bounded by ``BLOCK_ELEMENT
 
 Held-out folds (`edge_agent.learn.heldout`): the threshold and the combined detector's normalisation score each
 training image with a model that never saw it. Refitting per fold would select a coreset per fold, most of a
-fit's time. Instead the memory is selected once, on all images, and a fold's model is that memory without every
-patch of the held-out images and their copies (`without_rows`): no patch derived from image i is in the memory
-that scores image i. What the selection on all images still carries into a fold is which patches of the OTHER
-images were kept. Greedy k-center keeps a patch because it is far from everything kept so far, so where image i
-and image j have similar patches, keeping i's is what makes the selection skip j's, never what makes it keep
-them: without i's patches, the region image i lies in is covered by the other images less densely, if anything,
-than by a coreset selected without i. The held-out distances therefore err high (a looser threshold, not a model
-that has learnt image i; docs/performance.md has the measured difference), and they are measured on the memory
-the camera will actually score with, less one fold.
-A fold keeps about the coreset ratio of its remaining patches, as a refit would, except under ``coreset_max``:
-a capped memory loses the held-out images' share of the cap where a refit would keep the whole cap. With
-``coreset_ratio`` 1 (the full bank) a fold's model is exactly the refit one.
+fit's time. Instead the memory is selected once, on all images, and a fold's model is derived from it
+(`held_out_models`): the memory less every patch of the held-out images and their copies, so no patch derived
+from image i is in the memory that scores image i. That alone would leave a hole: greedy k-center keeps a patch
+because it is far from everything kept so far, so where image i and image j have similar patches, keeping i's is
+what made the selection skip j's, and without i's patches the region image i lies in would be covered by the
+other images less densely than a coreset selected without i covers it (held-out distances, and thresholds, well
+above a refit's: docs/performance.md). So the other images' patches whose nearest memory patch was one of the
+held-out images' are put back, farthest first, until every patch of the other images is as close to the fold's
+memory as the fit's covering radius (the largest distance of any training patch to the memory) allows
+(`edge_agent.learn.detectors.coreset.extend_cover`): the fold covers its images as well as the fit covers all of
+them, with patches of its own images only. What the fit on all images still decides is which of the other
+images' patches, among near-equivalent ones, cover them; docs/performance.md compares the held-out scores with a
+refit per fold. A fold's memory comes out a little larger than a refit's at the same ratio (it keeps the fit's
+radius), and with ``coreset_ratio`` 1 (the full bank) it is exactly the refit one.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edge_agent.learn.detectors.base import BLOCK_ELEMENTS, Features, is_positive_int, max_over_locations
-from edge_agent.learn.detectors.coreset import coreset_indices
+from edge_agent.learn.detectors.coreset import coreset_indices, extend_cover
 from edge_agent.learn.detectors.spatial import GridDetector, blur_maps, resize_maps
 
 #: Storage types accepted for the memory bank.
@@ -111,25 +113,34 @@ def to_grid(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return resize_maps(maps.astype(np.float32, copy=False), grid)
 
 
-def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
-    """Euclidean distance from each query row to its nearest bank row, float32 (PatchCore eq. 6).
+def nearest_rows(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared euclidean distance from each query row to its nearest bank row (float32) and that row's index.
 
     min_j ||q - b_j||^2 = ||q||^2 + min_j (||b_j||^2 - 2 q.b_j): one float32 matrix product per block of
     queries, ``bank_sq`` = ||b_j||^2 precomputed at fit. Blocks keep the (queries x bank) matrix within
     ``BLOCK_ELEMENTS`` whatever the batch. Rounding can make the squared distance of a query equal to a bank
-    row slightly negative: it is clamped to 0 before the square root.
+    row slightly negative: it is clamped to 0.
     """
     Q = np.ascontiguousarray(queries, dtype=np.float32)
     B = bank if bank.dtype == np.float32 else bank.astype(np.float32)  # float16 storage: search in float32
     out = np.empty(Q.shape[0], dtype=np.float32)
+    index = np.empty(Q.shape[0], dtype=np.int64)
     block = max(1, BLOCK_ELEMENTS // max(1, B.shape[0]))
     for s in range(0, Q.shape[0], block):
         q = Q[s : s + block]
         g = np.dot(q * np.float32(-2.0), B.T)
         g += bank_sq
-        out[s : s + block] = g.min(axis=1) + np.einsum("ij,ij->i", q, q)
+        nearest = g.argmin(axis=1)
+        index[s : s + block] = nearest
+        out[s : s + block] = g[np.arange(len(nearest)), nearest] + np.einsum("ij,ij->i", q, q)
     np.maximum(out, 0.0, out=out)
-    return np.sqrt(out, out=out)
+    return out, index
+
+
+def nearest_distances(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each query row to its nearest bank row, float32 (PatchCore eq. 6; `nearest_rows`)."""
+    d2 = nearest_rows(queries, bank, bank_sq)[0]
+    return np.sqrt(d2, out=d2)
 
 
 class PatchMemoryDetector(GridDetector):
@@ -233,27 +244,42 @@ class PatchMemoryDetector(GridDetector):
         self.coreset_indices_ = np.asarray(indices, dtype=np.int32)
         return self
 
-    def without_rows(self, features: Features, rows: np.ndarray) -> PatchMemoryDetector:
-        """This fit without the memory patches of training images ``rows``: a held-out fold's model without a
-        second coreset selection (see the module docstring for what it keeps of the fit on all images).
+    def held_out_models(self, features: Features, folds: Sequence[np.ndarray]) -> Iterator[PatchMemoryDetector]:
+        """For each array of training rows (images) in ``folds``, this fit without them: held-out folds' models
+        without a coreset selection per fold (see the module docstring for why this holds images out).
 
-        ``features`` are the features it was fitted on; they are read only when every memory patch came from
-        ``rows`` (a tiny coreset), and the model is then refitted on the other images."""
+        ``features`` are the features it was fitted on. A fold's memory is this memory less the patches of the
+        fold's images, plus, farthest first, patches of the other images that only those covered, until the other
+        images are covered within this fit's covering radius again (`extend_cover`)."""
         if not self.is_fitted:
             raise ValueError(f"{type(self).__name__} is not fitted yet; call fit() first")
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
-        if rows.size and not (0 <= rows[0] and rows[-1] < self.n_train_):
-            raise ValueError(f"rows must be training rows in [0, {self.n_train_}), got {rows[0]}..{rows[-1]}")
-        keep = ~np.isin(self.coreset_indices_ // (self.grid_[0] * self.grid_[1]), rows)
-        if not keep.any():
-            rest = np.setdiff1d(np.arange(self.n_train_), rows)
-            return type(self)(**self.get_params()).fit({k: np.asarray(features[k])[rest] for k in self.levels_})
-        fold = copy.copy(self)
-        fold.memory_bank_ = self.memory_bank_[keep]
-        fold.memory_sq_norms_ = self.memory_sq_norms_[keep]
-        fold.coreset_indices_ = self.coreset_indices_[keep]  # still rows of this fit's training patches
-        fold.n_train_ = self.n_train_ - rows.size
-        return fold
+        patches = self._embed(self._check_score_input(features))
+        if patches.shape[0] != self.n_train_:
+            raise ValueError(f"features of {patches.shape[0]} images, but this model was fitted on {self.n_train_}")
+        patches = patches.reshape(-1, patches.shape[-1])
+        per_image = self.grid_[0] * self.grid_[1]
+        d2, owner = nearest_rows(patches, self.memory_bank_, self.memory_sq_norms_)
+        radius2 = float(d2.max())
+        memory_image = self.coreset_indices_ // per_image
+        for rows in folds:
+            rows = np.unique(np.asarray(rows, dtype=np.int64))
+            if rows.size and not (0 <= rows[0] and rows[-1] < self.n_train_):
+                raise ValueError(f"rows must be training rows in [0, {self.n_train_}), got {rows[0]}..{rows[-1]}")
+            held = np.isin(memory_image, rows)
+            # The other images' patches whose nearest memory patch goes with the fold: the only ones it uncovers.
+            uncovered = np.flatnonzero(held[owner] & ~np.isin(np.arange(len(patches)) // per_image, rows))
+            kept = self.memory_bank_[~held]
+            kept_sq = self.memory_sq_norms_[~held]
+            gap = nearest_rows(patches[uncovered], kept, kept_sq)[0] if len(kept) else np.full(len(uncovered), np.inf)
+            added = uncovered[extend_cover(patches[uncovered], gap, radius2)]
+            extra = patches[added].astype(self.dtype)
+            fold = copy.copy(self)
+            fold.memory_bank_ = np.concatenate([kept, extra])
+            as32 = extra.astype(np.float32)
+            fold.memory_sq_norms_ = np.concatenate([kept_sq, np.einsum("ij,ij->i", as32, as32)])
+            fold.coreset_indices_ = np.concatenate([self.coreset_indices_[~held], added]).astype(np.int32)
+            fold.n_train_ = self.n_train_ - rows.size
+            yield fold
 
     def _patch_scores(self, features: Features) -> np.ndarray:
         """Nearest-memory distance of every patch, (n, h, w) float32, unblurred."""
