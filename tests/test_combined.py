@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.stats import lognorm
+from scipy.stats import t as student_t
 
 from edge_agent.capture.images import read_image
 from edge_agent.embed.features import FeatureExtractor
@@ -148,11 +148,11 @@ def test_threshold_uses_the_out_of_fold_scores(real_features):
     feats, damaged, _, _ = real_features
     result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3), split_defects(damaged, 6))
     np.testing.assert_array_equal(result.loo_scores, result.detector.oof_scores_)
-    # The 0.99 quantile of a log-normal fitted by hand (scipy's), never below the largest score, plus 10 %.
-    logs = np.log(result.loo_scores)
-    tail = lognorm(s=logs.std(ddof=1), scale=np.exp(logs.mean())).ppf(0.99)
-    assert result.threshold == pytest.approx(1.1 * max(tail, np.quantile(result.loo_scores, 0.99)), rel=1e-9)
-    assert result.threshold >= np.max(result.loo_scores) * 1.1  # never below the empirical quantile
+    # The default target (0.005) is below 1/(n+1) for 6 images: a log-normal prediction bound on those scores,
+    # worked out here with scipy's Student t, never below the largest score.
+    logs, n = np.log(result.loo_scores), len(result.loo_scores)
+    bound = np.exp(logs.mean() + student_t.ppf(1 - 0.005, n - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / n))
+    assert result.threshold == pytest.approx(max(bound, np.max(result.loo_scores)), rel=1e-6)
 
 
 def test_round_trip_through_the_detector_file(real_features, tmp_path):
