@@ -292,7 +292,7 @@ class Agent:
                   "reject_rate": round(sum(recent) / len(recent), 4) if recent else None,
                   "missed_triggers": self.missed_triggers}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
-                             self.fps(), counts, {**self.source.describe(), **self._source_state},
+                             self.fps(), counts, {**self._source_state, **self.source.describe()},
                              self.sink.stats())
 
     def publish_state(self) -> None:

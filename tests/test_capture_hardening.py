@@ -322,7 +322,9 @@ def test_the_agent_survives_all_three_and_a_restart_judges_nothing_again(tmp_pat
     cfg.write_text(f'[device]\nid = "cam-test"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'[source]\nkind = "folder"\npath = "{frames}"\nwatch = true\nreopen_min_s = 0.1\n'
                    f'[model]\ndelegate = "cpu"\n[augmentation]\nfactor = 2\n[detector]\nname = "mahalanobis"\n'
-                   f'[mqtt]\nenabled = false\n')
+                   # Three good images bound a 0.5 % target only by a wide extrapolation; at 25 % (>= 1/(n+1)) the
+                   # threshold is the largest held-out score, which a bottle squashed into a strip exceeds.
+                   f'[threshold]\ntarget_false_reject = 0.25\n[mqtt]\nenabled = false\n')
     agent = [sys.executable, "-m", "edge_agent.cli", "--config", str(cfg)]
     subprocess.run(agent + ["fit", "--images", str(good)], check=True, capture_output=True, timeout=180)
     (frames / "a01.png").write_bytes(real_set.test_good[0].read_bytes())
