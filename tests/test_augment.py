@@ -127,7 +127,7 @@ def test_presets_cover_mvtec_and_generic() -> None:
         assert not (PRESETS[name].hflip or PRESETS[name].vflip or PRESETS[name].rot90), name
 
 
-# Rows of the paper's Table 4 (../shared/PAPER_TABLES.md), written out literally:
+# Rows of the paper's Table 4 (Gutierrez et al. 2021, appendix; transcribed in the project's shared notes), literally:
 # flip h, flip v, translate (x, y) at 380 px, rotate +-deg, rot 90s, zoom.
 TABLE_4 = {
     "carpet": (True, True, 5, 0.0, True, None),
