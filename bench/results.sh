@@ -3,7 +3,8 @@
 # (10x augmentation, 5 replicates) on bottle and the elpv solar cells, for the shipped Lite0 and for Lite2.
 #   bash bench/results.sh            (everything: several hours on 2 cores; embeddings are cached in build/embeddings)
 #   bash bench/results.sh five       (issue 14 only: the five shared sets at N=10, x10, 5 replicates, three detectors,
-#                                     and their leave-one-set-out table; about 1.5 hours on 2 shared cores)
+#                                     their leave-one-set-out table, the combined detector's weightings; ~30 minutes)
+#   bash bench/results.sh resolution (issue 14: Lite0 at 384 and 448 px on the five sets; ~45 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -46,7 +47,23 @@ five() {
     # $PY -m bench.site_choice --out build/site_choice --cache build/embeddings-site screw="$DATA/mvtec_screw:screw360"
     # $PY -m bench.screw_pose "$DATA/mvtec_screw"
 }
+# Issue 14, input resolution: Lite0 converted at 384 and 448 px, the same five sets through site_choice (its
+# "damage (shipped)" row is the combined detector). About 45 minutes on 2 shared cores.
+resolution() {
+    [ -d build/calibration ] || $PY -m converter.calibration_set build/calibration
+    local size
+    for size in 384 448; do
+        local model=build/models/efficientnet-lite0-$size-int8
+        [ -f $model/manifest.json ] || $PY -m converter.cli --backbone efficientnet-lite0 --calibration build/calibration \
+            --input-size $size --spatial-taps 3,4 --output $model --overwrite
+        $PY -m bench.site_choice --model $model --out build/site_choice_$size --cache build/embeddings-site \
+            bottle="$DATA/mvtec_ad_bottle:bottle" elpv_mono=build/data/elpv_mono:object \
+            elpv_poly=build/data/elpv_poly:object screw="$DATA/mvtec_screw:screw" \
+            juice="$DATA/mvtec_loco_juice_bottle:object" | tee "$OUT/site_choice_$size.md"
+    done
+}
 if [ "${1:-}" = five ]; then five; exit 0; fi
+if [ "${1:-}" = resolution ]; then resolution; exit 0; fi
 
 [ -d build/calibration ] || $PY -m converter.calibration_set build/calibration
 LITE2=build/models/efficientnet-lite2-int8
