@@ -538,7 +538,8 @@ class Agent:
                 frame = due[0] if due else None
                 if due is not None:
                     job = self._job
-                    self.inspect(*due)  # also while a retrain collects: by the model in use, none unjudged
+                    verdict = self.inspect(*due)  # also while a retrain collects: by the model in use, none unjudged
+                    self.sink.publish_frame(frame.image, verdict)  # a live view's latest frame (a reference)
                     if job is not None:
                         self._collect(frame)
                     if max_frames is not None and self.inspected >= max_frames:

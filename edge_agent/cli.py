@@ -109,9 +109,10 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> int:
 def make_sink(config: Config) -> Sink:
     """The MQTT publisher with its durable spool, or JSON lines on stdout when [mqtt] enabled = false; with the
     line's GPIO pins ([gpio]) behind it: the outputs, then the trigger input (which the agent's run starts and
-    stops with the sinks, see `edge_agent.capture.gpio_trigger`); then the PLC's Modbus server ([modbus])."""
+    stops with the sinks, see `edge_agent.capture.gpio_trigger`); then the PLC's Modbus server ([modbus]) and the
+    operator's web page ([web])."""
     first = _main_sink(config)  # numbers the verdicts
-    line = _line_io(config) + _plc(config)
+    line = _line_io(config) + _plc(config) + _web(config, first)
     return FanOut([first, *line]) if line else first
 
 
@@ -172,9 +173,29 @@ def _plc(config: Config) -> list[Sink]:
                           "an address of this machine; set [modbus] port or bind") from None
 
 
+def _web(config: Config, first: Sink) -> list[Sink]:
+    """The web page when [web] enabled = true; its port taken: a configuration error that names it."""
+    w = config.web
+    if not w.enabled:
+        return []
+    from edge_agent.deliver.web import WebSink
+
+    roi = Roi.parse(config.source.roi)
+    try:
+        return [WebSink(w.password(), w.bind, w.port, history=w.history, gallery=w.gallery, live_fps=w.live_fps,
+                        session_hours=w.session_hours, box=roi.box if roi else None,
+                        jpeg_quality=config.alerts.jpeg_quality,
+                        tls=(w.tls_cert, w.tls_key) if w.tls_cert else None,
+                        broker=first.stats if config.mqtt.enabled else None)]
+    except OSError as exc:
+        raise ConfigError(f"[web] {w.bind}:{w.port}: {exc.strerror or exc}: another program listens there, or bind "
+                          "is not an address of this machine; set [web] port or bind") from None
+
+
 def build_agent(config: Config, model: Path | None = None, sink: Sink | None = None, source=None):
-    """The agent with its sinks; every sink that takes commands (the MQTT publisher) sends them to it, every
-    trigger input (the pin, the Modbus coil) its triggers."""
+    """The agent with its sinks; every sink that takes commands (the MQTT publisher, the web page) sends them to
+    it, every trigger input (the pin, the Modbus coil) its triggers. The web page logs its users in with its own
+    password, so its commands skip the MQTT command token (a broker's secret); the validation is the same."""
     from edge_agent.agent import Agent
     from edge_agent.commands import Commands
 
@@ -183,10 +204,16 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
     commands = Commands(agent, config.mqtt.command_token())
     for leaf in leaves(sink):
         if isinstance(leaf, CommandSource):
-            leaf.on_command = commands
+            leaf.on_command = Commands(agent) if _logs_in(leaf) else commands
         if isinstance(leaf, TriggerSource):  # one frame per edge on the pin, per write on the coil
             leaf.on_trigger = agent.trigger
     return agent
+
+
+def _logs_in(leaf: Sink) -> bool:
+    from edge_agent.deliver.web import WebSink
+
+    return isinstance(leaf, WebSink)
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:

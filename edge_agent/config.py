@@ -176,26 +176,26 @@ class MqttConfig:
 
     def password(self) -> str | None:
         """The broker password from the environment or a file (systemd credentials, docker secrets)."""
-        return _secret("password", self.password_env, self.password_file)
+        return _secret("mqtt", "password", self.password_env, self.password_file)
 
     def command_token(self) -> str | None:
         """The shared secret every command must carry (``"token"``), for brokers whose ACLs cannot tell operators
         from viewers; ``None``: commands are not checked beyond the broker's own access control."""
-        return _secret("command_token", self.command_token_env, self.command_token_file)
+        return _secret("mqtt", "command_token", self.command_token_env, self.command_token_file)
 
 
-def _secret(key: str, env: str, file: str) -> str | None:
-    """A secret named by ``[mqtt] <key>_env`` (an environment variable) or ``<key>_file``; never in the config."""
+def _secret(section: str, key: str, env: str, file: str) -> str | None:
+    """A secret named by ``[section] <key>_env`` (an environment variable) or ``<key>_file``; never in the config."""
     if env:
         value = os.environ.get(env)
         if value is None:
-            raise ConfigError(f"[mqtt] {key}_env names {env}, which is not set")
+            raise ConfigError(f"[{section}] {key}_env names {env}, which is not set")
         return value
     if file:
         try:
             return Path(file).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"[mqtt] {key}_file {file}: {exc.strerror}") from None
+            raise ConfigError(f"[{section}] {key}_file {file}: {exc.strerror}") from None
     return None
 
 
@@ -244,6 +244,40 @@ class ModbusConfig:
     unit_id: int = 1
 
 
+#: The web page's password is at least this long: it is the only thing between the plant network and the
+#: threshold, and the login is slowed down (`edge_agent.deliver.web`), not locked.
+MIN_WEB_PASSWORD = 8
+
+
+@dataclass
+class WebConfig:
+    """The operator's web page (`edge_agent.deliver.web`, docs/web.md); off by default."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"  # loopback unless set; "0.0.0.0" for the plant network
+    port: int = 8080  # 0: any free port (logged)
+    password_env: str = ""  # the login password, from the environment or a file, never from this file
+    password_file: str = ""
+    tls_cert: str = ""  # HTTPS with this certificate (PEM) and tls_key; or a reverse proxy in front
+    tls_key: str = ""
+    history: int = 500  # verdicts kept for the score chart
+    gallery: int = 24  # rejected parts kept, with their pictures
+    live_fps: float = 4.0  # the live view's most frames per second, per browser
+    session_hours: float = 12.0  # a login lasts this long
+
+    def password(self) -> str:
+        """The login password: from ``password_env`` or ``password_file``, at least `MIN_WEB_PASSWORD` long."""
+        value = _secret("web", "password", self.password_env, self.password_file)
+        key = "password_env" if self.password_env else "password_file"
+        if value is None:
+            raise ConfigError("[web] enabled = true needs password_env or password_file: the page changes the "
+                              "threshold and retrains, so it never runs without a password")
+        if len(value) < MIN_WEB_PASSWORD:
+            raise ConfigError(f"[web] {key}: the password is {len(value)} characters; use at least "
+                              f"{MIN_WEB_PASSWORD}")
+        return value
+
+
 @dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -260,6 +294,7 @@ class Config:
     alerts: AlertConfig = field(default_factory=AlertConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -298,6 +333,8 @@ _RANGES = {
     ("modbus", "port"): (1, 65535), ("modbus", "unit_id"): (0, 255),
     ("source", "camera_num"): (0, 15), ("camera", "exposure_us"): (0, 10_000_000),
     ("camera", "analogue_gain"): (0, 64), ("camera", "lens_position"): (-1, 100),
+    ("web", "port"): (0, 65535), ("web", "history"): (10, 10_000), ("web", "gallery"): (1, 200),
+    ("web", "live_fps"): (0.1, 30), ("web", "session_hours"): (0.01, 24 * 30),
 }
 #: Each item of these lists: colour gains as libcamera bounds them; frame durations from 100 µs to 10 s.
 _ITEM_RANGES = {("camera", "colour_gains"): (0.0, 32.0), ("camera", "frame_duration_limits_us"): (100, 10_000_000)}
@@ -422,6 +459,25 @@ def _cross_checks(c: Config) -> None:
             raise ConfigError(f"[mqtt] {key} file not found: {path}")
     _check_gpio(c)
     _check_camera(c.camera)
+    _check_web(c.web)
+
+
+def _check_web(w: WebConfig) -> None:
+    """What can be checked without reading the secret (the password is read when the page starts)."""
+    if w.password_env and w.password_file:
+        raise ConfigError("[web] give password_env or password_file, not both")
+    if w.enabled and not (w.password_env or w.password_file):
+        raise ConfigError("[web] enabled = true needs password_env or password_file (the page never runs without "
+                          "a password; the password itself never goes in this file)")
+    if not w.bind:
+        raise ConfigError("[web] bind must not be empty (\"127.0.0.1\": this machine only; \"0.0.0.0\": every "
+                          "network)")
+    if bool(w.tls_cert) != bool(w.tls_key):
+        raise ConfigError("[web] tls_cert and tls_key must be given together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(w, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"[web] {key} file not found: {path}")
 
 
 def _check_threshold(t: ThresholdConfig) -> None:

@@ -215,6 +215,9 @@ class Publisher:
         never spooled (a newer one replaces it)."""
         self._retain(name, image_jpeg)
 
+    def publish_frame(self, image: Any, verdict: dict[str, Any] | None) -> None:
+        pass  # frames stay on the device: a live view is the web page's (edge_agent.deliver.web)
+
     def _retain(self, name: str, payload: bytes) -> None:
         with self._state_lock:
             self._retained[name] = payload

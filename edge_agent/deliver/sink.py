@@ -42,6 +42,11 @@ class Sink(Protocol):
         """A picture that holds until the next one of that name (``retrain/images``: the current detector's
         training parts); only the latest matters."""
 
+    def publish_frame(self, image: Any, verdict: dict[str, Any] | None) -> None:
+        """The frame just judged (RGB array, the whole frame) with its verdict (``None``: taken for a retrain
+        while unfitted). Only a live view wants it: keep a reference to the latest, drop the rest, never encode
+        here."""
+
     def stats(self) -> dict[str, Any]:
         """``queued``, ``dropped`` (messages not delivered yet / given up) and ``connected``."""
 
@@ -87,6 +92,9 @@ class PartialSink:
         pass
 
     def publish_image(self, name: str, image_jpeg: bytes) -> None:
+        pass
+
+    def publish_frame(self, image: Any, verdict: dict[str, Any] | None) -> None:
         pass
 
     def stats(self) -> dict[str, Any]:
@@ -146,6 +154,9 @@ class FanOut:
 
     def publish_image(self, name: str, image_jpeg: bytes) -> None:
         self._each("publish_image", name, image_jpeg)
+
+    def publish_frame(self, image: Any, verdict: dict[str, Any] | None) -> None:
+        self._each("publish_frame", image, verdict)
 
     def stats(self) -> dict[str, Any]:
         return self.sinks[0].stats()

@@ -57,3 +57,6 @@ class StdoutSink:
 
     def publish_image(self, name: str, image_jpeg: bytes) -> None:
         self.write(name, {"image_bytes": len(image_jpeg)})
+
+    def publish_frame(self, image: Any, verdict: dict[str, Any] | None) -> None:
+        pass  # the verdict is already a line; frames are for a live view

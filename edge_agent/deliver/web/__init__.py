@@ -1,0 +1,56 @@
+"""The operator's web page, served by the agent itself ([web], docs/web.md): live view, score history, rejects,
+retrain and rollback, the threshold, and ``/api/state`` and ``/healthz`` for scripts.
+
+`WebSink` is an output like the others (`edge_agent.deliver.sink`): the loop hands it frames and messages
+(`edge_agent.deliver.web.live`), and a small HTTP server on its own threads shows them
+(`edge_agent.deliver.web.server`). It is also a command source: each action on the page is a command through the
+same handler as MQTT (`edge_agent.commands.Commands`), which hands the loop a job. Nothing else reaches the agent.
+The page's files (``static/``) ship in the package: a line is often offline, so nothing comes from a CDN.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.deliver.web.live import Box, LiveState
+from edge_agent.deliver.web.server import Auth, Server, tls_context
+
+log = logging.getLogger(__name__)
+
+
+class WebSink(LiveState):
+    """Listens from construction (a port in use stops the agent at start, naming it) and serves from `start` to
+    `stop`. ``tls``: (certificate, key) PEM files for HTTPS."""
+
+    def __init__(self, password: str, bind: str = "127.0.0.1", port: int = 8080, *, history: int = 500,
+                 gallery: int = 24, live_fps: float = 4.0, session_hours: float = 12.0, box: Box | None = None,
+                 jpeg_quality: int = 80, tls: tuple[str, str] | None = None,
+                 broker: Callable[[], dict[str, Any]] | None = None) -> None:
+        super().__init__(history, gallery, box, jpeg_quality, broker)
+        self.on_command: Callable[[str, dict[str, Any]], Any] | None = None
+        self._server = Server(bind, port, self, Auth(password, session_hours * 3600), live_fps,
+                              tls_context(*tls) if tls else None)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self._server.tls else 'http'}://{host}:{port}/"
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+                                            name="web", daemon=True)
+            self._thread.start()
+            log.info("web page on %s", self.url)
+
+    def stop(self, timeout: float = 5) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout)
+            self._thread = None
+        self._server.server_close()

@@ -1,0 +1,362 @@
+"""The HTTP side of the web page: the standard library's threaded server, a login, and the routes.
+
+Why ``http.server``: it is in every Python, so the page needs nothing from apt or pip on a Pi (no compiler, no
+event loop beside the agent's), and it costs a thread per open connection, capped at `MAX_CONNECTIONS`. Its
+threads run at a lower CPU priority than the loop (`_lower_priority`), and each request holds the GIL only
+briefly: JPEG encoding and sleeping release it.
+
+Security (docs/web.md):
+- everything but ``/healthz``, the login page and the static files needs a login: a session cookie (HttpOnly,
+  SameSite=Strict, Secure over HTTPS) from ``POST /login``, or ``Authorization: Bearer <password>`` for scripts;
+- a state-changing request is a POST; with the cookie it must carry the session's CSRF token in
+  ``X-CSRF-Token`` (the page reads it from its own HTML);
+- passwords are compared in constant time, and each wrong one costs `WRONG_PASSWORD_DELAY_S`, one at a time;
+- every action is a command (`edge_agent.commands.Commands`): the same validation and the same path to the
+  loop as MQTT; no route changes anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from edge_agent.deliver.messages import command_reply, to_json
+
+if TYPE_CHECKING:
+    from edge_agent.deliver.web import WebSink
+
+log = logging.getLogger(__name__)
+
+COOKIE = "edge_session"
+#: Open connections served at once; more are closed at accept (a browser opens up to six).
+MAX_CONNECTIONS = 32
+#: Logged-in sessions kept; the oldest goes first.
+MAX_SESSIONS = 64
+#: A wrong password (form or bearer) is answered after this long, and one at a time: about one guess a second.
+WRONG_PASSWORD_DELAY_S = 1.0
+#: A command's reply is awaited this long; a longer job (a retrain) answers 202 and shows its progress.
+ANSWER_WAIT_S = 5.0
+#: The longest a frame request waits for a new frame before answering 204.
+FRAME_WAIT_S = 5.0
+#: A request body (a command, a login) is at most this long, like an MQTT command.
+MAX_BODY = 64 * 1024
+#: An idle or slow connection is closed after this long.
+SOCKET_TIMEOUT_S = 15.0
+#: The server's threads run this much "nicer" than the loop (Linux thread niceness).
+NICENESS = 10
+
+_STATIC = resources.files("edge_agent.deliver.web") / "static"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+
+
+@dataclass
+class Session:
+    csrf: str
+    expires: float
+
+
+class Auth:
+    """The password, the sessions and the throttle on wrong passwords."""
+
+    def __init__(self, password: str, session_s: float) -> None:
+        self._digest = hashlib.sha256(password.encode()).digest()
+        self.session_s = session_s
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._wrong = threading.Lock()  # held through a wrong password's delay: guesses queue one behind another
+
+    def check(self, given: str) -> bool:
+        """Constant-time (digests of equal length); a wrong one answers after `WRONG_PASSWORD_DELAY_S`."""
+        if hmac.compare_digest(hashlib.sha256(given.encode(errors="replace")).digest(), self._digest):
+            return True
+        with self._wrong:
+            time.sleep(WRONG_PASSWORD_DELAY_S)
+        return False
+
+    def open(self) -> tuple[str, Session]:
+        key, session = secrets.token_urlsafe(32), Session(secrets.token_urlsafe(32), time.time() + self.session_s)
+        with self._lock:
+            now = time.time()
+            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
+            while len(self._sessions) >= MAX_SESSIONS:
+                del self._sessions[next(iter(self._sessions))]
+            self._sessions[key] = session
+        return key, session
+
+    def session(self, key: str | None) -> Session | None:
+        with self._lock:
+            session = self._sessions.get(key) if key else None
+            if session is not None and session.expires <= time.time():
+                del self._sessions[key]
+                return None
+        return session
+
+    def close(self, key: str) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+
+
+def _lower_priority() -> None:
+    """This thread yields the CPU to the inspection loop (Linux per-thread niceness; elsewhere nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, bind: str, port: int, web: WebSink, auth: Auth, live_fps: float,
+                 tls: ssl.SSLContext | None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.web, self.auth, self.live_fps, self.tls = web, auth, live_fps, tls
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__((bind, port), Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("web: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        _lower_priority()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("web: connection from %s failed", client_address[0], exc_info=True)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+    server_version = "edge-agent"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.request.settimeout(SOCKET_TIMEOUT_S)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, on this connection's thread, not in the accepting one
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("web %s: " + format, self.client_address[0], *args)
+
+    # ---- answers ----------------------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in {**_SECURITY_HEADERS, "Content-Type": content_type, "Content-Length": str(len(body)),
+                            **(headers or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, to_json(obj), "application/json")
+
+    def _redirect(self, where: str, headers: dict[str, str] | None = None) -> None:
+        self._send(HTTPStatus.SEE_OTHER, headers={"Location": where, **(headers or {})})
+
+    def _static(self, name: str, replace: dict[str, str] | None = None, status: int = HTTPStatus.OK) -> None:
+        path = _STATIC / name
+        suffix = "." + name.rsplit(".", 1)[-1]
+        if "/" in name or name.startswith(".") or suffix not in _TYPES or not path.is_file():
+            return self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+        body = path.read_bytes()
+        for key, value in (replace or {}).items():
+            body = body.replace(key.encode(), value.encode())
+        self._send(status, body, _TYPES[suffix])
+
+    # ---- who asks ---------------------------------------------------------------------------------------------
+    def _cookie(self) -> str | None:
+        cookie = SimpleCookie()
+        try:
+            cookie.load(self.headers.get("Cookie", ""))
+        except Exception:  # a malformed header is no session
+            return None
+        return cookie[COOKIE].value if COOKIE in cookie else None
+
+    def _allowed(self, changes: bool) -> bool:
+        """A script's bearer password, or a session (with its CSRF token when the request ``changes`` anything)."""
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return self.server.auth.check(header[len("Bearer "):])
+        session = self.server.auth.session(self._cookie())
+        if session is None:
+            return False
+        return not changes or hmac.compare_digest(self.headers.get("X-CSRF-Token", "").encode(),
+                                                  session.csrf.encode())
+
+    def _body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {MAX_BODY} bytes\n".encode(),
+                       headers={"Connection": "close"})
+            self.close_connection = True
+            return None
+        return self.rfile.read(length)
+
+    # ---- routes -----------------------------------------------------------------------------------------------
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
+        if path == "/healthz":
+            return self._send(HTTPStatus.OK, b"ok\n")
+        if path == "/login":
+            return self._static("login.html", {"{{error}}": ""})
+        if path.startswith("/static/"):
+            return self._static(path[len("/static/"):])
+        if path == "/":
+            session_key = self._cookie()
+            session = self.server.auth.session(session_key)
+            if session is None:
+                return self._redirect("/login")
+            return self._static("index.html", {"{{csrf}}": session.csrf, "{{live_fps}}": f"{self.server.live_fps:g}"})
+        if not path.startswith("/api/"):
+            return self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+        if not self._allowed(changes=False):
+            return self._json(HTTPStatus.UNAUTHORIZED, {"ok": False, "error": "log in first"})
+        return self._api(path[len("/api/"):], query)
+
+    def _api(self, route: str, query: dict[str, list[str]]) -> None:
+        web = self.server.web
+        after = _int(query.get("after", ["0"])[0])
+        if route == "state":
+            return self._json(HTTPStatus.OK, {"state": self._status(), "progress": web.progress(),
+                                              "broker": web.broker() if web.broker else None})
+        if route == "history":
+            return self._json(HTTPStatus.OK, web.since(after))
+        if route == "frame.jpg":
+            frame = web.latest_jpeg(after, FRAME_WAIT_S)
+            if frame is None:
+                return self._send(HTTPStatus.NO_CONTENT)
+            return self._send(HTTPStatus.OK, frame[1], "image/jpeg", {"X-Frame": str(frame[0])})
+        if route.startswith("reject/") and route.endswith(".jpg"):
+            body = web.reject_jpeg(_int(route[len("reject/"):-len(".jpg")]))
+        elif route.startswith("image/") and route.endswith(".jpg"):
+            body = web.image(route[len("image/"):-len(".jpg")])
+        else:
+            return self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+        if body is None:
+            return self._send(HTTPStatus.NOT_FOUND, b"no such picture\n")
+        return self._send(HTTPStatus.OK, body, "image/jpeg", {"Cache-Control": "private, max-age=3600"})
+
+    def _status(self) -> dict[str, Any]:
+        """The agent's state now, through the ``status`` command (it reads a snapshot, off the loop); the last
+        published state when there is no command handler."""
+        handler = self.server.web.on_command
+        return handler("status", {}) if handler else self.server.web.last_state()
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        body = self._body()
+        if body is None:
+            return None
+        if path == "/login":
+            return self._login(body)
+        if not self._allowed(changes=True):
+            return self._json(HTTPStatus.FORBIDDEN, {"ok": False, "error": "log in first (and send the page's "
+                                                                           "X-CSRF-Token)"})
+        if path == "/logout":
+            self.server.auth.close(self._cookie() or "")
+            return self._redirect("/login", {"Set-Cookie": f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; "
+                                                           "SameSite=Strict"})
+        if path.startswith("/api/command/"):
+            return self._command(path[len("/api/command/"):], body)
+        return self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def _login(self, body: bytes) -> None:
+        given = parse_qs(body.decode(errors="replace")).get("password", [""])[0]
+        if not self.server.auth.check(given):
+            log.warning("web: wrong password from %s", self.client_address[0])
+            return self._static("login.html", {"{{error}}": "Wrong password."}, HTTPStatus.UNAUTHORIZED)
+        key, session = self.server.auth.open()
+        secure = "; Secure" if self.server.tls else ""
+        log.info("web: login from %s", self.client_address[0])
+        self._redirect("/", {"Set-Cookie": f"{COOKIE}={key}; Max-Age={int(self.server.auth.session_s)}; Path=/; "
+                                           f"HttpOnly; SameSite=Strict{secure}"})
+
+    def _command(self, name: str, body: bytes) -> None:
+        """One command through the same handler as MQTT; its reply has the same shape (``ok``, ``result`` or
+        ``error``). A job that takes longer than `ANSWER_WAIT_S` answers 202 and goes on."""
+        handler = self.server.web.on_command
+        if handler is None:
+            return self._json(HTTPStatus.SERVICE_UNAVAILABLE, command_reply({}, error="no command handler"))
+        try:
+            args = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError) as exc:
+            return self._json(HTTPStatus.BAD_REQUEST, command_reply({}, error=f"body is not JSON: {exc}"))
+        if not isinstance(args, dict):
+            return self._json(HTTPStatus.BAD_REQUEST, command_reply({}, error="body must be a JSON object"))
+        log.info("web: command %s %s from %s", name, {k: v for k, v in args.items() if k != "token"},
+                 self.client_address[0])
+        try:
+            result = handler(name, args)
+            if isinstance(result, Future):
+                result = result.result(ANSWER_WAIT_S)
+        except FutureTimeout:
+            return self._json(HTTPStatus.ACCEPTED, {"ok": True, "pending": True})
+        except (ValueError, PermissionError, RuntimeError) as exc:
+            return self._json(HTTPStatus.BAD_REQUEST, command_reply(args, error=str(exc)))
+        except Exception as exc:
+            log.exception("web: command %s failed", name)
+            return self._json(HTTPStatus.INTERNAL_SERVER_ERROR, command_reply(args, error=exc))
+        try:
+            body = to_json(command_reply(args, result))
+        except (TypeError, ValueError) as exc:
+            return self._json(HTTPStatus.INTERNAL_SERVER_ERROR, command_reply(args, error=exc))
+        self._send(HTTPStatus.OK, body, "application/json")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context

@@ -1,0 +1,206 @@
+"""The web page's server without a browser: who may see and change what, and that every change is a command.
+
+A real agent (shipped model, real images) runs behind it, so "changes nothing" is checked on the detector files
+the loop owns, not on a mock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ConfigError, config_from_dict
+from edge_agent.deliver.web import WebSink
+from edge_agent.deliver.web.live import LiveState
+from edge_agent.deliver.web.server import COOKIE, WRONG_PASSWORD_DELAY_S
+from tests.mqtt_broker import wait_until
+from tests.web_rig import PASSWORD, PASSWORD_ENV, WebRig
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, real_set):
+    r = WebRig(tmp_path_factory.mktemp("web"), real_set)
+    yield r
+    r.stop()
+
+
+def test_only_the_liveness_endpoint_and_the_login_page_are_open(rig: WebRig) -> None:
+    assert rig.request("GET", "/healthz").body == b"ok\n"
+    assert rig.request("GET", "/login").status == 200
+    assert rig.request("GET", "/").status == 303  # to the login page
+    for path in ("/api/state", "/api/history", "/api/frame.jpg", "/api/reject/1.jpg", "/api/image/retrain/images.jpg"):
+        reply = rig.request("GET", path)
+        assert reply.status == 401 and b"score" not in reply.body, path
+    forged = rig.request("GET", "/api/state", headers={"Cookie": f"{COOKIE}=made-up"})
+    assert forged.status == 401
+
+
+def test_a_wrong_password_is_refused_after_a_delay_and_sets_no_cookie(rig: WebRig) -> None:
+    t0 = time.monotonic()
+    reply = rig.request("POST", "/login", "password=hunter22", {"Content-Type": "application/x-www-form-urlencoded"})
+    assert time.monotonic() - t0 >= WRONG_PASSWORD_DELAY_S * 0.9
+    assert reply.status == 401 and "Set-Cookie" not in reply.headers and b"Wrong password" in reply.body
+    t0 = time.monotonic()
+    assert rig.request("GET", "/api/state", headers={"Authorization": "Bearer hunter22"}).status == 401
+    assert time.monotonic() - t0 >= WRONG_PASSWORD_DELAY_S * 0.9
+
+
+def test_the_login_cookie_is_httponly_and_same_site_strict(rig: WebRig) -> None:
+    reply = rig.request("POST", "/login", f"password={PASSWORD}", {"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 303 and reply.headers["Location"] == "/"
+    flags = {f.strip() for f in reply.headers["Set-Cookie"].split(";")[1:]}
+    assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= flags and "Secure" not in flags  # Secure with TLS only
+    cookie = reply.headers["Set-Cookie"].split(";")[0]
+    state = rig.request("GET", "/api/state", headers={"Cookie": cookie}).json()
+    assert state["state"]["status"] == "running" and state["broker"] is None  # MQTT is off here
+    assert "script-src 'self'" in rig.request("GET", "/", headers={"Cookie": cookie}).headers["Content-Security-Policy"]
+
+
+def test_a_change_without_login_or_without_the_csrf_token_changes_nothing(rig: WebRig) -> None:
+    before = rig.current()
+    threshold = rig.agent.state()["threshold"]
+    cookie, csrf = rig.login()
+    attempts = [
+        {},  # no login
+        {"Cookie": cookie},  # logged in, no CSRF token (a form posted from another site)
+        {"Cookie": cookie, "X-CSRF-Token": "not-the-token"},
+        {"Cookie": f"{COOKIE}=made-up", "X-CSRF-Token": csrf},
+    ]
+    for headers in attempts:
+        for command, body in (("threshold", {"value": threshold * 2}), ("rollback", {}), ("retrain", {})):
+            reply = rig.request("POST", f"/api/command/{command}", json.dumps(body), headers)
+            assert reply.status == 403, (headers, command)
+    assert rig.request("GET", "/api/command/rollback", headers={"Cookie": cookie}).status == 404  # GET is no action
+    time.sleep(1.0)  # a job that slipped through would have run by now (the loop turns every 0.5 s at most)
+    assert rig.current() == before and rig.agent.state()["threshold"] == threshold
+    assert not rig.agent.retraining
+
+
+def test_a_change_goes_through_the_command_handler_and_rollback_restores(rig: WebRig) -> None:
+    before, threshold = rig.current(), rig.agent.state()["threshold"]
+    cookie, csrf = rig.login()
+    headers = {"Cookie": cookie, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
+    # The same validation as MQTT, with its message.
+    bad = rig.request("POST", "/api/command/threshold", json.dumps({"value": "high"}), headers)
+    assert bad.status == 400 and bad.json() == {"ok": False, "error": "value must be a number, got 'high'"}
+    assert rig.request("POST", "/api/command/format", "{}", headers).json()["error"].startswith("unknown command")
+    # The MQTT command token ([mqtt] command_token_env is set here) is the broker's: the page's login stands for it.
+    reply = rig.request("POST", "/api/command/threshold", json.dumps({"value": threshold * 1.5}), headers)
+    assert reply.status == 200 and reply.json()["ok"], reply.body
+    assert reply.json()["result"]["threshold"] == pytest.approx(threshold * 1.5)
+    assert rig.current() != before
+    reply = rig.request("POST", "/api/command/rollback", "", headers)
+    assert reply.status == 200 and reply.json()["ok"], reply.body
+    assert rig.current() == before and rig.agent.state()["threshold"] == threshold
+    # A script: the password as a bearer token, no cookie and no CSRF token.
+    state = rig.request("GET", "/api/state", headers={"Authorization": f"Bearer {PASSWORD}"}).json()["state"]
+    assert state["threshold"] == threshold
+
+
+def test_verdicts_rejects_and_frames_reach_the_page(rig: WebRig) -> None:
+    cookie, _ = rig.login()
+    auth = {"Cookie": cookie}
+    seen = rig.request("GET", "/api/history", headers=auth).json()["last"]
+    assert rig.request("GET", "/api/frame.jpg?after=0", headers=auth).status in (200, 204)  # starts watching
+    names = rig.drop(rig.set.test_good[:2], "poll_good") + rig.drop(rig.set.defects[:2], "poll_defect")
+    assert wait_until(lambda: rig.request("GET", f"/api/history?after={seen}", headers=auth).json()["last"]
+                      >= seen + 4, 60)
+    history = rig.request("GET", f"/api/history?after={seen}", headers=auth).json()
+    assert sorted(v["frame"] for v in history["verdicts"]) == sorted(names)
+    rejected = [v for v in history["verdicts"] if v["verdict"] == "anomalous"]
+    assert rejected, "the broken parts were not rejected"
+    assert {r["seq"] for r in history["rejects"]} >= {v["seq"] for v in rejected}
+    reject = history["rejects"][-1]
+    picture = rig.request("GET", f"/api/reject/{reject['id']}.jpg", headers=auth)
+    assert picture.status == 200 and picture.body[:2] == b"\xff\xd8"
+    frame = rig.request("GET", "/api/frame.jpg?after=0", headers=auth)
+    assert frame.status == 200 and frame.body[:2] == b"\xff\xd8" and int(frame.headers["X-Frame"]) >= 1
+    assert rig.request("GET", "/api/image/retrain/images.jpg", headers=auth).body[:2] == b"\xff\xd8"
+
+
+def test_the_latest_frame_is_kept_only_while_watched_and_encoded_once() -> None:
+    live = LiveState()
+    image = np.full((960, 1280), 128, np.uint8)  # grayscale, larger than the live view
+    live.publish_frame(image, None)
+    assert live._frame is None  # nobody watches: nothing held
+    assert live.latest_jpeg(0, 0.01) is None
+    live.publish_frame(image, {"verdict": "anomalous", "score": 2.0, "threshold": 1.0, "seq": 7})
+    first = live.latest_jpeg(0, 1)
+    assert first is not None and first[0] == 1 and first[1][:2] == b"\xff\xd8"
+    assert live.latest_jpeg(0, 1)[1] is first[1]  # a second browser gets the same encoding
+    assert live.latest_jpeg(1, 0.05) is None  # nothing newer
+    for i in range(700):
+        live.publish_verdict({"seq": i, "score": 1.0, "threshold": 2.0, "verdict": "good"})
+    since = live.since(0)
+    assert since["last"] == 700 and len(since["verdicts"]) == 500  # bounded, newest kept
+    assert live.since(699)["verdicts"][0]["seq"] == 699
+
+
+def _web_config(tmp_path: Path, **web) -> dict:
+    return {"source": {"path": str(tmp_path)}, "mqtt": {"enabled": False}, "web": {"enabled": True, **web}}
+
+
+def test_web_config_errors_name_the_key(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match=r"\[web\] enabled = true needs password_env or password_file"):
+        config_from_dict(_web_config(tmp_path))
+    with pytest.raises(ConfigError, match=r"\[web\] give password_env or password_file, not both"):
+        config_from_dict(_web_config(tmp_path, password_env="X", password_file="/x"))
+    with pytest.raises(ConfigError, match=r"\[web\] tls_cert and tls_key"):
+        config_from_dict(_web_config(tmp_path, password_env="X", tls_cert="/x"))
+    with pytest.raises(ConfigError, match=r"\[web\] port"):
+        config_from_dict(_web_config(tmp_path, password_env="X", port=70000))
+    config = config_from_dict(_web_config(tmp_path, password_env=PASSWORD_ENV))
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"\[web\] password_env names {PASSWORD_ENV}, which is not set"):
+        config.web.password()
+    monkeypatch.setenv(PASSWORD_ENV, "short")
+    with pytest.raises(ConfigError, match=r"\[web\] password_env: the password is 5 characters"):
+        config.web.password()
+    secret = tmp_path / "web-password"
+    secret.write_text(PASSWORD + "\n")
+    assert config_from_dict(_web_config(tmp_path, password_file=str(secret))).web.password() == PASSWORD
+
+
+def test_a_taken_port_is_a_config_error_that_names_it(tmp_path: Path, monkeypatch) -> None:
+    from edge_agent.cli import make_sink
+
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    taken = WebSink(PASSWORD, port=0)
+    try:
+        config = config_from_dict(_web_config(tmp_path, password_env=PASSWORD_ENV, port=urlsplit(taken.url).port))
+        with pytest.raises(ConfigError, match=r"\[web\] 127.0.0.1:\d+: .*set \[web\] port or bind"):
+            make_sink(config)
+    finally:
+        taken.stop()
+
+
+def test_https_with_a_certificate_sets_a_secure_cookie(tmp_path: Path) -> None:
+    import ssl
+    import urllib.request
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    web = WebSink(PASSWORD, port=0, tls=(str(cert), str(key)))
+    web.start()
+    try:
+        assert web.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        assert urllib.request.urlopen(web.url + "healthz", context=context, timeout=10).read() == b"ok\n"
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as reply:  # the 303 to the page, not followed
+            opener.open(web.url + "login", data=f"password={PASSWORD}".encode(), timeout=10)
+        assert reply.value.code == 303 and "Secure" in reply.value.headers["Set-Cookie"]
+    finally:
+        web.stop()
