@@ -36,7 +36,8 @@ class Reply:
 
 
 class WebRig:
-    def __init__(self, tmp: Path, real_set: RealSet, detector: str = "mahalanobis", **web: Any) -> None:
+    def __init__(self, tmp: Path, real_set: RealSet, detector: str = "combined", roi: list[float] | None = None,
+                 **web: Any) -> None:
         self.tmp, self.set = tmp, real_set
         self.frames = tmp / "frames"
         self.frames.mkdir()
@@ -49,7 +50,8 @@ class WebRig:
         self.config = config_from_dict({
             "device": {"id": "web-test", "state_dir": str(tmp / "state")},
             "model": {"delegate": "cpu"},
-            "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1},
+            "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1,
+                       "roi": roi or []},
             "trigger": {"max_fps": 20},
             "augmentation": {"preset": "bottle", "factor": 2},
             "detector": {"name": detector},

@@ -140,8 +140,10 @@ class LiveState(PartialSink):
             cv2.rectangle(small, (x, y), (x + bw - 1, y + bh - 1), colour, 2)
         text = (f"{kind.upper()}  {verdict['score']:.3g} / {verdict['threshold']:.3g}  #{verdict.get('seq', '')}"
                 if verdict else "no verdict (unfitted)")
-        cv2.putText(small, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(small, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2, cv2.LINE_AA)
+        size = max(0.5, small.shape[1] / 640)  # legible on a phone: the picture is shown shrunk
+        origin = (8, round(30 * size))
+        cv2.putText(small, text, origin, cv2.FONT_HERSHEY_SIMPLEX, size, (0, 0, 0), 5, cv2.LINE_AA)
+        cv2.putText(small, text, origin, cv2.FONT_HERSHEY_SIMPLEX, size, colour, 2, cv2.LINE_AA)
         return jpeg(small, self._quality, LIVE_SIDE)
 
     def since(self, after: int) -> dict[str, Any]:

@@ -260,9 +260,18 @@ function showProposal() {
   $("threshold-effect").textContent = `would reject ${would} of the last ${verdicts.length} parts (rejected: ${now})`;
 }
 
+function summary(result) {
+  if (!result || typeof result !== "object") return JSON.stringify(result);
+  const parts = [];
+  if (result.detector_file) parts.push(result.detector_file);
+  if (result.n_train) parts.push(`${result.n_train} parts`);
+  if (result.threshold !== undefined) parts.push(`threshold ${fmt(result.threshold)}`);
+  return parts.length ? parts.join(", ") : JSON.stringify(result);
+}
+
 function report(id, reply, pendingText) {
   const target = $(id);
-  target.textContent = reply.ok ? (reply.pending ? pendingText : `ok: ${JSON.stringify(reply.result)}`)
+  target.textContent = reply.ok ? (reply.pending ? pendingText : `done: ${summary(reply.result)}`)
     : `refused: ${reply.error}`;
   target.dataset.ok = reply.ok;
 }
