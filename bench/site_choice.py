@@ -23,14 +23,14 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge_agent.capture.images import read_image
 from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.alignment import is_aligned, orientation_alignment
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, group_indices
 from edge_agent.learn.detectors import make_detector
-from edge_agent.learn.heldout import first_rows, held_out_scores, take_groups
+from edge_agent.learn.heldout import held_out_scores, take_groups
 from edge_agent.offline.datasets import load_mvtec
 from edge_agent.offline.evaluate import EmbeddingCache, _draw, _Embedder, _train_features
 from edge_agent.offline.metrics import roc_auc
@@ -43,31 +43,6 @@ EXTRA = {
     "screw360": dataclasses.replace(PRESETS["screw"], rotate_deg=180.0),
     "object360": dataclasses.replace(PRESETS["object"], rotate_deg=180.0),
 }
-
-
-def orientation_alignment(images: list[np.ndarray]) -> float:
-    """How consistently the good images share one dominant orientation: 1 = all the same, ~1/sqrt(N) = random.
-
-    Each image (grey, 224 x 224) gives its structure tensor's doubled-angle vector (Jxx - Jyy, 2 Jxy) / (Jxx + Jyy):
-    its direction is twice the dominant gradient orientation, its length the coherence (0 for an isotropic
-    image). The statistic is |mean vector| / mean |vector|, the coherence-weighted mean resultant length of the
-    orientations (Rayleigh's R-bar). Label-free: the training images only.
-    """
-    vecs = []
-    for img in images:
-        g = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        g = cv2.resize(g, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
-        gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
-        jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
-        vecs.append(complex(jxx - jyy, 2 * jxy) / max(jxx + jyy, 1e-12))
-    v = np.array(vecs)
-    return float(abs(v.mean()) / max(np.abs(v).mean(), 1e-12))
-
-
-def unaligned(alignment: float, n: int, p: float = 0.01) -> bool:
-    """Rayleigh's test: orientations this spread would come from uniformly random poses with probability >= p
-    (R-bar below sqrt(-ln p / n), 0.68 for 10 images at p = 0.01): the part lies at any angle."""
-    return alignment < np.sqrt(-np.log(p) / n)
 
 
 def alignments(folder: Path) -> np.ndarray:
@@ -143,7 +118,8 @@ def rule_weights(r: dict[str, np.ndarray], rep: int) -> dict[str, float]:
     # Shrink the shipped damage weights half-way to equal weights.
     out["damage shrunk to 1/2"] = 0.5 * out["damage (shipped)"] + 0.25
     # The Gaussian alone where the good images show the part at any angle (Rayleigh's test), else the shipped rule.
-    out["Gaussian if unaligned, else damage"] = 1.0 if unaligned(float(r["alignment"][rep]), N) else out["damage (shipped)"]
+    aligned = is_aligned(float(r["alignment"][rep]), N)
+    out["Gaussian if unaligned, else damage"] = out["damage (shipped)"] if aligned else 1.0
     return out
 
 

@@ -365,6 +365,7 @@ class Agent:
             return
         self._publish_training_picture()
         summary = {"detector_file": path.name, "n_train": result.n_train, "distinct_parts": result.distinct_parts,
+                   "pose": result.pose,
                    "threshold": result.threshold,
                    "loo_false_reject_rate": result.report.false_reject_rate, "timings_s": result.timings,
                    "detector_summary": result.detector.describe()}

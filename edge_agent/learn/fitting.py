@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
 from edge_agent.learn.distinct import DistinctParts, distinct_parts
@@ -115,6 +116,7 @@ class FitResult:
     timings: dict[str, float]
     fitted_at: str
     distinct_parts: int | None = None  # how many distinct parts the good images showed (None: features only)
+    pose: dict[str, Any] | None = None  # whether they share one pose (`edge_agent.learn.alignment`)
 
     def metadata(self, settings: FitSettings) -> dict[str, Any]:
         """What a saved detector carries besides its arrays: enough to explain and reproduce the fit."""
@@ -125,6 +127,7 @@ class FitResult:
             "threshold_settings": settings.threshold_settings(),
             "loo_scores": [round(float(s), 6) for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
+            "pose": self.pose,
         }
         meta = set_threshold(meta, settings.target_false_reject, settings.sensitivity, settings.threshold_method,
                              settings.threshold_override)
@@ -207,12 +210,15 @@ def split_defects(defects: Features, n_originals: int) -> list[Features]:
 
 
 def fit_features(
-    features: Features, n_originals: int, settings: FitSettings, defects: Sequence[Features] | None = None
+    features: Features, n_originals: int, settings: FitSettings, defects: Sequence[Features] | None = None,
+    aligned: bool | None = None,
 ) -> FitResult:
     """Detector and threshold from features laid out in `augment` order (originals, then copies).
 
     ``defects``: per original, the features of its `pseudo_defects` (`split_defects` cuts an embedding of them
-    all), for detectors that weigh their parts by them (``needs_defects``); others ignore it.
+    all), for detectors that weigh their parts by them (``needs_defects``); others ignore it. ``aligned``:
+    whether the originals share one pose (`edge_agent.learn.alignment`), for detectors that ask
+    (``needs_pose``); None: not known (features only), taken as aligned.
     """
     check_fold_sizes(n_originals, settings.factor, settings.max_folds)
     groups_idx = group_indices(n_originals, settings.factor)
@@ -228,6 +234,8 @@ def fit_features(
         extra["groups"] = groups_idx
     if detector.needs_defects and defects is not None:
         extra["defects"] = defects
+    if detector.needs_pose and aligned is not None:
+        extra["aligned"] = aligned
     detector.fit(features, **extra)
     t1 = time.perf_counter()
     # A detector that held images out while fitting (the combined one) already has their scores.
@@ -258,6 +266,7 @@ def fit_images(
 ) -> FitResult:
     """The whole few-shot fit from good RGB images."""
     parts = check_good_images(images)
+    aligned, alignment = share_one_pose(images)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
     timings = {"augment_embed": round(time.perf_counter() - t0, 4)}
@@ -266,7 +275,8 @@ def fit_images(
         t1 = time.perf_counter()
         defects = split_defects(embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed)), len(images))
         timings["damage_embed"] = round(time.perf_counter() - t1, 4)
-    result = fit_features(features, len(images), settings, defects)
+    result = fit_features(features, len(images), settings, defects, aligned)
     result.timings = {**timings, **result.timings}
     result.distinct_parts = parts.n_parts
+    result.pose = {"aligned": aligned, "orientation_alignment": round(alignment, 4)}
     return result

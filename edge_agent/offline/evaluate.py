@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_agent.capture.images import read_image
 from edge_agent.embed.features import FeatureExtractor
+from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import AugmentationPolicy, augment
 from edge_agent.learn.detectors import Detector, make_detector
 from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
@@ -202,6 +203,7 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
     n_max = len(dataset.train)
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
     wants_damage = {d for d in detectors if _detector(d).needs_defects}
+    wants_pose = any(_detector(d).needs_pose for d in detectors)
     draws = {factor: [(n, rep, _draw(settings.seed, n, rep, n_max))
                       for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds)
                       for rep in range(1 if n == n_max else settings.replicates)] for factor in settings.factors}
@@ -214,12 +216,13 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
         copies = embedder.copies(dataset.train, factor, needed) if factor > 0 else None
         for n, rep, idx in draws[factor]:
             feats = _train_features(train, copies, idx)
+            aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0] if wants_pose else None
             for name in detectors:
                 det, params = parse_detector_spec(name)
                 fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
                 t0 = time.perf_counter()
                 defects = [damaged[i] for i in idx] if name in wants_damage else None
-                result = fit_features(feats, n, fit, defects)
+                result = fit_features(feats, n, fit, defects, aligned)
                 scores = result.detector.score_samples(test)
                 flagged = is_anomalous(scores, result.threshold)
                 rows.append({

@@ -122,6 +122,8 @@ class Detector(ABC):
 
     #: Feature family read by this detector, POOLED or SPATIAL.
     level_prefix: ClassVar[str]
+    #: Whether ``fit`` takes ``aligned`` (`edge_agent.learn.alignment`: do the good parts share one pose?).
+    needs_pose: ClassVar[bool] = False
     #: Constructor parameter names, in signature order.
     param_names: ClassVar[tuple[str, ...]]
     #: Whether ``heatmaps(features) -> (n, h, w)`` shows where in the image the score comes from.

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.learn.detectors.base import Detector, Features, check_features, select_levels
+from edge_agent.learn.detectors.base import POOLED, Detector, Features, check_features, select_levels
 from edge_agent.learn.detectors.registry import detector_from_spec, detector_spec, make_detector
 from edge_agent.learn.heldout import Reducible, first_rows, held_out_scores, reduced_held_out_scores, take_groups
 
@@ -63,6 +63,7 @@ class CombinedDetector(Detector):
     param_names = ("parts", "max_folds")
     needs_groups = True
     needs_defects = True
+    needs_pose = True
 
     def __init__(self, parts: Sequence[str] = ("mahalanobis", "patch-knn"), max_folds: int = 5) -> None:
         self.parts = tuple(parts)
@@ -89,11 +90,15 @@ class CombinedDetector(Detector):
         features: Features,
         groups: Sequence[np.ndarray] | None = None,
         defects: Sequence[Features] | None = None,
+        aligned: bool = True,
     ) -> CombinedDetector:
         """``groups``: index arrays, one per original image (row 0 the original, then its augmented copies).
 
         ``defects``: one entry per group, the features of damaged copies of that original
         (`edge_agent.learn.pseudo_defects`); they set the parts' weights. None weights the parts equally.
+        ``aligned``: False when the good parts lie at any angle (`edge_agent.learn.alignment`): then the parts
+        that read pooled features judge alone, as turned patches look like defects to a patch memory while
+        damage painted on a good image cannot show that.
         """
         if len(self.parts) < 2 or "combined" in self.parts:
             raise ValueError(f"combined needs at least two other detectors, got {self.parts}")
@@ -136,6 +141,10 @@ class CombinedDetector(Detector):
             self.damage_shift_ = ((damaged - self.loc_[:, None]) / self.scale_[:, None]).mean(axis=1)
             if self.damage_shift_.max() > _VISIBLE:
                 self.weights_ = np.maximum(self.damage_shift_, 0.0) / np.maximum(self.damage_shift_, 0.0).sum()
+        pooled = np.array([part.level_prefix == POOLED for part in self.parts_], dtype=float)
+        if not aligned and 0 < pooled.sum() < len(pooled):
+            self.weights_ = pooled / pooled.sum()
+            log.info("combined: the good parts lie at any angle: the pooled parts alone judge")
         log.info("combined: damaged copies shift the parts by %s good standard deviations -> weights %s",
                  dict(zip(self.parts, np.round(self.damage_shift_, 2).tolist())),
                  dict(zip(self.parts, np.round(self.weights_, 3).tolist())))
