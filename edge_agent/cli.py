@@ -112,7 +112,7 @@ def make_sink(config: Config) -> Sink:
     stops with the sinks, see `edge_agent.capture.gpio_trigger`); then the PLC's Modbus server ([modbus]) and the
     operator's web page ([web])."""
     first = _main_sink(config)  # numbers the verdicts
-    line = _line_io(config) + _plc(config) + _web(config, first)
+    line = _line_io(config) + _plc(config) + web_sinks(config, first)
     return FanOut([first, *line]) if line else first
 
 
@@ -173,8 +173,9 @@ def _plc(config: Config) -> list[Sink]:
                           "an address of this machine; set [modbus] port or bind") from None
 
 
-def _web(config: Config, first: Sink) -> list[Sink]:
-    """The web page when [web] enabled = true; its port taken: a configuration error that names it."""
+def web_sinks(config: Config, first: Sink) -> list[Sink]:
+    """The web page when [web] enabled = true (``first``: the sink whose connection it shows); its port taken: a
+    configuration error that names it."""
     w = config.web
     if not w.enabled:
         return []
@@ -254,7 +255,7 @@ def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.offline.demo import run_demo
 
-    return run_demo(args.work, args.n_train, args.n_test, args.cell_type, args.broker)
+    return run_demo(args.work, args.n_train, args.n_test, args.cell_type, args.broker, args.web)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=int, default=40, help="good and defective cells each")
     s.add_argument("--cell-type", default="mono", choices=("mono", "poly"))
     s.add_argument("--broker", help="HOST:PORT: also publish the verdicts over MQTT")
+    s.add_argument("--web", type=int, nargs="?", const=8080, metavar="PORT",
+                   help="show the operator's web page on 127.0.0.1:PORT (default 8080; 0: any free port) and keep "
+                        "the line running until Ctrl-C")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("fit", help="fit the detector on a folder of good images")

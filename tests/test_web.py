@@ -204,3 +204,41 @@ def test_https_with_a_certificate_sets_a_secure_cookie(tmp_path: Path) -> None:
         assert reply.value.code == 303 and "Secure" in reply.value.headers["Set-Cookie"]
     finally:
         web.stop()
+
+
+def test_demo_web_shows_the_page_in_one_command(tmp_path: Path) -> None:
+    """``edge-agent demo --web``: the embedded data, the page on a free port, until Ctrl-C."""
+    import os
+    import re
+    import signal
+    import sys
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_WEB_PASSWORD"}  # a random one is printed
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "demo", "--work", str(tmp_path), "--n-train", "3",
+                             "--n-test", "3", "--web", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        banner = None
+        deadline = time.monotonic() + 180
+        while banner is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "the demo ended before showing the page"
+            banner = re.search(r"operator's page is on (\S+) \(password: (\S+)\)", line)
+        assert banner, "no banner with the page's address"
+        url, password = banner.groups()
+        assert url.startswith("http://127.0.0.1:")  # loopback only
+
+        def history() -> dict:
+            request = urllib.request.Request(url + "api/history", headers={"Authorization": f"Bearer {password}"})
+            return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+        assert wait_until(lambda: history()["last"] > 6, 60)  # 6 cells, looping: the line runs on
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "AUROC" in out.splitlines()[-1]
+        assert '"topic": "verdict"' not in out  # the page shows them instead
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -4,28 +4,44 @@ Solar cells from the ``elpv-dataset`` PyPI package stand in for a production lin
 N good cells (as at shift start), then inspects a folder of unseen good and defective cells through its
 normal source -> embed -> score -> publish path, verdicts as JSON lines on stdout. The summary compares
 its verdicts with the data set's labels, which the agent never sees.
+
+With ``--web`` the same line runs on, in a loop at a visible pace, until Ctrl-C, and the operator's web page shows
+it (its verdicts there instead of on stdout): a new user sees the page in one command.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig
+from edge_agent.config import Config, DeviceConfig, MqttConfig, SourceConfig, WebConfig
 from edge_agent.offline.datasets import link_or_copy, load_mvtec, write_elpv
 from edge_agent.offline.metrics import roc_auc
 from edge_agent.deliver.recording import RecordingSink
+from edge_agent.deliver.sink import leaves
 from edge_agent.deliver.stdout import StdoutSink
 
 log = logging.getLogger(__name__)
 
+#: The web page's password in the demo: this variable's value when set, else a random one, printed.
+DEMO_PASSWORD_ENV = "EDGE_AGENT_WEB_PASSWORD"
+#: Parts per second on the demo's line with the web page: slow enough to watch.
+WEB_DEMO_FPS = 2.0
 
-def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono", broker: str | None = None) -> int:
-    """With ``broker`` (HOST:PORT) the verdicts also go to MQTT under edge-inspect/demo-camera/."""
-    from edge_agent.cli import build_agent, make_sink
+
+def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "mono", broker: str | None = None,
+             web_port: int | None = None) -> int:
+    """With ``broker`` (HOST:PORT) the verdicts also go to MQTT under edge-inspect/demo-camera/. With ``web_port``
+    the web page listens on 127.0.0.1 at that port and the line loops until SIGINT or SIGTERM."""
+    from edge_agent.cli import build_agent, make_sink, web_sinks
 
     dataset = load_mvtec(write_elpv(work / "data", cell_type))
     rng = np.random.default_rng(0)
@@ -49,11 +65,18 @@ def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "
                     source=SourceConfig(kind="folder", path=str(line_dir)), mqtt=mqtt)
     config.trigger.max_fps = 1000
     shutil.rmtree(config.state_dir, ignore_errors=True)
-    # Verdicts as JSON lines on stdout, and over MQTT too when a broker is given.
-    sink = RecordingSink(make_sink(config), StdoutSink()) if broker else RecordingSink(StdoutSink())
+    if web_port is None:
+        # Verdicts as JSON lines on stdout, and over MQTT too when a broker is given.
+        sink = RecordingSink(make_sink(config), StdoutSink()) if broker else RecordingSink(StdoutSink())
+    else:
+        first = make_sink(config) if broker else StdoutSink(open(os.devnull, "w"))  # the page shows the verdicts
+        sink = RecordingSink(first, *web_sinks(_with_web(config, web_port, n_train), first))
     agent = build_agent(config, sink=sink)
     agent.request_retrain(n_images=n_train, folder=str(train_dir))
-    agent.run()
+    if web_port is None:
+        agent.run()
+    else:
+        _run_until_stopped(agent)
     v = sink.verdicts
     if not v:
         log.error("no verdicts: the retrain failed (see above)")
@@ -68,3 +91,27 @@ def run_demo(work: Path, n_train: int = 10, n_test: int = 40, cell_type: str = "
           f"false rejects {flagged[~labels].mean():.2f} at threshold {v[0]['threshold']:.3g} | "
           f"median {ms:.1f} ms per part")
     return 0
+
+
+def _with_web(config: Config, port: int, n_train: int) -> Config:
+    """The demo's configuration with the web page on loopback and a line that loops at a pace a person can follow;
+    the page's Retrain button learns from the next ``n_train`` parts."""
+    if not os.environ.get(DEMO_PASSWORD_ENV):
+        os.environ[DEMO_PASSWORD_ENV] = secrets.token_urlsafe(9)
+    config.web = WebConfig(enabled=True, port=port, password_env=DEMO_PASSWORD_ENV)
+    config.source.loop = True
+    config.trigger.max_fps = WEB_DEMO_FPS
+    config.retrain.n_images = n_train
+    return config
+
+
+def _run_until_stopped(agent) -> None:
+    from edge_agent.deliver.web import WebSink
+
+    web = next(leaf for leaf in leaves(agent.sink) if isinstance(leaf, WebSink))
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: agent.stop())
+    print(f"edge-agent demo: the operator's page is on {web.url} (password: {os.environ[DEMO_PASSWORD_ENV]}); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
+    agent.run()
