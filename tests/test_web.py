@@ -124,16 +124,27 @@ def test_verdicts_rejects_and_frames_reach_the_page(rig: WebRig) -> None:
 
 
 def test_the_latest_frame_is_kept_only_while_watched_and_encoded_once() -> None:
-    live = LiveState()
-    image = np.full((960, 1280), 128, np.uint8)  # grayscale, larger than the live view
-    live.publish_frame(image, None)
-    assert live._frame is None  # nobody watches: nothing held
-    assert live.latest_jpeg(0, 0.01) is None
-    live.publish_frame(image, {"verdict": "anomalous", "score": 2.0, "threshold": 1.0, "seq": 7})
-    first = live.latest_jpeg(0, 1)
-    assert first is not None and first[0] == 1 and first[1][:2] == b"\xff\xd8"
-    assert live.latest_jpeg(0, 1)[1] is first[1]  # a second browser gets the same encoding
-    assert live.latest_jpeg(1, 0.05) is None  # nothing newer
+    live = LiveState(live_fps=20)
+    live.start()
+    try:
+        image = np.full((960, 1280), 128, np.uint8)  # grayscale, larger than the live view
+        live.publish_frame(image, None)
+        assert live._frame is None  # nobody watches: nothing held
+        assert live.latest_jpeg(0, 0.01) is None
+        live.publish_frame(image, {"verdict": "anomalous", "score": 2.0, "threshold": 1.0, "seq": 7})
+        first = live.latest_jpeg(0, 2)
+        assert first is not None and first[0] == 1 and first[1][:2] == b"\xff\xd8"
+        assert live.latest_jpeg(0, 1)[1] is first[1]  # a second browser gets the same encoding
+        assert live.latest_jpeg(1, 0.05) is None  # nothing newer
+        drawn = []
+        draw = live._draw
+        live._draw = lambda *a: drawn.append(1) or draw(*a)
+        for _ in range(50):  # a loop much faster than the live view: frames in between are skipped, not queued
+            live.publish_frame(image, None)
+        assert wait_until(lambda: live.latest_jpeg(1, 0.5)[0] == 51, 5)  # the newest one, in the end
+        assert len(drawn) <= 5  # at most live_fps a second, not one per frame
+    finally:
+        live.stop()
     for i in range(700):
         live.publish_verdict({"seq": i, "score": 1.0, "threshold": 2.0, "verdict": "good"})
     since = live.since(0)

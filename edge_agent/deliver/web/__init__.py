@@ -29,7 +29,7 @@ class WebSink(LiveState):
                  gallery: int = 24, live_fps: float = 4.0, session_hours: float = 12.0, box: Box | None = None,
                  jpeg_quality: int = 80, tls: tuple[str, str] | None = None,
                  broker: Callable[[], dict[str, Any]] | None = None) -> None:
-        super().__init__(history, gallery, box, jpeg_quality, broker)
+        super().__init__(history, gallery, box, jpeg_quality, broker, live_fps)
         self.on_command: Callable[[str, dict[str, Any]], Any] | None = None
         self._server = Server(bind, port, self, Auth(password, session_hours * 3600), live_fps,
                               tls_context(*tls) if tls else None)
@@ -42,6 +42,7 @@ class WebSink(LiveState):
         return f"{'https' if self._server.tls else 'http'}://{host}:{port}/"
 
     def start(self) -> None:
+        super().start()
         if self._thread is None:
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                             name="web", daemon=True)
@@ -54,3 +55,4 @@ class WebSink(LiveState):
             self._thread.join(timeout)
             self._thread = None
         self._server.server_close()
+        super().stop(timeout)

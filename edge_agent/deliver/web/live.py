@@ -7,12 +7,15 @@ held for microseconds; the server's threads read copies. Nothing is queued per b
 gets the latest of each thing when it asks, and what it missed is gone.
 
 The frame is kept only while a browser has asked for one within `WATCH_S` (no browser: no frame held, one
-reference at most otherwise); it is drawn and encoded as JPEG on the server's thread when a browser asks, at most
-once per frame whoever asks (`latest_jpeg`).
+reference at most otherwise). One thread (``web-encoder``) draws and encodes the latest frame as JPEG, at most
+``live_fps`` times a second however many browsers watch; each browser takes the newest JPEG (`latest_jpeg`). One
+thread, not each request's: the CPU cost is bounded, and the encoder's large buffers stay in one heap arena
+instead of fragmenting one per connection thread (glibc gives each thread its own; docs/web.md).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -26,6 +29,8 @@ import numpy as np
 from edge_agent.deliver.messages import ANOMALOUS, GOOD
 from edge_agent.deliver.sink import PartialSink
 from edge_agent.deliver.snapshot import jpeg
+
+log = logging.getLogger(__name__)
 
 #: A frame is kept while a browser asked for one within this many seconds.
 WATCH_S = 10.0
@@ -49,17 +54,20 @@ class LiveState(PartialSink):
     """The sink half of the web page (`edge_agent.deliver.web.WebSink` adds the server)."""
 
     def __init__(self, history: int = 500, gallery: int = 24, box: Box | None = None, jpeg_quality: int = 80,
-                 broker: Callable[[], dict[str, Any]] | None = None) -> None:
+                 broker: Callable[[], dict[str, Any]] | None = None, live_fps: float = 4.0) -> None:
         self._box = box
         self._quality = jpeg_quality
         self.broker = broker  # the MQTT publisher's stats, for its connection; None: MQTT is off
+        self.live_fps = live_fps
         self._lock = threading.Lock()
-        self._new_frame = threading.Condition(self._lock)
+        self._new_frame = threading.Condition(self._lock)  # the loop handed over a frame (or stop)
+        self._new_jpeg = threading.Condition(self._lock)  # the encoder made one
         self._frame: tuple[int, np.ndarray, dict[str, Any] | None] | None = None
         self._frame_id = 0
         self._watched_until = 0.0
         self._encoded: tuple[int, bytes] = (0, b"")
-        self._encode_lock = threading.Lock()  # one encoding per frame, whoever asks
+        self._encoder: threading.Thread | None = None
+        self._stopping = False
         self._verdicts: deque[dict[str, Any]] = deque(maxlen=history)
         self._n_verdicts = 0
         self._rejects: deque[Reject] = deque(maxlen=gallery)
@@ -111,18 +119,50 @@ class LiveState(PartialSink):
         self._watched_until = time.monotonic() + WATCH_S
 
     def latest_jpeg(self, after: int, wait_s: float) -> tuple[int, bytes] | None:
-        """The newest frame after frame ``after`` (its id and JPEG), waiting up to ``wait_s`` for one; ``None``
-        if none came. Frames in between are skipped: a browser sees the line at its own pace."""
+        """The newest JPEG of a frame after frame ``after`` (its id and bytes), waiting up to ``wait_s`` for one;
+        ``None`` if none came. Frames in between are skipped: a browser sees the line at its own pace."""
         self.watch()
-        with self._new_frame:
-            self._new_frame.wait_for(lambda: self._frame is not None and self._frame[0] > after, wait_s)
-            current = self._frame
-        if current is None or current[0] <= after:
-            return None
-        with self._encode_lock:
-            if self._encoded[0] != current[0]:
-                self._encoded = (current[0], self._draw(current[1], current[2]))
-            return self._encoded
+        with self._new_jpeg:
+            self._new_jpeg.wait_for(lambda: self._encoded[0] > after or self._stopping, wait_s)
+            encoded = self._encoded
+        return encoded if encoded[0] > after else None
+
+    def start(self) -> None:
+        if self._encoder is None:
+            self._stopping = False
+            self._encoder = threading.Thread(target=self._encode_frames, name="web-encoder", daemon=True)
+            self._encoder.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        with self._lock:
+            self._stopping = True
+            self._new_frame.notify_all()
+            self._new_jpeg.notify_all()
+        if self._encoder is not None:
+            self._encoder.join(timeout)
+            self._encoder = None
+
+    def _encode_frames(self) -> None:
+        period = 1.0 / self.live_fps
+        while True:
+            with self._new_frame:
+                self._new_frame.wait_for(lambda: self._stopping or (
+                    self._frame is not None and self._frame[0] > self._encoded[0]))
+                if self._stopping:
+                    return
+                frame_id, image, verdict = self._frame
+            started = time.monotonic()
+            try:
+                picture = self._draw(image, verdict)
+            except Exception:  # a frame that cannot be drawn costs that frame, not the live view
+                log.exception("web: live frame %d could not be encoded", frame_id)
+                picture = None
+            del image
+            with self._new_jpeg:
+                if picture is not None:
+                    self._encoded = (frame_id, picture)
+                    self._new_jpeg.notify_all()
+            time.sleep(max(0.0, period - (time.monotonic() - started)))
 
     def _draw(self, image: np.ndarray, verdict: dict[str, Any] | None) -> bytes:
         """The frame shrunk to `LIVE_SIDE`, the region of interest boxed in the verdict's colour, the verdict and

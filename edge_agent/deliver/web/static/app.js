@@ -9,12 +9,14 @@ const LIVE_FPS = parseFloat(meta("live-fps")) || 4;
 const KEEP = 1000;          // verdicts kept for the chart
 const HISTORY_MS = 400;     // a verdict shows within this (plus the request) of reaching the server
 const STATE_MS = 1500;
+const GALLERY_MS = 2000;
 
 const verdicts = [];        // {n, seq, score, threshold, verdict, captured_at, part_id, received_ms}
 let lastN = 0;
 let state = {};
 let proposed = null;        // a threshold the slider proposes, not applied yet
-let rejectIds = "";
+let galleryShown = 0;
+let lastAlert = null;
 let trainingVersion = null;
 // seq -> when the page first showed that verdict (ms since the epoch): the browser tests read it.
 window.edgeSeen = {};
@@ -97,15 +99,21 @@ async function pollHistory() {
   if (h.verdicts.length) draw();
 }
 
+// The gallery follows at most every GALLERY_MS and loads only the pictures it did not have: a line that rejects
+// many parts a second must not make each browser fetch every picture.
 function showRejects(rejects) {
-  const ids = rejects.map((r) => r.id).join(",");
-  if (ids === rejectIds) return;
-  rejectIds = ids;
+  const now = Date.now();
+  if (now - galleryShown < GALLERY_MS) return;
+  galleryShown = now;
   const gallery = $("gallery");
-  gallery.replaceChildren();
-  for (const r of [...rejects].reverse()) {
+  const keep = new Set(rejects.map((r) => String(r.id)));
+  for (const figure of [...gallery.children]) if (!keep.has(figure.dataset.id)) figure.remove();
+  const have = new Set([...gallery.children].map((f) => f.dataset.id));
+  for (const r of rejects) {
+    if (have.has(String(r.id))) continue;
     const figure = document.createElement("figure");
     figure.className = "reject";
+    figure.dataset.id = r.id;
     figure.dataset.seq = r.seq;
     const caption = document.createElement("figcaption");
     caption.textContent = `#${r.seq} ${time(r.captured_at)} score ${fmt(r.score)} / ${fmt(r.threshold)}` +
@@ -114,15 +122,15 @@ function showRejects(rejects) {
       const img = document.createElement("img");
       img.src = `/api/reject/${r.id}.jpg`;
       img.alt = `reject ${r.seq}`;
-      img.loading = "lazy";
       figure.append(img);
       figure.addEventListener("click", () => zoom(img.src, caption.textContent));
     }
     figure.append(caption);
-    gallery.append(figure);
+    gallery.prepend(figure);  // newest first
   }
   const last = rejects[rejects.length - 1];
-  if (last && last.image) {
+  if (last && last.image && lastAlert !== last.id) {
+    lastAlert = last.id;
     $("last-alert").src = `/api/reject/${last.id}.jpg`;
     $("last-alert-caption").textContent = `last reject #${last.seq} at ${time(last.captured_at)}, score ` +
       `${fmt(last.score)} / ${fmt(last.threshold)}`;
