@@ -40,6 +40,8 @@ def test_parts_at_any_angle_are_unaligned_and_parts_in_one_pose_are_not(real_set
 
 def test_rayleighs_bound_tightens_with_more_images():
     assert is_aligned(0.5, 50) and not is_aligned(0.5, 10)  # sqrt(ln 100 / n): 0.30 for 50, 0.68 for 10
+    # Four images cannot show a shared pose at p = 0.01 (the bound exceeds 1): no evidence, no change.
+    assert is_aligned(0.1, 4) and not is_aligned(0.1, 5)
 
 
 def test_an_unaligned_fit_leaves_the_combined_detector_to_its_pooled_part():
