@@ -81,6 +81,31 @@ def test_a_change_without_login_or_without_the_csrf_token_changes_nothing(rig: W
     assert not rig.agent.retraining
 
 
+def test_a_crafted_cookie_costs_no_time_before_the_login_check(rig: WebRig) -> None:
+    """`http.cookies` took 16 s of CPU (holding the GIL the loop needs) on one 64 KB quoted cookie (CVE-2024-7592);
+    the hand parser reads none of an oversized header."""
+    t0 = time.monotonic()
+    reply = rig.request("GET", "/api/state", headers={"Cookie": f'{COOKIE}="' + "\\" * 30000 + '"'})
+    assert reply.status == 401 and time.monotonic() - t0 < 2.0
+
+
+def test_a_chunked_body_is_refused_not_read_as_a_second_request(rig: WebRig) -> None:
+    """Ignored, a chunked body stayed on the connection and was served as the next request (smuggling behind a
+    proxy that reuses connections)."""
+    import socket
+
+    url = urlsplit(rig.url)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(b"POST /api/command/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        replies = b""
+        while chunk := conn.recv(65536):
+            replies += chunk
+    assert replies.startswith(b"HTTP/1.0 501") or replies.startswith(b"HTTP/1.1 501"), replies[:80]
+    assert replies.count(b"HTTP/1.") == 1  # the connection was closed: nothing served for /smuggled
+
+
 def test_a_change_goes_through_the_command_handler_and_rollback_restores(rig: WebRig) -> None:
     before, threshold = rig.current(), rig.agent.state()["threshold"]
     cookie, csrf = rig.login()

@@ -29,6 +29,7 @@ import numpy as np
 from edge_agent.deliver.messages import ANOMALOUS, GOOD
 from edge_agent.deliver.sink import PartialSink
 from edge_agent.deliver.snapshot import jpeg
+from edge_agent.deliver.web.server import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class LiveState(PartialSink):
             self._encoder = None
 
     def _encode_frames(self) -> None:
+        lower_thread_priority()  # the heaviest work of the page (resize, drawing, JPEG): after the loop's
         period = 1.0 / self.live_fps
         while True:
             with self._new_frame:

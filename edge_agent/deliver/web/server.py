@@ -2,7 +2,7 @@
 
 Why ``http.server``: it is in every Python, so the page needs nothing from apt or pip on a Pi (no compiler, no
 event loop beside the agent's), and it costs a thread per open connection, capped at `MAX_CONNECTIONS`. Its
-threads run at a lower CPU priority than the loop (`_lower_priority`), and each request holds the GIL only
+threads run at a lower CPU priority than the loop (`lower_thread_priority`), and each request holds the GIL only
 briefly: JPEG encoding and sleeping release it.
 
 Security (docs/web.md):
@@ -31,7 +31,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -57,6 +56,8 @@ ANSWER_WAIT_S = 5.0
 FRAME_WAIT_S = 5.0
 #: A request body (a command, a login) is at most this long, like an MQTT command.
 MAX_BODY = 64 * 1024
+#: A Cookie header longer than this is no session (it is not parsed).
+MAX_COOKIE = 4096
 #: An idle or slow connection is closed after this long.
 SOCKET_TIMEOUT_S = 15.0
 #: The server's threads run this much "nicer" than the loop (Linux thread niceness).
@@ -120,7 +121,7 @@ class Auth:
             self._sessions.pop(key, None)
 
 
-def _lower_priority() -> None:
+def lower_thread_priority() -> None:
     """This thread yields the CPU to the inspection loop (Linux per-thread niceness; elsewhere nothing)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
@@ -149,7 +150,7 @@ class Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        _lower_priority()
+        lower_thread_priority()
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -203,12 +204,17 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- who asks ---------------------------------------------------------------------------------------------
     def _cookie(self) -> str | None:
-        cookie = SimpleCookie()
-        try:
-            cookie.load(self.headers.get("Cookie", ""))
-        except Exception:  # a malformed header is no session
+        """The session key, read by hand: `http.cookies` takes quadratic time on a crafted quoted value
+        (CVE-2024-7592 on Pythons before 3.11.10), before any login, holding the GIL the loop needs. The key is
+        ours (URL-safe), so no unquoting is needed; an oversized header is no session."""
+        header = self.headers.get("Cookie", "")
+        if len(header) > MAX_COOKIE:
             return None
-        return cookie[COOKIE].value if COOKIE in cookie else None
+        for item in header.split(";"):
+            name, _, value = item.strip().partition("=")
+            if name == COOKIE:
+                return value or None
+        return None
 
     def _allowed(self, changes: bool) -> bool:
         """A script's bearer password, or a session (with its CSRF token when the request ``changes`` anything)."""
@@ -222,10 +228,15 @@ class Handler(BaseHTTPRequestHandler):
                                                   session.csrf.encode())
 
     def _body(self) -> bytes | None:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
+        """The request's body; None (answered, connection closed) when it cannot be read safely. A chunked body
+        is refused, not ignored: left on the connection, its bytes would be read as the next request."""
+        if "Transfer-Encoding" in self.headers:
+            self._send(HTTPStatus.NOT_IMPLEMENTED, b"chunked bodies are not accepted: send Content-Length\n",
+                       headers={"Connection": "close"})
+            self.close_connection = True
+            return None
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        length = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else -1
         if not 0 <= length <= MAX_BODY:
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {MAX_BODY} bytes\n".encode(),
                        headers={"Connection": "close"})
@@ -279,7 +290,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.NOT_FOUND, b"not found\n")
         if body is None:
             return self._send(HTTPStatus.NOT_FOUND, b"no such picture\n")
-        return self._send(HTTPStatus.OK, body, "image/jpeg", {"Cache-Control": "private, max-age=3600"})
+        return self._send(HTTPStatus.OK, body, "image/jpeg", {"Cache-Control": "no-store"})
 
     def _status(self) -> dict[str, Any]:
         """The agent's state now, through the ``status`` command (it reads a snapshot, off the loop); the last

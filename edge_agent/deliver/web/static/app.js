@@ -92,6 +92,9 @@ async function pollHistory() {
     if (!(v.seq in window.edgeSeen)) window.edgeSeen[v.seq] = now;
   }
   verdicts.splice(0, Math.max(0, verdicts.length - KEEP));
+  // edgeSeen (when each verdict reached the page; the browser tests read it) keeps only what is drawn.
+  const oldest = verdicts.length ? verdicts[0].seq : Infinity;
+  for (const seq of Object.keys(window.edgeSeen)) if (Number(seq) < oldest) delete window.edgeSeen[seq];
   lastN = h.last;
   showRejects(h.rejects);
   showProgress(h.progress);
