@@ -15,7 +15,7 @@ import pytest
 import edge_agent.agent
 from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
-from tests.conftest import RealSet
+from tests.conftest import FEW_IMAGE_TARGET, RealSet
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, wait_until
 
 
@@ -34,6 +34,7 @@ class Rig:
                 "source": {"kind": "folder", "path": str(self.frames), "watch": True, "reopen_min_s": 0.1},
                 "augmentation": {"preset": "bottle", "factor": 2},
                 "detector": {"name": "mahalanobis"},  # fast to refit; the default (combined) has its own test
+                "threshold": {"target_false_reject": FEW_IMAGE_TARGET},
                 "retrain": {"n_images": 3, "timeout_s": 30, "folders": [str(self.tmp)]},
                 "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_prefix": PREFIX, "keepalive": 5}}
         for name, values in sections.items():
@@ -221,7 +222,8 @@ def test_a_threshold_edited_in_the_config_applies_at_start_and_a_command_survive
     from edge_agent.capture.images import read_image
 
     def agent_with(**threshold):
-        return build_agent(rig.config(mqtt={"enabled": False}, threshold=threshold))
+        # The default target: its log-normal bound is what "never below the good parts' scores" is about.
+        return build_agent(rig.config(mqtt={"enabled": False}, threshold={"target_false_reject": 0.005, **threshold}))
 
     first = agent_with()
     settings = fit_settings(first.config)

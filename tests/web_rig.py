@@ -17,7 +17,7 @@ from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
 from edge_agent.deliver.sink import leaves
 from edge_agent.deliver.web import WebSink
-from tests.conftest import RealSet
+from tests.conftest import FEW_IMAGE_TARGET, RealSet
 from tests.mqtt_broker import wait_until
 
 PASSWORD = "correct horse battery"
@@ -55,6 +55,7 @@ class WebRig:
             "trigger": {"max_fps": 20},
             "augmentation": {"preset": "bottle", "factor": 2},
             "detector": {"name": detector},
+            "threshold": {"target_false_reject": FEW_IMAGE_TARGET},
             "retrain": {"n_images": 3, "timeout_s": 60, "folders": [str(tmp)]},
             "mqtt": {"enabled": False, "command_token_env": COMMAND_TOKEN_ENV},
             "web": {"enabled": True, "port": 0, "password_env": PASSWORD_ENV, **web},
