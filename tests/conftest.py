@@ -7,6 +7,7 @@ starts with ``hardware:`` (a Pi camera, a Coral Edge TPU, a GPU: hardware a CI m
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,19 @@ SHIPPED_MODEL = ROOT / "models" / "efficientnet-lite0-int8"
 #: parts passed, on bottles and on the elpv cells alike: the default (0.5 %) extrapolates so far from so few
 #: images that it catches few defective cells; a share >= 1/(n+1) (the largest held-out score) rejects good ones.
 FEW_IMAGE_TARGET = 0.05
+
+
+def drop_images(folder: Path, paths: list[Path], prefix: str) -> list[str]:
+    """Copy real images into a watched folder as a line PC would: written aside, then renamed into place, so the
+    agent never reads half a file. Returns the names they got."""
+    names = []
+    for src in paths:
+        dst = folder / f"{prefix}_{src.name}"
+        part = folder / f".{dst.name}.part"
+        shutil.copyfile(src, part)
+        part.rename(dst)
+        names.append(dst.name)
+    return names
 
 
 def data_dir() -> Path:

@@ -15,7 +15,7 @@ import pytest
 import edge_agent.agent
 from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
-from tests.conftest import FEW_IMAGE_TARGET, RealSet
+from tests.conftest import FEW_IMAGE_TARGET, RealSet, drop_images
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, wait_until
 
 
@@ -58,15 +58,7 @@ class Rig:
         self.running = [(a, t) for a, t in self.running if a is not agent]
 
     def drop(self, paths: list[Path], prefix: str) -> list[str]:
-        """Copy real images into the watched folder as finished files (written aside, then renamed)."""
-        out = []
-        for src in paths:
-            dst = self.frames / f"{prefix}_{src.name}"
-            tmp = self.frames / f".{dst.name}.part"
-            shutil.copyfile(src, tmp)
-            tmp.rename(dst)
-            out.append(dst.name)
-        return out
+        return drop_images(self.frames, paths, prefix)
 
     def good_folder(self, n: int = 5) -> Path:
         folder = self.tmp / "good_parts"

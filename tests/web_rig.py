@@ -17,7 +17,7 @@ from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
 from edge_agent.deliver.sink import leaves
 from edge_agent.deliver.web import WebSink
-from tests.conftest import FEW_IMAGE_TARGET, RealSet
+from tests.conftest import FEW_IMAGE_TARGET, RealSet, drop_images
 from tests.mqtt_broker import wait_until
 
 PASSWORD = "correct horse battery"
@@ -77,15 +77,7 @@ class WebRig:
         return (self.config.state_dir / "detectors" / "current.json").read_text()
 
     def drop(self, paths: list[Path], prefix: str) -> list[str]:
-        """Real images into the watched folder as finished files (written aside, then renamed)."""
-        names = []
-        for src in paths:
-            dst = self.frames / f"{prefix}_{src.name}"
-            part = self.frames / f".{dst.name}.part"
-            shutil.copyfile(src, part)
-            part.rename(dst)
-            names.append(dst.name)
-        return names
+        return drop_images(self.frames, paths, prefix)
 
     def request(self, method: str, path: str, body: bytes | str | None = None,
                 headers: dict[str, str] | None = None) -> Reply:
