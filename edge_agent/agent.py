@@ -118,8 +118,8 @@ class Agent:
         self._active_path: Path | None = None
         self._source_state: dict[str, Any] = {"status": "closed"}
         self._frame_times: list[float] = []
-        self.inspected = 0
-        self.rejected = 0
+        # (inspected, rejected), swapped whole so that another thread's status never sees one without the other.
+        self._tally: tuple[int, int] = (0, 0)
         self.missed_triggers = 0
         self._recent: collections.deque[bool] = collections.deque(maxlen=RECENT_PARTS)  # anomalous or not
         self.publish_errors = 0
@@ -288,7 +288,8 @@ class Agent:
         model = {"model_id": m.model_id, "backbone": m.backbone, "precision": m.precision,
                  "delegate": self.extractor.delegate}
         recent = list(self._recent)
-        counts = {"inspected": self.inspected, "good": self.inspected - self.rejected, "rejected": self.rejected,
+        inspected, rejected = self._tally
+        counts = {"inspected": inspected, "good": inspected - rejected, "rejected": rejected,
                   "reject_rate": round(sum(recent) / len(recent), 4) if recent else None,
                   "missed_triggers": self.missed_triggers}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
@@ -441,6 +442,10 @@ class Agent:
         verdict = verdict_message(self.config.device.id, frame.name, frame.captured_at, score, threshold, anomalous,
                                   self.extractor.manifest.model_id,
                                   self._active_path.name if self._active_path else None, latency, part_id)
+        # Counted before it is published: a subscriber that has the verdict and asks for status finds it counted.
+        self._tally = (self._tally[0] + 1, self._tally[1] + anomalous)
+        self._recent.append(anomalous)
+        self._frame_times = (self._frame_times + [time.monotonic()])[-30:]
         try:
             self.sink.publish_verdict(verdict)
             if anomalous:
@@ -448,12 +453,18 @@ class Agent:
         except Exception:  # an output that fails (a read-only card under the spool) must not stop inspection
             self.publish_errors += 1
             if self.publish_errors in (1, 10, 100) or self.publish_errors % 1000 == 0:
-                log.exception("publishing verdict %d failed (%d so far)", self.inspected + 1, self.publish_errors)
-        self.inspected += 1
-        self.rejected += anomalous
-        self._recent.append(anomalous)
-        self._frame_times = (self._frame_times + [time.monotonic()])[-30:]
+                log.exception("publishing verdict %d failed (%d so far)", self.inspected, self.publish_errors)
         return verdict
+
+    @property
+    def inspected(self) -> int:
+        """Parts judged since the agent started."""
+        return self._tally[0]
+
+    @property
+    def rejected(self) -> int:
+        """Of those, judged anomalous."""
+        return self._tally[1]
 
     def _wants_heatmap(self, active: LoadedDetector) -> bool:
         a = self.config.alerts

@@ -139,6 +139,28 @@ def test_retrain_from_a_folder_then_verdicts_alerts_and_state(rig, subscriber):
     assert snapshot is not None and max(snapshot.shape[:2]) <= 640
 
 
+def test_a_verdict_is_counted_in_status_before_anyone_can_receive_it(rig, subscriber):
+    """A subscriber that gets a verdict and asks for status must find that part counted (CI once saw 5 of 6)."""
+    agent = rig.start()
+    assert command(subscriber, "retrain", {"folder": str(rig.good_folder(5)), "n_images": 5}, "r1")["ok"]
+    publish = agent.sink.publish_verdict
+    seen: list[tuple[int, int, int]] = []
+
+    def publish_and_look(verdict):
+        state = agent.state()
+        seen.append((state["inspected"], state["rejected"], verdict["verdict"] == "anomalous"))
+        return publish(verdict)
+
+    agent.sink.publish_verdict = publish_and_look
+    rig.drop(rig.set.test_good[:2], "a")
+    rig.drop(rig.set.defects[:2], "b")
+    assert wait_until(lambda: len(seen) >= 4, 30), (seen, agent.state())
+    rejected = 0
+    for n, (inspected, rejected_then, anomalous) in enumerate(seen, 1):
+        rejected += anomalous
+        assert (inspected, rejected_then) == (n, rejected)
+
+
 def test_threshold_and_rollback_commands(rig, subscriber):
     rig.start()
     first = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")["result"]
