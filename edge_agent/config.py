@@ -12,6 +12,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -260,6 +261,7 @@ class WebConfig:
     password_file: str = ""
     tls_cert: str = ""  # HTTPS with this certificate (PEM) and tls_key; or a reverse proxy in front
     tls_key: str = ""
+    allowed_hosts: list[str] = field(default_factory=list)  # names the page answers to, beside IPs and localhost
     history: int = 500  # verdicts kept for the score chart
     gallery: int = 24  # rejected parts kept, with their pictures
     live_fps: float = 4.0  # the live view's most frames per second, per browser
@@ -462,6 +464,10 @@ def _cross_checks(c: Config) -> None:
     _check_web(c.web)
 
 
+#: A DNS name as a browser sends it in ``Host`` (no port, no scheme).
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I)
+
+
 def _check_web(w: WebConfig) -> None:
     """What can be checked without reading the secret (the password is read when the page starts)."""
     if w.password_env and w.password_file:
@@ -474,6 +480,10 @@ def _check_web(w: WebConfig) -> None:
                           "network)")
     if bool(w.tls_cert) != bool(w.tls_key):
         raise ConfigError("[web] tls_cert and tls_key must be given together")
+    for name in w.allowed_hosts:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"[web] allowed_hosts: {name!r} is not a host name (letters, digits, '-' and '.', "
+                              "e.g. \"camera3.line1.example\"; IP addresses are always allowed)")
     for key in ("tls_cert", "tls_key"):
         path = getattr(w, key)
         if path and not Path(path).is_file():

@@ -6,7 +6,10 @@ the loop owns, not on a mock."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,7 +20,8 @@ import pytest
 from edge_agent.config import ConfigError, config_from_dict
 from edge_agent.deliver.web import WebSink
 from edge_agent.deliver.web.live import LiveState
-from edge_agent.deliver.web.server import COOKIE, WRONG_PASSWORD_DELAY_S
+from edge_agent.deliver.web.server import (COOKIE, MAX_CONNECTIONS, MAX_PER_ADDRESS, REQUEST_DEADLINE_S,
+                                           WRONG_PASSWORD_DELAY_S)
 from tests.mqtt_broker import wait_until
 from tests.web_rig import PASSWORD, PASSWORD_ENV, WebRig
 
@@ -95,15 +99,137 @@ def test_a_chunked_body_is_refused_not_read_as_a_second_request(rig: WebRig) -> 
     import socket
 
     url = urlsplit(rig.url)
-    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
     with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
-        conn.sendall(b"POST /api/command/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        conn.sendall(b"POST /api/command/status HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + body)
         replies = b""
         while chunk := conn.recv(65536):
             replies += chunk
     assert replies.startswith(b"HTTP/1.0 501") or replies.startswith(b"HTTP/1.1 501"), replies[:80]
     assert replies.count(b"HTTP/1.") == 1  # the connection was closed: nothing served for /smuggled
+
+
+def _trickle(url: str, head: bytes, drip: bytes, source: str = "127.0.0.1") -> float:
+    """Sends ``head``, then ``drip`` a byte a second (each within the old per-read timeout); the seconds until
+    the server closed the connection (60 if it never did)."""
+    parts = urlsplit(url)
+    t0 = time.monotonic()
+    with socket.create_connection((parts.hostname, parts.port), timeout=2, source_address=(source, 0)) as conn:
+        conn.sendall(head)
+        for byte in drip * 60:
+            try:
+                conn.sendall(bytes([byte]))
+                if conn.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        return time.monotonic() - t0
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_the_deadline(rig: WebRig) -> None:
+    """Slowloris: a byte every second kept a connection (and its slot) forever, the timeout being per read. The
+    headers and a POST's body each must arrive within the deadline."""
+    took: dict[str, float] = {}
+    slow_headers = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: abcdefghij\r\n")
+    slow_body = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 60000\r\n\r\n", b"password=x")
+    threads = [threading.Thread(target=lambda k=k, a=a: took.__setitem__(k, _trickle(rig.url, *a)))
+               for k, a in (("headers", slow_headers), ("body", slow_body))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert REQUEST_DEADLINE_S - 1 < took["headers"] < REQUEST_DEADLINE_S + 4, took
+    assert REQUEST_DEADLINE_S - 1 < took["body"] < REQUEST_DEADLINE_S + 4, took
+    assert rig.request("GET", "/healthz").body == b"ok\n"
+
+
+def test_one_address_cannot_take_every_connection(rig: WebRig) -> None:
+    """A client (here 127.0.0.2) that opens every slot, or queues wrong passwords on them, locked the operator out;
+    its extra connections are now answered 503 and the operator (127.0.0.1) gets in."""
+    url = urlsplit(rig.url)
+    held, refused = [], 0
+    try:
+        for _ in range(MAX_CONNECTIONS + 4):
+            conn = socket.create_connection((url.hostname, url.port), timeout=5, source_address=("127.0.0.2", 0))
+            held.append(conn)
+        time.sleep(0.5)
+        for conn in held:
+            conn.settimeout(0.2)
+            try:
+                refused += conn.recv(1024).startswith(b"HTTP/1.1 503")
+            except TimeoutError:
+                pass  # accepted, waiting for its request
+        assert refused == len(held) - MAX_PER_ADDRESS
+        t0 = time.monotonic()
+        cookie, _ = rig.login()  # the operator, while the other address holds its connections
+        assert rig.request("GET", "/api/state", headers={"Cookie": cookie}).status == 200
+        assert time.monotonic() - t0 < 5
+    finally:
+        for conn in held:
+            conn.close()
+    assert wait_until(lambda: _opens(url, "127.0.0.2"), 10)  # its slots come back once it lets go
+
+
+def _opens(url, source: str) -> bool:
+    with socket.create_connection((url.hostname, url.port), timeout=5, source_address=(source, 0)) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return conn.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+def test_only_ip_addresses_localhost_and_allowed_names_are_served(tmp_path: Path) -> None:
+    """DNS rebinding: a page on attacker.example whose name then resolves to the camera runs its script against
+    the page's API as if same-origin; the Host it sends is refused (421), even with the right password."""
+    import http.client
+
+    web = WebSink(PASSWORD, port=0, allowed_hosts=frozenset({"camera3.line1.example"}))
+    web.start()
+    try:
+        port = urlsplit(web.url).port
+
+        def status(host: str | None, path: str = "/login") -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.putrequest("GET", path, skip_host=True)
+                if host is not None:
+                    conn.putheader("Host", host)
+                conn.putheader("Authorization", f"Bearer {PASSWORD}")
+                conn.endheaders()
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "[::1]:8080", "10.1.2.3",
+                     f"camera3.line1.example:{port}", "CAMERA3.line1.example."):
+            assert status(host) == 200, host
+            assert status(host, "/api/state") == 200, host
+        for host in ("attacker.example", f"attacker.example:{port}", "camera3.line1.example.attacker.example",
+                     "localhost.attacker.example"):
+            assert status(host) == 421, host
+            assert status(host, "/api/state") == 421, host
+        assert status(None) == 400
+    finally:
+        web.stop()
+
+
+def test_a_page_on_the_network_without_tls_warns_once_at_start(tmp_path: Path, caplog) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    for bind, tls, warns in (("0.0.0.0", None, True), ("127.0.0.1", None, False), ("0.0.0.0", (str(cert), str(key)),
+                                                                                  False)):
+        caplog.clear()
+        web = WebSink(PASSWORD, bind=bind, port=0, tls=tls)
+        with caplog.at_level(logging.WARNING, logger="edge_agent.deliver.web"):
+            web.start()
+        web.stop()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == warns, (bind, tls, warnings)
+        if warns:
+            assert "clear text" in warnings[0] and "tls_cert" in warnings[0] and "reverse proxy" in warnings[0]
 
 
 def test_a_change_goes_through_the_command_handler_and_rollback_restores(rig: WebRig) -> None:
@@ -188,6 +314,10 @@ def test_web_config_errors_name_the_key(tmp_path: Path, monkeypatch) -> None:
         config_from_dict(_web_config(tmp_path, password_env="X", password_file="/x"))
     with pytest.raises(ConfigError, match=r"\[web\] tls_cert and tls_key"):
         config_from_dict(_web_config(tmp_path, password_env="X", tls_cert="/x"))
+    with pytest.raises(ConfigError, match=r"\[web\] allowed_hosts: 'http://camera3' is not a host name"):
+        config_from_dict(_web_config(tmp_path, password_env="X", allowed_hosts=["http://camera3"]))
+    named = config_from_dict(_web_config(tmp_path, password_env="X", allowed_hosts=["camera3.line1"]))
+    assert named.web.allowed_hosts == ["camera3.line1"]
     with pytest.raises(ConfigError, match=r"\[web\] port"):
         config_from_dict(_web_config(tmp_path, password_env="X", port=70000))
     config = config_from_dict(_web_config(tmp_path, password_env=PASSWORD_ENV))

@@ -10,6 +10,7 @@ The page's files (``static/``) ship in the package: a line is often offline, so 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -23,16 +24,18 @@ log = logging.getLogger(__name__)
 
 class WebSink(LiveState):
     """Listens from construction (a port in use stops the agent at start, naming it) and serves from `start` to
-    `stop`. ``tls``: (certificate, key) PEM files for HTTPS."""
+    `stop`. ``tls``: (certificate, key) PEM files for HTTPS; ``allowed_hosts``: the names (beside IP addresses and
+    ``localhost``) a browser may reach it by."""
 
     def __init__(self, password: str, bind: str = "127.0.0.1", port: int = 8080, *, history: int = 500,
                  gallery: int = 24, live_fps: float = 4.0, session_hours: float = 12.0, box: Box | None = None,
                  jpeg_quality: int = 80, tls: tuple[str, str] | None = None,
-                 broker: Callable[[], dict[str, Any]] | None = None) -> None:
+                 broker: Callable[[], dict[str, Any]] | None = None,
+                 allowed_hosts: frozenset[str] = frozenset()) -> None:
         super().__init__(history, gallery, box, jpeg_quality, broker, live_fps)
         self.on_command: Callable[[str, dict[str, Any]], Any] | None = None
         self._server = Server(bind, port, self, Auth(password, session_hours * 3600), live_fps,
-                              tls_context(*tls) if tls else None)
+                              tls_context(*tls) if tls else None, allowed_hosts)
         self._thread: threading.Thread | None = None
 
     @property
@@ -48,6 +51,10 @@ class WebSink(LiveState):
                                             name="web", daemon=True)
             self._thread.start()
             log.info("web page on %s", self.url)
+            if self._server.tls is None and not is_loopback(self._server.server_address[0]):
+                log.warning("web: the page listens on %s without TLS: its password and session cookie cross the "
+                            "network in clear text. Set [web] tls_cert and tls_key, or bind = \"127.0.0.1\" "
+                            "behind an HTTPS reverse proxy (docs/web.md, HTTPS)", self.url)
 
     def stop(self, timeout: float = 5) -> None:
         if self._thread is not None:
@@ -56,3 +63,11 @@ class WebSink(LiveState):
             self._thread = None
         self._server.server_close()
         super().stop(timeout)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (the listening socket's) reaches only this machine."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"

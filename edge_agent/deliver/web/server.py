@@ -11,6 +11,9 @@ Security (docs/web.md):
 - a state-changing request is a POST; with the cookie it must carry the session's CSRF token in
   ``X-CSRF-Token`` (the page reads it from its own HTML);
 - passwords are compared in constant time, and each wrong one costs `WRONG_PASSWORD_DELAY_S`, one at a time;
+- a request (line, headers, body) must arrive within `REQUEST_DEADLINE_S` of its first byte, and one address holds
+  at most `MAX_PER_ADDRESS` connections, so a slow or flooding client cannot take every slot;
+- the ``Host`` header must be an IP address, ``localhost`` or a name in ``[web] allowed_hosts`` (DNS rebinding);
 - every action is a command (`edge_agent.commands.Commands`): the same validation and the same path to the
   loop as MQTT; no route changes anything else.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import os
@@ -46,6 +51,12 @@ log = logging.getLogger(__name__)
 COOKIE = "edge_session"
 #: Open connections served at once; more are closed at accept (a browser opens up to six).
 MAX_CONNECTIONS = 32
+#: Open connections from one address; more are answered 503 and closed at accept, so that one address (a slow or
+#: a password-guessing client) cannot hold every slot and lock the operator out.
+MAX_PER_ADDRESS = 8
+#: A request's line, headers and body must have arrived this long after its first byte (a TLS handshake, too):
+#: a client that sends a byte every few seconds is cut off here, not kept forever.
+REQUEST_DEADLINE_S = 10.0
 #: Logged-in sessions kept; the oldest goes first.
 MAX_SESSIONS = 64
 #: A wrong password (form or bearer) is answered after this long, and one at a time: about one guess a second.
@@ -58,7 +69,7 @@ FRAME_WAIT_S = 5.0
 MAX_BODY = 64 * 1024
 #: A Cookie header longer than this is no session (it is not parsed).
 MAX_COOKIE = 4096
-#: An idle or slow connection is closed after this long.
+#: An idle connection (no request started) or a stalled answer is closed after this long.
 SOCKET_TIMEOUT_S = 15.0
 #: The server's threads run this much "nicer" than the loop (Linux thread niceness).
 NICENESS = 10
@@ -129,25 +140,117 @@ def lower_thread_priority() -> None:
         pass
 
 
+def host_allowed(host: str | None, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` names this camera: an IP address, ``localhost`` or one of ``names``. A DNS
+    rebinding page (a site whose name later resolves to the camera) sends its own name, so the browser's
+    same-origin rule does not keep its script from the page's API."""
+    if not host:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:  # name:port or IPv4:port
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if name == "localhost" or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class DeadlineReader(io.RawIOBase):
+    """A connection's reads with a deadline per request. `http.server` only sets a timeout per read, which a client
+    resets by sending a byte every few seconds (slowloris): here a request must be in `REQUEST_DEADLINE_S` after
+    its first byte. Waiting for a request to start, and writing the answer, keep the idle `SOCKET_TIMEOUT_S`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._deadline: float | None = None  # None: no request started yet
+
+    def readable(self) -> bool:
+        return True
+
+    def next_request(self) -> None:
+        self._deadline = None
+
+    def done(self) -> None:
+        """The request is read: its answer (a frame that waits for the next one, too) is not cut off."""
+        self._deadline = None
+        self._sock.settimeout(SOCKET_TIMEOUT_S)
+
+    def readinto(self, buffer: Any) -> int:
+        if self._deadline is None:
+            self._sock.settimeout(SOCKET_TIMEOUT_S)
+        else:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the request took longer than {REQUEST_DEADLINE_S:g} s to arrive")
+            self._sock.settimeout(left)
+        n = self._sock.recv_into(buffer)
+        if self._deadline is None and n:
+            self._deadline = time.monotonic() + REQUEST_DEADLINE_S
+        return n
+
+
+_BUSY_TEXT = b"too many connections from this address; try again later\n"
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+         b"Retry-After: 10\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, bind: str, port: int, web: WebSink, auth: Auth, live_fps: float,
-                 tls: ssl.SSLContext | None) -> None:
+                 tls: ssl.SSLContext | None, allowed_hosts: frozenset[str] = frozenset()) -> None:
         self.address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.web, self.auth, self.live_fps, self.tls = web, auth, live_fps, tls
+        self.allowed_hosts = frozenset(name.lower().rstrip(".") for name in allowed_hosts)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_address: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+        self._refused = 0
         super().__init__((bind, port), Handler)
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        address = client_address[0]
+        with self._count_lock:
+            held = self._per_address.get(address, 0)
+            if held < MAX_PER_ADDRESS:
+                self._per_address[address] = held + 1
+        if held >= MAX_PER_ADDRESS:
+            self._refuse(request, f"{address} holds {MAX_PER_ADDRESS} connections")
+            return
         if not self._slots.acquire(blocking=False):
-            log.warning("web: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0])
-            self.shutdown_request(request)
+            self._leave(address)
+            self._refuse(request, f"{MAX_CONNECTIONS} connections open, one from {address}")
             return
         super().process_request(request, client_address)
+
+    def _refuse(self, request: Any, why: str) -> None:
+        """503 and closed, without a thread: on the accepting thread, so a send that would block is skipped (and
+        over TLS nothing is said before a handshake we will not do)."""
+        self._refused += 1
+        if self._refused in (1, 10, 100) or self._refused % 1000 == 0:
+            log.warning("web: %s, refusing (%d refused so far)", why, self._refused)
+        if not isinstance(request, ssl.SSLSocket):
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def _leave(self, address: str) -> None:
+        with self._count_lock:
+            held = self._per_address.pop(address) - 1
+            if held:
+                self._per_address[address] = held
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         lower_thread_priority()
@@ -155,6 +258,7 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._leave(client_address[0])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("web: connection from %s failed", client_address[0], exc_info=True)
@@ -167,10 +271,34 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
-        self.request.settimeout(SOCKET_TIMEOUT_S)
+        self.request.settimeout(REQUEST_DEADLINE_S)  # for the whole handshake (ssl keeps one deadline for it)
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()  # here, on this connection's thread, not in the accepting one
         super().setup()
+        self.rfile.close()
+        self._reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.next_request()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """The request line and headers are read; the Host is checked before anything else is done."""
+        if not super().parse_request():
+            return False
+        if self.command != "POST":  # a POST's body is read under the deadline too (`_body`)
+            self._reader.done()
+        host = self.headers.get("Host")
+        if not host_allowed(host, self.server.allowed_hosts):
+            self._reader.done()
+            self.close_connection = True
+            log.info("web: Host %r from %s refused", host, self.client_address[0])
+            status = HTTPStatus.MISDIRECTED_REQUEST if host else HTTPStatus.BAD_REQUEST
+            self._send(status, b"this camera answers to its IP address, localhost, or a name in [web] "
+                               b"allowed_hosts\n", headers={"Connection": "close"})
+            return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("web %s: " + format, self.client_address[0], *args)
@@ -231,6 +359,7 @@ class Handler(BaseHTTPRequestHandler):
         """The request's body; None (answered, connection closed) when it cannot be read safely. A chunked body
         is refused, not ignored: left on the connection, its bytes would be read as the next request."""
         if "Transfer-Encoding" in self.headers:
+            self._reader.done()
             self._send(HTTPStatus.NOT_IMPLEMENTED, b"chunked bodies are not accepted: send Content-Length\n",
                        headers={"Connection": "close"})
             self.close_connection = True
@@ -238,11 +367,14 @@ class Handler(BaseHTTPRequestHandler):
         lengths = self.headers.get_all("Content-Length") or ["0"]
         length = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else -1
         if not 0 <= length <= MAX_BODY:
+            self._reader.done()
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {MAX_BODY} bytes\n".encode(),
                        headers={"Connection": "close"})
             self.close_connection = True
             return None
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        self._reader.done()
+        return body
 
     # ---- routes -----------------------------------------------------------------------------------------------
     def do_HEAD(self) -> None:
