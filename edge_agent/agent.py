@@ -108,6 +108,8 @@ class Agent:
         self._changes: queue.Queue[Change] = queue.Queue()
         self._job: RetrainJob | None = None
         self._retrains_done = 0
+        # (retrains ended, of which failed, the last one's seconds or None), swapped whole like the tally.
+        self._retrain_tally: tuple[int, int, float | None] = (0, 0, None)
         self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
         # One (part id or None, monotonic time) per trigger: the frame must be exposed after that time.
         self._triggers: queue.SimpleQueue[tuple[str | None, float]] = queue.SimpleQueue()
@@ -289,9 +291,11 @@ class Agent:
                  "delegate": self.extractor.delegate}
         recent = list(self._recent)
         inspected, rejected = self._tally
+        retrains, retrain_failures, retrain_last_s = self._retrain_tally
         counts = {"inspected": inspected, "good": inspected - rejected, "rejected": rejected,
                   "reject_rate": round(sum(recent) / len(recent), 4) if recent else None,
-                  "missed_triggers": self.missed_triggers}
+                  "missed_triggers": self.missed_triggers, "retrains": retrains,
+                  "retrain_failures": retrain_failures, "retrain_last_s": retrain_last_s}
         return state_message(self.config.device.id, status, __version__, model, detector, self.config.trigger.mode,
                              self.fps(), counts, {**self._source_state, **self.source.describe()},
                              self.sink.stats())
@@ -328,6 +332,9 @@ class Agent:
         job = self._job
         assert job is not None
         self._retrains_done += 1  # before the job is cleared: a change asked for in between is refused, not lost
+        ended, failed, _ = self._retrain_tally
+        self._retrain_tally = (ended + 1, failed + isinstance(job.outcome, Exception),
+                               round(time.monotonic() - job.started, 3))
         self._job = None
         self._drain_triggers()
         self.publish_state()

@@ -188,7 +188,7 @@ def web_sinks(config: Config, first: Sink) -> list[Sink]:
                         jpeg_quality=config.alerts.jpeg_quality,
                         tls=(w.tls_cert, w.tls_key) if w.tls_cert else None,
                         broker=first.stats if config.mqtt.enabled else None,
-                        allowed_hosts=frozenset(w.allowed_hosts))]
+                        allowed_hosts=frozenset(w.allowed_hosts), metrics_token=w.metrics_token())]
     except OSError as exc:
         raise ConfigError(f"[web] {w.bind}:{w.port}: {exc.strerror or exc}: another program listens there, or bind "
                           "is not an address of this machine; set [web] port or bind") from None

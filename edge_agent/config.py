@@ -262,6 +262,8 @@ class WebConfig:
     tls_cert: str = ""  # HTTPS with this certificate (PEM) and tls_key; or a reverse proxy in front
     tls_key: str = ""
     allowed_hosts: list[str] = field(default_factory=list)  # names the page answers to, beside IPs and localhost
+    metrics_token_env: str = ""  # GET /metrics (Prometheus) with this read-only token; off when neither is set
+    metrics_token_file: str = ""
     history: int = 500  # verdicts kept for the score chart
     gallery: int = 24  # rejected parts kept, with their pictures
     live_fps: float = 4.0  # the live view's most frames per second, per browser
@@ -277,6 +279,14 @@ class WebConfig:
         if len(value) < MIN_WEB_PASSWORD:
             raise ConfigError(f"[web] {key}: the password is {len(value)} characters; use at least "
                               f"{MIN_WEB_PASSWORD}")
+        return value
+
+    def metrics_token(self) -> str | None:
+        """The token Prometheus sends for ``/metrics`` (docs/metrics.md); None: no metrics."""
+        value = _secret("web", "metrics_token", self.metrics_token_env, self.metrics_token_file)
+        if value is not None and len(value) < MIN_WEB_PASSWORD:
+            key = "metrics_token_env" if self.metrics_token_env else "metrics_token_file"
+            raise ConfigError(f"[web] {key}: the token is {len(value)} characters; use at least {MIN_WEB_PASSWORD}")
         return value
 
 
@@ -472,6 +482,8 @@ def _check_web(w: WebConfig) -> None:
     """What can be checked without reading the secret (the password is read when the page starts)."""
     if w.password_env and w.password_file:
         raise ConfigError("[web] give password_env or password_file, not both")
+    if w.metrics_token_env and w.metrics_token_file:
+        raise ConfigError("[web] give metrics_token_env or metrics_token_file, not both")
     if w.enabled and not (w.password_env or w.password_file):
         raise ConfigError("[web] enabled = true needs password_env or password_file (the page never runs without "
                           "a password; the password itself never goes in this file)")

@@ -316,6 +316,13 @@ def test_web_config_errors_name_the_key(tmp_path: Path, monkeypatch) -> None:
         config_from_dict(_web_config(tmp_path, password_env="X", tls_cert="/x"))
     with pytest.raises(ConfigError, match=r"\[web\] allowed_hosts: 'http://camera3' is not a host name"):
         config_from_dict(_web_config(tmp_path, password_env="X", allowed_hosts=["http://camera3"]))
+    with pytest.raises(ConfigError, match=r"\[web\] give metrics_token_env or metrics_token_file, not both"):
+        config_from_dict(_web_config(tmp_path, password_env="X", metrics_token_env="Y", metrics_token_file="/y"))
+    monkeypatch.setenv("EDGE_TEST_METRICS_TOKEN", "short")
+    with pytest.raises(ConfigError, match=r"\[web\] metrics_token_env: the token is 5 characters"):
+        config_from_dict(_web_config(tmp_path, password_env="X",
+                                     metrics_token_env="EDGE_TEST_METRICS_TOKEN")).web.metrics_token()
+    assert config_from_dict(_web_config(tmp_path, password_env="X")).web.metrics_token() is None
     named = config_from_dict(_web_config(tmp_path, password_env="X", allowed_hosts=["camera3.line1"]))
     assert named.web.allowed_hosts == ["camera3.line1"]
     with pytest.raises(ConfigError, match=r"\[web\] port"):

@@ -37,7 +37,8 @@ class Reply:
 
 class WebRig:
     def __init__(self, tmp: Path, real_set: RealSet, detector: str = "combined", roi: list[float] | None = None,
-                 **web: Any) -> None:
+                 mqtt: dict[str, Any] | None = None, **web: Any) -> None:
+        """``mqtt``: the [mqtt] section (a test broker's); MQTT is off without it. ``web``: more [web] keys."""
         self.tmp, self.set = tmp, real_set
         self.frames = tmp / "frames"
         self.frames.mkdir()
@@ -57,7 +58,7 @@ class WebRig:
             "detector": {"name": detector},
             "threshold": {"target_false_reject": FEW_IMAGE_TARGET},
             "retrain": {"n_images": 3, "timeout_s": 60, "folders": [str(tmp)]},
-            "mqtt": {"enabled": False, "command_token_env": COMMAND_TOKEN_ENV},
+            "mqtt": {"enabled": mqtt is not None, "command_token_env": COMMAND_TOKEN_ENV, **(mqtt or {})},
             "web": {"enabled": True, "port": 0, "password_env": PASSWORD_ENV, **web},
         })
         self.agent = build_agent(self.config)

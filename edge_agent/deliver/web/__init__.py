@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.deliver.web.live import Box, LiveState
+from edge_agent.deliver.web.metrics import VerdictStats
 from edge_agent.deliver.web.server import Auth, Server, tls_context
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,17 @@ log = logging.getLogger(__name__)
 class WebSink(LiveState):
     """Listens from construction (a port in use stops the agent at start, naming it) and serves from `start` to
     `stop`. ``tls``: (certificate, key) PEM files for HTTPS; ``allowed_hosts``: the names (beside IP addresses and
-    ``localhost``) a browser may reach it by."""
+    ``localhost``) a browser may reach it by; ``metrics_token``: serve ``/metrics`` to Prometheus with it."""
 
     def __init__(self, password: str, bind: str = "127.0.0.1", port: int = 8080, *, history: int = 500,
                  gallery: int = 24, live_fps: float = 4.0, session_hours: float = 12.0, box: Box | None = None,
                  jpeg_quality: int = 80, tls: tuple[str, str] | None = None,
                  broker: Callable[[], dict[str, Any]] | None = None,
-                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+                 allowed_hosts: frozenset[str] = frozenset(), metrics_token: str | None = None) -> None:
         super().__init__(history, gallery, box, jpeg_quality, broker, live_fps)
         self.on_command: Callable[[str, dict[str, Any]], Any] | None = None
-        self._server = Server(bind, port, self, Auth(password, session_hours * 3600), live_fps,
+        self.metrics = VerdictStats() if metrics_token else None
+        self._server = Server(bind, port, self, Auth(password, session_hours * 3600, metrics_token), live_fps,
                               tls_context(*tls) if tls else None, allowed_hosts)
         self._thread: threading.Thread | None = None
 
@@ -43,6 +45,12 @@ class WebSink(LiveState):
         host, port = self._server.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self._server.tls else 'http'}://{host}:{port}/"
+
+    def publish_verdict(self, verdict: dict[str, Any]) -> int:
+        seq = super().publish_verdict(verdict)
+        if self.metrics is not None:
+            self.metrics.observe(verdict)
+        return seq
 
     def start(self) -> None:
         super().start()

@@ -6,6 +6,7 @@ threads run at a lower CPU priority than the loop (`lower_thread_priority`), and
 briefly: JPEG encoding and sleeping release it.
 
 Security (docs/web.md):
+- ``/metrics`` (Prometheus) needs the read-only metrics token or the login, and is off without a token;
 - everything but ``/healthz``, the login page and the static files needs a login: a session cookie (HttpOnly,
   SameSite=Strict, Secure over HTTPS) from ``POST /login``, or ``Authorization: Bearer <password>`` for scripts;
 - a state-changing request is a POST; with the cookie it must carry the session's CSRF token in
@@ -42,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from edge_agent.deliver.messages import command_reply, to_json
+from edge_agent.deliver.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edge_agent.deliver.web.metrics import render
 
 if TYPE_CHECKING:
     from edge_agent.deliver.web import WebSink
@@ -92,10 +95,11 @@ class Session:
 
 
 class Auth:
-    """The password, the sessions and the throttle on wrong passwords."""
+    """The password, the sessions, the metrics token and the throttle on wrong passwords."""
 
-    def __init__(self, password: str, session_s: float) -> None:
+    def __init__(self, password: str, session_s: float, metrics_token: str | None = None) -> None:
         self._digest = hashlib.sha256(password.encode()).digest()
+        self._metrics = hashlib.sha256(metrics_token.encode()).digest() if metrics_token else None
         self.session_s = session_s
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -108,6 +112,13 @@ class Auth:
         with self._wrong:
             time.sleep(WRONG_PASSWORD_DELAY_S)
         return False
+
+    def check_metrics(self, given: str) -> bool:
+        """The metrics token (read-only: it opens ``/metrics`` and nothing else), else the password (`check`)."""
+        if self._metrics is not None and hmac.compare_digest(
+                hashlib.sha256(given.encode(errors="replace")).digest(), self._metrics):
+            return True
+        return self.check(given)
 
     def open(self) -> tuple[str, Session]:
         key, session = secrets.token_urlsafe(32), Session(secrets.token_urlsafe(32), time.time() + self.session_s)
@@ -385,6 +396,8 @@ class Handler(BaseHTTPRequestHandler):
         path, query = url.path, parse_qs(url.query)
         if path == "/healthz":
             return self._send(HTTPStatus.OK, b"ok\n")
+        if path == "/metrics":
+            return self._metrics()
         if path == "/login":
             return self._static("login.html", {"{{error}}": ""})
         if path.startswith("/static/"):
@@ -423,6 +436,22 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return self._send(HTTPStatus.NOT_FOUND, b"no such picture\n")
         return self._send(HTTPStatus.OK, body, "image/jpeg", {"Cache-Control": "no-store"})
+
+    def _metrics(self) -> None:
+        """Prometheus's scrape: the metrics token or the page's login (bearer password or session)."""
+        web = self.server.web
+        if web.metrics is None:
+            return self._send(HTTPStatus.NOT_FOUND, b"metrics are off: set [web] metrics_token_env or "
+                                                    b"metrics_token_file\n")
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            allowed = self.server.auth.check_metrics(header[len("Bearer "):])
+        else:
+            allowed = self._allowed(changes=False)
+        if not allowed:
+            return self._send(HTTPStatus.UNAUTHORIZED, b"send Authorization: Bearer <the metrics token>\n")
+        text = render(self._status(), web.broker() if web.broker else None, web.metrics)
+        self._send(HTTPStatus.OK, text.encode(), METRICS_CONTENT_TYPE)
 
     def _status(self) -> dict[str, Any]:
         """The agent's state now, through the ``status`` command (it reads a snapshot, off the loop); the last
