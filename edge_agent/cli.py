@@ -17,6 +17,7 @@ from edge_agent.capture.roi import Roi, fitted_roi_mismatch  # noqa: E402
 from edge_agent.capture.gpio_trigger import GpioTrigger  # noqa: E402  (gpiozero is imported when a pin opens)
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
 from edge_agent.deliver.sink import CommandSource, FanOut, Sink, TriggerSource, leaves  # noqa: E402
+from edge_agent.system.journal import prefix, setup_logging  # noqa: E402
 from edge_agent.system.lock import StateLock, StateLocked  # noqa: E402
 
 log = logging.getLogger("edge_agent")
@@ -320,8 +321,7 @@ _WRITES_STATE = ("run", "fit")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         config = load_config(args.config)
         if args.state_dir:
@@ -331,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                 return args.func(args, config)
         return args.func(args, config)
     except StateLocked as exc:  # not a configuration error: the service may start once the other process ends
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print(f"{prefix(logging.ERROR)}edge-agent: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print(f"{prefix(logging.ERROR)}edge-agent: error: {exc}", file=sys.stderr)
         return 2
 
 
