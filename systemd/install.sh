@@ -69,8 +69,10 @@ systemctl_live() { [ "$LIVE" = 1 ] && command -v systemctl >/dev/null && systemc
 
 if [ "$UNINSTALL" = 1 ]; then
     systemctl_live disable --now edge-agent-retrain.timer edge-agent.service 2>/dev/null || true
-    rm -f "$UNITS/edge-agent.service" "$UNITS/edge-agent-retrain.service" "$UNITS/edge-agent-retrain.timer" \
-          "$RULES/60-edge-agent-coral.rules"
+    systemctl_live stop 'edge-agent@*.service' 2>/dev/null || true  # one per camera (edge-agent@.service)
+    rm -f "$UNITS/edge-agent.service" "$UNITS/edge-agent@.service" "$UNITS/edge-agent-retrain.service" \
+          "$UNITS/edge-agent-retrain.timer" "$RULES/60-edge-agent-coral.rules" \
+          "$UNITS"/multi-user.target.wants/edge-agent@*.service
     rm -rf "$PREFIX"
     systemctl_live daemon-reload || true
     if [ "$PURGE" = 1 ]; then
@@ -179,7 +181,7 @@ if [ "$PIP" = 1 ]; then
 fi
 
 # 4. Units, udev rules, example configuration (never overwriting the operator's).
-for unit in edge-agent.service edge-agent-retrain.service edge-agent-retrain.timer; do
+for unit in edge-agent.service edge-agent@.service edge-agent-retrain.service edge-agent-retrain.timer; do
     put 0644 "$HERE/$unit" "$UNITS/$unit"
 done
 put 0644 "$HERE/60-edge-agent-coral.rules" "$RULES/60-edge-agent-coral.rules"

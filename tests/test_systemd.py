@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -19,7 +20,7 @@ from tests.conftest import ROOT
 from tests.mqtt_broker import MosquittoBroker
 
 SYSTEMD = ROOT / "systemd"
-UNITS = ("edge-agent.service", "edge-agent-retrain.service", "edge-agent-retrain.timer")
+UNITS = ("edge-agent.service", "edge-agent@.service", "edge-agent-retrain.service", "edge-agent-retrain.timer")
 AGENT_BIN = Path(sys.executable).parent / "edge-agent"
 
 
@@ -49,7 +50,8 @@ def _tree(root: Path) -> dict[str, tuple[str, int]]:
 
 EXPECTED = {
     "opt/edge-agent/constraints.txt", "etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
-    "etc/systemd/system/edge-agent.service", "etc/systemd/system/edge-agent-retrain.service",
+    "etc/systemd/system/edge-agent.service", "etc/systemd/system/edge-agent@.service",
+    "etc/systemd/system/edge-agent-retrain.service",
     "etc/systemd/system/edge-agent-retrain.timer", "etc/udev/rules.d/60-edge-agent-coral.rules",
 }
 
@@ -148,6 +150,77 @@ def test_systemd_analyze_verify_accepts_every_unit(tmp_path):
     if "Operation not permitted" in proc.stderr and "mount" in proc.stderr:
         pytest.skip(f"no private mount namespace here: {proc.stderr.strip()}")
     assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stderr
+
+
+def _settings(unit: str) -> list[tuple[str, str]]:
+    """(section, line) for every setting of a unit file, in order; comments and blank lines left out."""
+    section, out = "", []
+    for line in (SYSTEMD / unit).read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif line.strip() and not line.startswith("#"):
+            out.append((section, line))
+    return out
+
+
+#: What an instance of edge-agent@.service sets differently from edge-agent.service; everything else (the
+#: hardening, the watchdog, the restart policy) must stay the same in both.
+PER_INSTANCE = {
+    "Description=Edge visual-inspection agent": ["Description=Edge visual-inspection agent (%i)"],
+    "EnvironmentFile=-/etc/edge-agent/edge-agent.env": ["EnvironmentFile=-/etc/edge-agent/edge-agent.env",
+                                                        "EnvironmentFile=-/etc/edge-agent/%i.env"],
+    "ExecStart=/opt/edge-agent/venv/bin/edge-agent --config /etc/edge-agent/config.toml run":
+        ["ExecStart=/opt/edge-agent/venv/bin/edge-agent --config /etc/edge-agent/%i.toml --state-dir "
+         "${STATE_DIRECTORY} run"],
+    "StateDirectory=edge-agent": ["StateDirectory=edge-agent/%i"],
+}
+
+
+def test_the_per_camera_template_keeps_every_other_setting_of_the_single_unit():
+    """Copy-paste drift: a hardening line added to one unit and not the other fails here."""
+    expected = [(section, variant) for section, line in _settings("edge-agent.service")
+                for variant in PER_INSTANCE.get(line, [line])]
+    assert _settings("edge-agent@.service") == expected
+    assert "ProtectSystem=strict" in (SYSTEMD / "edge-agent@.service").read_text()  # the parse found the lines
+
+
+def test_two_cameras_run_side_by_side_from_the_template(tmp_path, real_set):
+    """The template's ExecStart (paths mapped to this test) for two instances: each its config, state folder and
+    web port; both run at once; a second start of one instance is refused by its state lock (exit 1)."""
+    exec_start = next(line.split("=", 1)[1] for _, line in _settings("edge-agent@.service")
+                      if line.startswith("ExecStart="))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+
+    def argv(name: str) -> list[str]:
+        line = exec_start.replace("%i", name).replace("${STATE_DIRECTORY}", str(tmp_path / "state" / name))
+        return [str(AGENT_BIN) if a == "/opt/edge-agent/venv/bin/edge-agent" else
+                a.replace("/etc/edge-agent/", f"{etc}/") for a in shlex.split(line)]
+
+    procs = []
+    env = {**os.environ, "EDGE_TEST_WEB_PASSWORD": "a password for both"}
+    try:
+        for name in ("cam1", "cam2"):
+            frames = tmp_path / f"frames-{name}"
+            frames.mkdir()
+            (frames / real_set.test_good[0].name).write_bytes(real_set.test_good[0].read_bytes())
+            (etc / f"{name}.toml").write_text(
+                f'[device]\nid = "line1-{name}"\n[model]\ndelegate = "cpu"\n'
+                f'[source]\nkind = "folder"\npath = "{frames}"\nwatch = true\n[mqtt]\nenabled = false\n'
+                f'[web]\nenabled = true\nport = 0\npassword_env = "EDGE_TEST_WEB_PASSWORD"\n')
+            procs.append(subprocess.Popen(argv(name), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True))
+        states = [tmp_path / "state" / name / "state.json" for name in ("cam1", "cam2")]
+        assert _wait(lambda: all(s.exists() for s in states), 120), [p.poll() for p in procs]
+        assert [json.loads(s.read_text())["device"] for s in states] == ["line1-cam1", "line1-cam2"]
+        assert all(p.poll() is None for p in procs)
+        twin = subprocess.run(argv("cam1"), env=env, capture_output=True, text=True, timeout=120)
+        assert twin.returncode == 1 and "is in use by process" in twin.stderr, twin.stderr
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
 
 
 def test_verify_catches_a_broken_unit(tmp_path):
