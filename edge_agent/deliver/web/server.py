@@ -56,7 +56,7 @@ COOKIE = "edge_session"
 MAX_CONNECTIONS = 32
 #: Open connections from one address; more are answered 503 and closed at accept, so that one address (a slow or
 #: a password-guessing client) cannot hold every slot and lock the operator out.
-MAX_PER_ADDRESS = 8
+MAX_PER_ADDRESS = 12
 #: A request's line, headers and body must have arrived this long after its first byte (a TLS handshake, too):
 #: a client that sends a byte every few seconds is cut off here, not kept forever.
 REQUEST_DEADLINE_S = 10.0
