@@ -116,7 +116,7 @@ def _trickle(url: str, head: bytes, drip: bytes, source: str = "127.0.0.1") -> f
     the server closed the connection (60 if it never did)."""
     parts = urlsplit(url)
     t0 = time.monotonic()
-    with socket.create_connection((parts.hostname, parts.port), timeout=2, source_address=(source, 0)) as conn:
+    with socket.create_connection((parts.hostname, parts.port), timeout=1, source_address=(source, 0)) as conn:
         conn.sendall(head)
         for byte in drip * 60:
             try:
