@@ -326,7 +326,8 @@ _CHOICES = {
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("trigger", "max_age_s"): (0.01, 60),
     ("augmentation", "factor"): (0, 100),
-    ("threshold", "sensitivity"): SENSITIVITY_RANGE, ("threshold", "target_false_reject"): (-1, MAX_TARGET_FALSE_REJECT),
+    ("threshold", "sensitivity"): SENSITIVITY_RANGE,
+    ("threshold", "target_false_reject"): (-1, MAX_TARGET_FALSE_REJECT),
     ("threshold", "quantile"): (-1, 1), ("threshold", "margin"): (-1, 10),  # -1: not set (`_check_threshold`)
     ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),

@@ -89,10 +89,12 @@ def test_discovered_entities_read_the_agent_and_their_commands_work(tmp_path, br
             match = CONFIG_TOPIC.fullmatch(topic)
             assert match and match.group(2) == node, topic
             component = match.group(1)
-            assert not (REQUIRED[component] | COMMON) - set(config), (topic, (REQUIRED[component] | COMMON) - set(config))
+            missing = (REQUIRED[component] | COMMON) - set(config)
+            assert not missing, (topic, missing)
             assert config["availability_topic"] == f"{BASE}/availability"
             assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
-            assert config["device"]["model_id"] == state["model_id"] and config["device"]["sw_version"] == state["version"]
+            device = config["device"]
+            assert (device["model_id"], device["sw_version"]) == (state["model_id"], state["version"])
             assert "token" not in json.dumps(config)
         assert len({json.dumps(c["device"]["identifiers"]) for c in configs.values()}) == 1
         assert len({c["unique_id"] for c in configs.values()}) == len(configs)
