@@ -139,9 +139,9 @@ class Discovery:
     def remember(self) -> None:
         """Before connecting: the record names every topic this start may publish, and the stale ones until the
         broker acknowledged their removal (a crash in between repeats the removal at the next start)."""
-        topics = self.recorded() | self.config_topics()
-        if topics != self.recorded():
-            self._write(topics)
+        recorded = self.recorded()
+        if not self.config_topics() <= recorded:
+            self._write(recorded | self.config_topics())
 
     def forget_stale(self) -> None:
         """The broker acknowledged the empty payloads: keep only what is announced now."""
