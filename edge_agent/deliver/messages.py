@@ -92,6 +92,25 @@ def event_message(device: str, **fields: Any) -> dict[str, Any]:
     return {"device": device, "at": now_iso(), **fields}
 
 
+#: Home Assistant's MQTT button sends this bare word by default (``payload_press``); a command reads it as "no
+#: arguments", like an empty payload, so a discovered button works without a template (docs/homeassistant.md).
+BARE_PRESS = b"PRESS"
+
+
+def command_args(payload: bytes) -> dict[str, Any]:
+    """A command's arguments from its MQTT payload: a JSON object, or nothing (empty or `BARE_PRESS`); anything
+    else is refused with a `ValueError` that says what is wrong."""
+    if not payload.strip() or payload.strip() == BARE_PRESS:
+        return {}
+    try:
+        args = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested beyond the parser's depth
+        raise ValueError(f"payload is not JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise ValueError(f"payload must be a JSON object, got {type(args).__name__}")
+    return args
+
+
 def command_reply(args: dict[str, Any], result: Any = None, error: BaseException | str | None = None) -> dict[str, Any]:
     """``{"ok", "result"|"error", "request_id"}`` on ``cmd/<name>/result``: the request's id is echoed back."""
     if error is None:
