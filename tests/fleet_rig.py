@@ -27,11 +27,15 @@ from tests.mqtt_broker import MosquittoBroker, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def part_verdict(device: str, frame: str, anomalous: bool = False) -> dict:
+    """A verdict as the agent's loop builds it, before the publisher numbers it."""
+    return verdict_message(device, frame, time.time(), 0.9 if anomalous else 0.1, 0.5, anomalous,
+                           "efficientnet_lite0-int8", "1-x.edet", {"embed": 12.0})
+
+
 def camera_verdict(device: str, epoch: str, seq: int, anomalous: bool = False) -> dict:
-    verdict = verdict_message(device, f"frame-{seq:06d}.png", time.time(), 0.9 if anomalous else 0.1, 0.5, anomalous,
-                              "efficientnet_lite0-int8", "1-x.edet", {"embed": 12.0})
-    verdict.update(epoch=epoch, seq=seq)
-    return verdict
+    """A verdict as it leaves a camera: numbered ``(epoch, seq)``."""
+    return part_verdict(device, f"frame-{seq:06d}.png", anomalous) | {"epoch": epoch, "seq": seq}
 
 
 def publish(broker: MosquittoBroker, topic: str, payloads: Sequence[bytes], pace_s: float = 0.0,
