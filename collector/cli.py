@@ -35,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector import db
-from edge_agent.config import MqttConfig
+from edge_agent.config import ConfigError, MqttConfig
 from edge_agent.deliver.mqtt_client import make_client
 from edge_agent.deliver.topics import check_topic_level
 
@@ -224,7 +224,10 @@ class Collector:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    collector = Collector(args, read_dsn(args.dsn_file))
+    try:
+        collector = Collector(args, read_dsn(args.dsn_file))
+    except ConfigError as exc:  # a broker password named by --password-env / --password-file that is not there
+        raise SystemExit(f"edge-collector: {exc}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: collector.stopping.set())
     collector.run()

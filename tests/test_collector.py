@@ -115,3 +115,15 @@ def test_collector_refuses_to_start_without_a_dsn(broker: MosquittoBroker, tmp_p
     with pytest.raises(AssertionError):
         collector.start(timeout=10)
     assert collector.proc.returncode != 0 and "EDGE_COLLECTOR_DSN" in collector.log()
+
+
+def test_bad_flags_and_missing_secrets_are_refused_naming_them(capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    from collector import cli
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--group", "a/b"])
+    assert "--group" in capsys.readouterr().err
+    monkeypatch.setenv(cli.DSN_ENV, "host=127.0.0.1")
+    monkeypatch.delenv("NO_SUCH_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="NO_SUCH_PASSWORD"):
+        cli.main(["--username", "collector", "--password-env", "NO_SUCH_PASSWORD"])
