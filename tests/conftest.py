@@ -27,6 +27,21 @@ SHIPPED_MODEL = ROOT / "models" / "efficientnet-lite0-int8"
 FEW_IMAGE_TARGET = 0.05
 
 
+def write_clip(path: Path, frames_bgr: list) -> Path:
+    """A small MJPG .avi of ``frames_bgr`` (all the same size) at 10 fps, for the OpenCV source's file path."""
+    import cv2
+
+    height, width = frames_bgr[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    if not writer.isOpened():
+        pytest.fail("this OpenCV build cannot write MJPG .avi files (install opencv-python-headless from PyPI)")
+    for frame in frames_bgr:
+        writer.write(frame)
+    writer.release()
+    assert path.stat().st_size > 0
+    return path
+
+
 def drop_images(folder: Path, paths: list[Path], prefix: str) -> list[str]:
     """Copy real images into a watched folder as a line PC would: written aside, then renamed into place, so the
     agent never reads half a file. Returns the names they got."""
