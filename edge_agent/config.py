@@ -25,7 +25,7 @@ from edge_agent.capture.images import MAX_PIXELS
 from edge_agent.capture.roi import Roi, RoiError
 from edge_agent.deliver.homeassistant import DEFAULT_DISCOVERY_PREFIX
 from edge_agent.deliver.spool import ON_FULL_POLICIES
-from edge_agent.deliver.topics import check_topic_level
+from edge_agent.deliver.topics import check_node_id, check_topic_level
 from edge_agent.embed.runtime.delegates import DELEGATES
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES, make_detector
@@ -485,6 +485,11 @@ def _check_homeassistant(c: Config) -> None:
     if not c.mqtt.enabled:
         raise ConfigError("[homeassistant] enabled = true needs [mqtt] enabled = true: Home Assistant finds the "
                           "camera through the broker")
+    try:
+        check_node_id(c.device.id)
+    except ValueError as exc:
+        raise ConfigError(f"[device] id: {exc}; with [homeassistant] enabled = true it is the node id in the "
+                          "discovery topics (and, with the shipped broker ACL, the camera's user name)") from None
     if c.mqtt.command_token_env or c.mqtt.command_token_file:
         key = "command_token_env" if c.mqtt.command_token_env else "command_token_file"
         raise ConfigError(f"[homeassistant] enabled = true cannot be combined with [mqtt] {key}: Home Assistant's "

@@ -645,3 +645,11 @@ def test_home_assistant_refuses_a_command_token_and_a_missing_broker(mqtt, fragm
 def test_home_assistant_discovery_prefix_must_be_a_topic(prefix):
     with pytest.raises(ConfigError, match=r"\[homeassistant\] discovery_prefix"):
         config_from_dict(minimal(homeassistant={"discovery_prefix": prefix}))
+
+
+@pytest.mark.parametrize("device_id", ["line 3.cam", "kamera_\u00fc", "cam.1"])
+def test_home_assistant_refuses_a_device_id_it_cannot_take_as_node_id(device_id):
+    """Not renamed on the fly: "line_3_cam" would miss the ACL's %u (the camera's user) and could be another camera."""
+    config_from_dict(minimal(device={"id": "line_3-cam"}, homeassistant={"enabled": True}))
+    with pytest.raises(ConfigError, match=r"\[device\] id: .*a-z A-Z 0-9 _ -.*\[homeassistant\] enabled"):
+        config_from_dict(minimal(device={"id": device_id}, homeassistant={"enabled": True}))

@@ -13,7 +13,7 @@ import re
 import jinja2
 import pytest
 
-from edge_agent.deliver.homeassistant import RECORD_FILE, Discovery, node_id
+from edge_agent.deliver.homeassistant import RECORD_FILE, Discovery
 from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
 from edge_agent.deliver.topics import Topics
@@ -84,7 +84,7 @@ def test_discovered_entities_read_the_agent_and_their_commands_work(tmp_path, br
         configs = configs_on(ha)
 
         # Every payload: the right topic, the keys Home Assistant needs, one device, the agent's availability.
-        node = node_id(DEVICE)
+        node = DEVICE
         for topic, config in configs.items():
             match = CONFIG_TOPIC.fullmatch(topic)
             assert match and match.group(2) == node, topic
@@ -216,10 +216,3 @@ def test_entities_are_taken_back_only_once_the_broker_has_the_removal(tmp_path, 
         close_publishers(off)
     finally:
         ha.close()
-
-
-@pytest.mark.parametrize("device_id, expected", [("cam1", "cam1"), ("line 3.cam-A", "line_3_cam-A"),
-                                                 ("kamera_ü", "kamera__")])
-def test_node_ids_use_only_what_home_assistant_allows(device_id, expected):
-    assert node_id(device_id) == expected
-    assert re.fullmatch(r"[a-zA-Z0-9_-]+", node_id(device_id))

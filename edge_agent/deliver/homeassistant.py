@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 from edge_agent.deliver.messages import ANOMALOUS, GOOD, to_json
-from edge_agent.deliver.topics import Topics
+from edge_agent.deliver.topics import Topics, check_node_id
 from edge_agent.learn.threshold import SENSITIVITY_RANGE
 from edge_agent.system.atomic import write_text_atomic
 
@@ -36,15 +35,6 @@ DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 BIRTH_PAYLOAD = b"online"
 #: The sensitivity slider's step: 21 positions, each moving the false-reject target by a factor of about 1.26.
 SENSITIVITY_STEP = 0.05
-
-_NOT_AN_ID = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def node_id(device_id: str) -> str:
-    """The device id as Home Assistant's node and object ids allow it (``[a-zA-Z0-9_-]``): every other character
-    becomes ``_``, so ``line 1.cam`` is ``line_1_cam`` (two ids that differ only there share a node id)."""
-    return _NOT_AN_ID.sub("_", device_id)
-
 
 def _entities(t: Topics) -> dict[tuple[str, str], dict[str, Any]]:
     """(component, object id) -> the entity's own keys; the device, availability and ids are added by `configs`."""
@@ -85,7 +75,8 @@ class Discovery:
         self.prefix = prefix
         self.topics = topics
         self.device_id = device_id
-        self.node = node_id(device_id)
+        check_node_id(device_id)  # the configuration refused such an id already, naming the key
+        self.node = device_id
         self.record = state_dir / RECORD_FILE
 
     @property
@@ -117,7 +108,7 @@ class Discovery:
                   "payload_not_available": "offline", "qos": 1, "device": device,
                   "origin": {"name": "edge-agent", "sw_version": state.get("version")}}
         return {self._topic(component, object_id): to_json({
-                    **keys, "unique_id": f"{self.node}_{object_id}", **common})
+                    **keys, "unique_id": f"edge_inspect_{self.node}_{object_id}", **common})
                 for (component, object_id), keys in _entities(self.topics).items()}
 
     def recorded(self) -> set[str]:
