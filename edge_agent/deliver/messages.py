@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -45,10 +46,11 @@ def verdict_message(device: str, frame: str, captured_at: float, score: float, t
                     model_id: str, detector_file: str | None, latency_ms: dict[str, float],
                     part_id: str | None = None) -> dict[str, Any]:
     """One inspected part. ``epoch`` and ``seq`` are added by the first sink: ``(epoch, seq)`` identifies it.
-    ``part_id``, when the trigger carried one, ties the verdict to the part in the plant's own records."""
+    ``part_id``, when the trigger carried one, ties the verdict to the part in the plant's own records. A score
+    that is not finite goes out as ``null`` (JSON has no NaN; the part is anomalous, `is_anomalous`)."""
     verdict = {
         "schema": SCHEMA_VERSION, "device": device, "frame": frame, "captured_at": iso_from_epoch(captured_at),
-        "published_at": now_iso(), "score": round(score, 5), "threshold": round(threshold, 5),
+        "published_at": now_iso(), "score": round(score, 5) if math.isfinite(score) else None, "threshold": round(threshold, 5),
         "verdict": ANOMALOUS if anomalous else GOOD, "model_id": model_id, "detector_file": detector_file,
         "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
     }

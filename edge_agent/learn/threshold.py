@@ -192,8 +192,9 @@ def calibrate_threshold(
 
 
 def is_anomalous(scores: np.ndarray | Sequence[float], threshold: float) -> np.ndarray:
-    """Verdict per score: strictly above the threshold."""
-    return np.asarray(scores, dtype=np.float64) > float(threshold)
+    """Verdict per score: strictly above the threshold, and anomalous whenever the score is not a number (a part
+    the detector could not score is rejected, never passed: NaN compares false with everything)."""
+    return ~(np.asarray(scores, dtype=np.float64) <= float(threshold))
 
 
 @dataclass(frozen=True)
