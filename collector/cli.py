@@ -53,6 +53,7 @@ class Received(NamedTuple):
     mid: int
     qos: int
     row: db.Row | None  # None: refused (logged), acknowledged so that it is not sent again forever
+    connection: int  # which broker connection it came on: a message id means something only on that one
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -108,6 +109,11 @@ class Collector:
         self.stopping = threading.Event()
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0}
+        # Counts broker connections. A message received on an earlier one is not acknowledged on a later one: the
+        # broker sends it again after the reconnect (with a new id), and its old id may name another message now.
+        self.connection = 0
+        self.connection_lock = threading.Lock()
+        self.network_failed = False
         self.mqtt_settings = MqttConfig(host=args.host, port=args.port, topic_prefix=args.prefix,
                                         username=args.username, password_env=args.password_env,
                                         password_file=args.password_file, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
@@ -138,6 +144,8 @@ class Collector:
             log.info("subscribed to %s", ", ".join(self.filters))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self.connection_lock:
+            self.connection += 1
         if not self.stopping.is_set():
             log.warning("lost the broker (%s); reconnecting, unacknowledged messages will come again", reason_code)
 
@@ -150,9 +158,25 @@ class Collector:
         except db.BadMessage as exc:
             log.warning("refused a message on %s: %s", message.topic, exc)
             self.stats["refused"] += 1
-        self.inbox.put(Received(message.mid, message.qos, row))
+        except Exception:  # a bug must not kill paho's thread: refuse this message (logged) and go on
+            log.exception("refused a message on %s: unexpected error; please report it", message.topic)
+            self.stats["refused"] += 1
+        self.inbox.put(Received(message.mid, message.qos, row, self.connection))
 
-    def run(self) -> None:
+    def _network(self) -> None:
+        """paho's loop, as ``loop_start`` runs it, except that its end (an exception in paho or a callback) stops the
+        collector: a process without a network thread would otherwise wait forever and never be restarted."""
+        try:
+            self.client.loop_forever(retry_first_connection=True)
+        except Exception:
+            log.exception("the MQTT network thread failed")
+        if not self.stopping.is_set():
+            log.error("the MQTT network thread ended; exiting so that systemd (Restart=always) restarts the collector")
+            self.network_failed = True
+            self.stopping.set()
+
+    def run(self) -> int:
+        """Runs until SIGTERM (returns 0) or until the MQTT network thread fails (returns 1)."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.args.session_expiry_s
         # The broker keeps at most this many unacknowledged messages in flight to us: a batch being committed
@@ -161,7 +185,8 @@ class Collector:
         conn = self._connect_db()
         self.client.connect_async(self.args.host, self.args.port, keepalive=self.args.keepalive,
                                   clean_start=False, properties=props)
-        self.client.loop_start()
+        network = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        network.start()
         last_stats = time.monotonic()
         try:
             while not self.stopping.is_set():
@@ -174,9 +199,10 @@ class Collector:
         finally:
             # What is queued but not committed stays unacknowledged: the broker sends it to us again.
             self.client.disconnect()
-            self.client.loop_stop()
+            network.join(10)
             conn.close()
             log.info("stopped: stored %(stored)d rows, %(duplicates)d duplicates, %(refused)d refused", self.stats)
+        return 1 if self.network_failed else 0
 
     def _next_batch(self) -> list[Received]:
         try:
@@ -205,20 +231,50 @@ class Collector:
         rows = [r.row for r in batch if r.row is not None]
         while rows:
             try:
-                new = db.insert(conn, rows)
-                self.stats["stored"] += new
-                self.stats["duplicates"] += len(rows) - new
+                self._insert(conn, rows)
                 break
             except psycopg.Error as exc:
-                log.error("PostgreSQL refused a batch of %d rows (%s); keeping it unacknowledged and retrying",
-                          len(rows), str(exc).strip())
+                log.error("lost PostgreSQL while storing a batch of %d rows (%s); keeping it unacknowledged and "
+                          "retrying in %.0f s", len(rows), str(exc).strip(), DB_RETRY_S)
                 conn.close()
                 if self.stopping.wait(DB_RETRY_S):
                     return conn  # not acknowledged: the broker sends these again after a restart
                 conn = self._connect_db()
-        for received in batch:
-            self.client.ack(received.mid, received.qos)
+        with self.connection_lock:  # not while paho reconnects: an id acknowledged there could name another message
+            for received in batch:
+                if received.connection == self.connection:
+                    self.client.ack(received.mid, received.qos)
         return conn
+
+    def _insert(self, conn: psycopg.Connection, rows: list[db.Row]) -> None:
+        """Insert the rows; raises only when the connection is lost (worth retrying). A row PostgreSQL refuses (a
+        value `db.parse` did not foresee) is logged and refused alone, never retried forever with its batch."""
+        try:
+            self._count(db.insert(conn, rows), len(rows))
+            return
+        except psycopg.Error as exc:
+            if _connection_lost(conn, exc):
+                raise
+            log.warning("PostgreSQL refused a batch of %d rows (%s); storing its rows one at a time",
+                        len(rows), str(exc).strip())
+        for row in rows:
+            try:
+                self._count(db.insert(conn, [row]), 1)
+            except psycopg.Error as exc:
+                if _connection_lost(conn, exc):
+                    raise
+                log.warning("refused a message of %s (epoch %r, seq %s): PostgreSQL: %s", *row.values[:3],
+                            str(exc).strip())
+                self.stats["refused"] += 1
+
+    def _count(self, new: int, rows: int) -> None:
+        self.stats["stored"] += new
+        self.stats["duplicates"] += rows - new
+
+
+def _connection_lost(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """Whether the error is the connection's (an outage, a timeout: retry) rather than the data's (refuse it)."""
+    return conn.closed or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,8 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"edge-collector: {exc}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: collector.stopping.set())
-    collector.run()
-    return 0
+    return collector.run()
 
 
 if __name__ == "__main__":
