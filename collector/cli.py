@@ -47,6 +47,8 @@ LINGER_S = 0.02
 #: Between attempts to reach PostgreSQL again after an error (the batch is kept and retried, not acknowledged).
 DB_RETRY_S = 2.0
 STATS_EVERY_S = 60.0
+#: With --retire: the session counts as drained once nothing has arrived for this long after the unsubscription.
+RETIRE_IDLE_S = 3.0
 
 
 class Received(NamedTuple):
@@ -77,6 +79,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="rows per transaction at most (default %(default)s)")
     p.add_argument("--dsn-file", default="", help=f"file holding the PostgreSQL DSN (else ${DSN_ENV})")
     p.add_argument("--keepalive", type=int, default=default.keepalive)
+    p.add_argument("--retire", action="store_true",
+                   help="end this collector (this --client-id) for good: leave the group, store what the broker "
+                        "queued in its session, then end the session and exit (docs/fleet.md)")
     args = p.parse_args(argv)
     try:
         check_topic_level("topic_prefix", args.prefix)
@@ -114,6 +119,8 @@ class Collector:
         self.connection = 0
         self.connection_lock = threading.Lock()
         self.network_failed = False
+        self.unsubscribed = threading.Event()  # --retire: the broker no longer adds to this collector's share
+        self.last_received = time.monotonic()
         self.mqtt_settings = MqttConfig(host=args.host, port=args.port, topic_prefix=args.prefix,
                                         username=args.username, password_env=args.password_env,
                                         password_file=args.password_file, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
@@ -124,6 +131,7 @@ class Collector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -133,7 +141,17 @@ class Collector:
             return
         log.info("connected to %s:%d as %s (session present: %s)", self.args.host, self.args.port,
                  self.args.client_id, flags.session_present)
-        client.subscribe([(f, 1) for f in self.filters])
+        if self.args.retire:
+            client.unsubscribe(self.filters)
+        else:
+            client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list,
+                        properties: Any) -> None:
+        log.info("retiring: left the group (%s); storing what the broker queued for %s", ", ".join(self.filters),
+                 self.args.client_id)
+        self.last_received = time.monotonic()
+        self.unsubscribed.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
         refused = [f"{f} ({rc})" for f, rc in zip(self.filters, reason_codes) if rc.is_failure]
@@ -151,6 +169,7 @@ class Collector:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         received_at = dt.datetime.now(dt.timezone.utc)  # the collector's clock, beside the device's captured_at
+        self.last_received = time.monotonic()
         levels = message.topic.split("/")
         row = None
         try:
@@ -193,16 +212,31 @@ class Collector:
                 batch = self._next_batch()
                 if batch:
                     conn = self._store(conn, batch)
+                elif self._drained():
+                    log.info("retired: the session of %s is drained and ended", self.args.client_id)
+                    break
                 if time.monotonic() - last_stats > STATS_EVERY_S:
                     log.info("stored %(stored)d rows, %(duplicates)d duplicates, %(refused)d refused", self.stats)
                     last_stats = time.monotonic()
         finally:
             # What is queued but not committed stays unacknowledged: the broker sends it to us again.
-            self.client.disconnect()
+            self.stopping.set()  # also after --retire: the network thread's end is then expected
+            self.client.disconnect(properties=self._end_session() if self._drained() else None)
             network.join(10)
             conn.close()
             log.info("stopped: stored %(stored)d rows, %(duplicates)d duplicates, %(refused)d refused", self.stats)
         return 1 if self.network_failed else 0
+
+    def _drained(self) -> bool:
+        return (self.unsubscribed.is_set() and self.inbox.empty()
+                and time.monotonic() - self.last_received > RETIRE_IDLE_S)
+
+    @staticmethod
+    def _end_session() -> Properties:
+        """DISCONNECT properties that end the session now, whatever expiry the CONNECT asked for."""
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        return props
 
     def _next_batch(self) -> list[Received]:
         try:

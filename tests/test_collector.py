@@ -6,6 +6,7 @@ resends, and a collector killed mid-stream loses nothing once it is restarted wi
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from edge_agent.deliver.messages import alert_message, to_json
-from tests.fleet_rig import CollectorProcess, camera_verdict, publish, run_cameras
+from tests.fleet_rig import ROOT, CollectorProcess, camera_verdict, publish, run_cameras
 from tests.mqtt_broker import MosquittoBroker, broker, wait_until  # noqa: F401 (fixture)
 from tests.postgres import PostgresServer, database, postgres_server  # noqa: F401 (fixtures)
 
@@ -219,3 +220,49 @@ def test_the_test_cluster_does_not_depend_on_the_callers_locale(monkeypatch) -> 
             assert conn.execute("SHOW server_encoding").fetchone()[0] == "UTF8"
     finally:
         server.stop()
+
+
+def test_a_failed_network_thread_ends_the_collector_with_an_error(broker: MosquittoBroker, database: str) -> None:
+    """An exception that escapes into paho's network thread (injected here in a callback) used to leave a process
+    that waited forever and was never restarted; now it exits non-zero, so systemd's Restart=always applies."""
+    from collector import cli
+
+    collector = cli.Collector(cli.parse_args(["--host", broker.host, "--port", str(broker.port), "--prefix", PREFIX,
+                                              "--client-id", "collector-broken"]), database)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    collector.client.on_subscribe = broken
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(collector.run()), daemon=True)
+    runner.start()
+    runner.join(20)
+    collector.stopping.set()
+    assert result == [1]
+
+
+def test_a_retired_collector_hands_its_queued_share_over_and_its_session_ends(broker: MosquittoBroker, database: str,
+                                                                              tmp_path: Path) -> None:
+    """Mosquitto keeps giving a stopped member of the group its share (queued in its session): a collector that is
+    simply stopped for good holds those verdicts back. ``--retire`` stores them and ends the session."""
+    staying = CollectorProcess(broker, database, PREFIX, "collector-stays", tmp_path)
+    leaving = CollectorProcess(broker, database, PREFIX, "collector-leaves", tmp_path)
+    staying.start()
+    leaving.start()
+    try:
+        assert leaving.stop() == 0, leaving.log()
+        epoch = uuid.uuid4().hex[:16]
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, s)) for s in range(1, 101)])
+        assert wait_until(lambda: count(database) >= 40, 20), staying.log()
+        time.sleep(2)
+        assert count(database) < 100  # the stopped collector's share waits in its session
+        retire = subprocess.run([*leaving.args, "--retire"], env=leaving.env, cwd=ROOT, capture_output=True,
+                                timeout=60)
+        assert retire.returncode == 0, retire.stderr.decode()
+        assert count(database) == 100, retire.stderr.decode()
+        # Its session is gone: every later verdict goes to the collector that stays.
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, s)) for s in range(101, 201)])
+        assert wait_until(lambda: count(database) == 200, 20), staying.log()
+    finally:
+        assert staying.stop() == 0, staying.log()
