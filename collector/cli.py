@@ -7,11 +7,14 @@ Loss-free by construction (docs/fleet.md):
   the two leaves the message unacknowledged in its session, and the broker sends it again.
 - A persistent session (a fixed client id, a session expiry > 0, ``clean_start`` off): what the broker queued for a
   collector while it was down, and what it had in flight to it, is delivered when that same client id connects
-  again. So a collector that dies must be restarted (systemd ``Restart=always``) with the same ``--client-id``.
+  again. So a collector that dies must be restarted (systemd ``Restart=always``) with the same ``--client-id``, and
+  one taken out of service for good is first drained with ``--retire``: Mosquitto keeps queuing a stopped member's
+  share of the group in its session.
 - The key ``(device, epoch, seq)`` with ``ON CONFLICT DO NOTHING`` (`collector.db`): redeliveries leave one row.
 
 Threads: paho's network thread queues each message with the collector's receive time; the main thread takes them
-in order, inserts a batch, commits, then acknowledges the batch in the order received (as MQTT requires).
+in order, inserts a batch, commits, then acknowledges the batch in the order received (as MQTT requires). If the
+network thread ends, the process exits with status 1 rather than wait forever.
 """
 
 from __future__ import annotations
