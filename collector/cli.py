@@ -7,11 +7,14 @@ Loss-free by construction (docs/fleet.md):
   the two leaves the message unacknowledged in its session, and the broker sends it again.
 - A persistent session (a fixed client id, a session expiry > 0, ``clean_start`` off): what the broker queued for a
   collector while it was down, and what it had in flight to it, is delivered when that same client id connects
-  again. So a collector that dies must be restarted (systemd ``Restart=always``) with the same ``--client-id``.
+  again. So a collector that dies must be restarted (systemd ``Restart=always``) with the same ``--client-id``, and
+  one taken out of service for good is first drained with ``--retire``: Mosquitto keeps queuing a stopped member's
+  share of the group in its session.
 - The key ``(device, epoch, seq)`` with ``ON CONFLICT DO NOTHING`` (`collector.db`): redeliveries leave one row.
 
 Threads: paho's network thread queues each message with the collector's receive time; the main thread takes them
-in order, inserts a batch, commits, then acknowledges the batch in the order received (as MQTT requires).
+in order, inserts a batch, commits, then acknowledges the batch in the order received (as MQTT requires). If the
+network thread ends, the process exits with status 1 rather than wait forever.
 """
 
 from __future__ import annotations
@@ -47,12 +50,15 @@ LINGER_S = 0.02
 #: Between attempts to reach PostgreSQL again after an error (the batch is kept and retried, not acknowledged).
 DB_RETRY_S = 2.0
 STATS_EVERY_S = 60.0
+#: With --retire: the session counts as drained once nothing has arrived for this long after the unsubscription.
+RETIRE_IDLE_S = 3.0
 
 
 class Received(NamedTuple):
     mid: int
     qos: int
     row: db.Row | None  # None: refused (logged), acknowledged so that it is not sent again forever
+    connection: int  # which broker connection it came on: a message id means something only on that one
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -76,6 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="rows per transaction at most (default %(default)s)")
     p.add_argument("--dsn-file", default="", help=f"file holding the PostgreSQL DSN (else ${DSN_ENV})")
     p.add_argument("--keepalive", type=int, default=default.keepalive)
+    p.add_argument("--retire", action="store_true",
+                   help="end this collector (this --client-id) for good: leave the group, store what the broker "
+                        "queued in its session, then end the session and exit (docs/fleet.md)")
     args = p.parse_args(argv)
     try:
         check_topic_level("topic_prefix", args.prefix)
@@ -108,6 +117,13 @@ class Collector:
         self.stopping = threading.Event()
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0}
+        # Counts broker connections. A message received on an earlier one is not acknowledged on a later one: the
+        # broker sends it again after the reconnect (with a new id), and its old id may name another message now.
+        self.connection = 0
+        self.connection_lock = threading.Lock()
+        self.network_failed = False
+        self.unsubscribed = threading.Event()  # --retire: the broker no longer adds to this collector's share
+        self.last_received = time.monotonic()
         self.mqtt_settings = MqttConfig(host=args.host, port=args.port, topic_prefix=args.prefix,
                                         username=args.username, password_env=args.password_env,
                                         password_file=args.password_file, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
@@ -118,6 +134,7 @@ class Collector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -127,7 +144,17 @@ class Collector:
             return
         log.info("connected to %s:%d as %s (session present: %s)", self.args.host, self.args.port,
                  self.args.client_id, flags.session_present)
-        client.subscribe([(f, 1) for f in self.filters])
+        if self.args.retire:
+            client.unsubscribe(self.filters)
+        else:
+            client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list,
+                        properties: Any) -> None:
+        log.info("retiring: left the group (%s); storing what the broker queued for %s", ", ".join(self.filters),
+                 self.args.client_id)
+        self.last_received = time.monotonic()
+        self.unsubscribed.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
         refused = [f"{f} ({rc})" for f, rc in zip(self.filters, reason_codes) if rc.is_failure]
@@ -138,11 +165,14 @@ class Collector:
             log.info("subscribed to %s", ", ".join(self.filters))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self.connection_lock:
+            self.connection += 1
         if not self.stopping.is_set():
             log.warning("lost the broker (%s); reconnecting, unacknowledged messages will come again", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         received_at = dt.datetime.now(dt.timezone.utc)  # the collector's clock, beside the device's captured_at
+        self.last_received = time.monotonic()
         levels = message.topic.split("/")
         row = None
         try:
@@ -150,9 +180,25 @@ class Collector:
         except db.BadMessage as exc:
             log.warning("refused a message on %s: %s", message.topic, exc)
             self.stats["refused"] += 1
-        self.inbox.put(Received(message.mid, message.qos, row))
+        except Exception:  # a bug must not kill paho's thread: refuse this message (logged) and go on
+            log.exception("refused a message on %s: unexpected error; please report it", message.topic)
+            self.stats["refused"] += 1
+        self.inbox.put(Received(message.mid, message.qos, row, self.connection))
 
-    def run(self) -> None:
+    def _network(self) -> None:
+        """paho's loop, as ``loop_start`` runs it, except that its end (an exception in paho or a callback) stops the
+        collector: a process without a network thread would otherwise wait forever and never be restarted."""
+        try:
+            self.client.loop_forever(retry_first_connection=True)
+        except Exception:
+            log.exception("the MQTT network thread failed")
+        if not self.stopping.is_set():
+            log.error("the MQTT network thread ended; exiting so that systemd (Restart=always) restarts the collector")
+            self.network_failed = True
+            self.stopping.set()
+
+    def run(self) -> int:
+        """Runs until SIGTERM (returns 0) or until the MQTT network thread fails (returns 1)."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.args.session_expiry_s
         # The broker keeps at most this many unacknowledged messages in flight to us: a batch being committed
@@ -161,22 +207,39 @@ class Collector:
         conn = self._connect_db()
         self.client.connect_async(self.args.host, self.args.port, keepalive=self.args.keepalive,
                                   clean_start=False, properties=props)
-        self.client.loop_start()
+        network = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        network.start()
         last_stats = time.monotonic()
         try:
             while not self.stopping.is_set():
                 batch = self._next_batch()
                 if batch:
                     conn = self._store(conn, batch)
+                elif self._drained():
+                    log.info("retired: the session of %s is drained and ended", self.args.client_id)
+                    break
                 if time.monotonic() - last_stats > STATS_EVERY_S:
                     log.info("stored %(stored)d rows, %(duplicates)d duplicates, %(refused)d refused", self.stats)
                     last_stats = time.monotonic()
         finally:
             # What is queued but not committed stays unacknowledged: the broker sends it to us again.
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.stopping.set()  # also after --retire: the network thread's end is then expected
+            self.client.disconnect(properties=self._end_session() if self._drained() else None)
+            network.join(10)
             conn.close()
             log.info("stopped: stored %(stored)d rows, %(duplicates)d duplicates, %(refused)d refused", self.stats)
+        return 1 if self.network_failed else 0
+
+    def _drained(self) -> bool:
+        return (self.unsubscribed.is_set() and self.inbox.empty()
+                and time.monotonic() - self.last_received > RETIRE_IDLE_S)
+
+    @staticmethod
+    def _end_session() -> Properties:
+        """DISCONNECT properties that end the session now, whatever expiry the CONNECT asked for."""
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        return props
 
     def _next_batch(self) -> list[Received]:
         try:
@@ -205,20 +268,50 @@ class Collector:
         rows = [r.row for r in batch if r.row is not None]
         while rows:
             try:
-                new = db.insert(conn, rows)
-                self.stats["stored"] += new
-                self.stats["duplicates"] += len(rows) - new
+                self._insert(conn, rows)
                 break
             except psycopg.Error as exc:
-                log.error("PostgreSQL refused a batch of %d rows (%s); keeping it unacknowledged and retrying",
-                          len(rows), str(exc).strip())
+                log.error("lost PostgreSQL while storing a batch of %d rows (%s); keeping it unacknowledged and "
+                          "retrying in %.0f s", len(rows), str(exc).strip(), DB_RETRY_S)
                 conn.close()
                 if self.stopping.wait(DB_RETRY_S):
                     return conn  # not acknowledged: the broker sends these again after a restart
                 conn = self._connect_db()
-        for received in batch:
-            self.client.ack(received.mid, received.qos)
+        with self.connection_lock:  # not while paho reconnects: an id acknowledged there could name another message
+            for received in batch:
+                if received.connection == self.connection:
+                    self.client.ack(received.mid, received.qos)
         return conn
+
+    def _insert(self, conn: psycopg.Connection, rows: list[db.Row]) -> None:
+        """Insert the rows; raises only when the connection is lost (worth retrying). A row PostgreSQL refuses (a
+        value `db.parse` did not foresee) is logged and refused alone, never retried forever with its batch."""
+        try:
+            self._count(db.insert(conn, rows), len(rows))
+            return
+        except psycopg.Error as exc:
+            if _connection_lost(conn, exc):
+                raise
+            log.warning("PostgreSQL refused a batch of %d rows (%s); storing its rows one at a time",
+                        len(rows), str(exc).strip())
+        for row in rows:
+            try:
+                self._count(db.insert(conn, [row]), 1)
+            except psycopg.Error as exc:
+                if _connection_lost(conn, exc):
+                    raise
+                log.warning("refused a message of %s (epoch %r, seq %s): PostgreSQL: %s", *row.values[:3],
+                            str(exc).strip())
+                self.stats["refused"] += 1
+
+    def _count(self, new: int, rows: int) -> None:
+        self.stats["stored"] += new
+        self.stats["duplicates"] += rows - new
+
+
+def _connection_lost(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """Whether the error is the connection's (an outage, a timeout: retry) rather than the data's (refuse it)."""
+    return conn.closed or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,8 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"edge-collector: {exc}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: collector.stopping.set())
-    collector.run()
-    return 0
+    return collector.run()
 
 
 if __name__ == "__main__":

@@ -54,9 +54,13 @@ class PostgresServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        subprocess.run([*self._as_user, str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
-                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
-        with open(self.log_path, "wb") as log:
+        """Create the cluster the first time, then start the server (again, after `shut_down`, on the same data)."""
+        if not self.data.exists():
+            # --no-locale: the caller's LANG may name a locale this machine does not have, which initdb refuses.
+            subprocess.run([*self._as_user, str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                            "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+                           check=True, capture_output=True, timeout=120)
+        with open(self.log_path, "ab") as log:
             # fsync off: a test's cluster need not survive a power cut, and the shared CI disk is slow.
             self._proc = subprocess.Popen(
                 [*self._as_user, str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
@@ -84,7 +88,8 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.dsn(name)
 
-    def stop(self) -> None:
+    def shut_down(self) -> None:
+        """Stop the server and keep its data: a database outage that `start` ends."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGINT)  # fast shutdown
             try:
@@ -93,6 +98,9 @@ class PostgresServer:
                 self._proc.kill()
                 self._proc.wait(10)
         self._proc = None
+
+    def stop(self) -> None:
+        self.shut_down()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def log(self) -> str:

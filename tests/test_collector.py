@@ -6,6 +6,7 @@ resends, and a collector killed mid-stream loses nothing once it is restarted wi
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -15,9 +16,9 @@ import psycopg
 import pytest
 
 from edge_agent.deliver.messages import alert_message, to_json
-from tests.fleet_rig import CollectorProcess, camera_verdict, publish, run_cameras
+from tests.fleet_rig import ROOT, CollectorProcess, camera_verdict, publish, run_cameras
 from tests.mqtt_broker import MosquittoBroker, broker, wait_until  # noqa: F401 (fixture)
-from tests.postgres import database, postgres_server  # noqa: F401 (fixtures)
+from tests.postgres import PostgresServer, database, postgres_server  # noqa: F401 (fixtures)
 
 PREFIX = "fleet"
 
@@ -127,3 +128,141 @@ def test_bad_flags_and_missing_secrets_are_refused_naming_them(capsys: pytest.Ca
     monkeypatch.delenv("NO_SUCH_PASSWORD", raising=False)
     with pytest.raises(SystemExit, match="NO_SUCH_PASSWORD"):
         cli.main(["--username", "collector", "--password-env", "NO_SUCH_PASSWORD"])
+
+
+def test_a_deeply_nested_payload_is_refused_and_the_collector_keeps_storing(broker: MosquittoBroker, database: str,
+                                                                             tmp_path: Path) -> None:
+    """``json.loads`` raises RecursionError (not ValueError) on deep nesting; it used to kill paho's thread while the
+    process stayed alive, storing nothing more."""
+    collector = CollectorProcess(broker, database, PREFIX, "collector-deep", tmp_path)
+    collector.start()
+    try:
+        epoch = uuid.uuid4().hex[:16]
+        topic = f"{PREFIX}/cam1/verdict"
+        publish(broker, topic, [b"[" * 100_000 + b"]" * 100_000])
+        publish(broker, topic, [to_json(camera_verdict("cam1", epoch, seq)) for seq in range(1, 11)])
+        assert wait_until(lambda: count(database) == 10, 20), collector.log()
+        assert "refused a message on fleet/cam1/verdict" in collector.log()
+    finally:
+        assert collector.stop() == 0, collector.log()
+
+
+def test_poison_rows_are_refused_and_the_good_rows_of_their_batch_are_stored(broker: MosquittoBroker, database: str,
+                                                                              tmp_path: Path) -> None:
+    """Payloads that parse as JSON but that PostgreSQL refuses used to be retried every 2 s forever, holding every
+    good row of their batch unacknowledged with them."""
+    collector = CollectorProcess(broker, database, PREFIX, "collector-poison", tmp_path)
+    epoch = uuid.uuid4().hex[:16]
+    good = [to_json(camera_verdict("cam1", epoch, seq)) for seq in range(1, 21)]
+    # The agent's to_json writes a NaN score as the bare token NaN (json.dumps' default), which Python parses.
+    nan_score = to_json(camera_verdict("cam1", epoch, 100) | {"score": float("nan")})
+    assert b"NaN" in nan_score
+    poison = [nan_score, to_json(camera_verdict("cam1", epoch, 2**63)),
+              to_json(camera_verdict("cam1", epoch + "\u0000", 101)),
+              to_json(camera_verdict("cam1", epoch, 102) | {"part_id": "a\u0000b"}),
+              # Past parse, refused on insert (a dict for the text column part_id): the batch is then stored row by
+              # row and only this one is refused.
+              to_json(camera_verdict("cam1", epoch, 104) | {"part_id": {"x": 1}})]
+    # Published while the collector is stopped (its session queues them), so that they arrive as one batch.
+    collector.start()
+    assert collector.stop() == 0, collector.log()
+    publish(broker, f"{PREFIX}/cam1/verdict", good[:10] + poison + good[10:])
+    collector.start()
+    try:
+        assert wait_until(lambda: count(database) == 20, 20), collector.log()
+        assert wait_until(lambda: collector.log().count("refused a message") == len(poison), 10), collector.log()
+        # And it keeps going: later verdicts land too.
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, 21))])
+        assert wait_until(lambda: count(database) == 21, 10), collector.log()
+    finally:
+        assert collector.stop() == 0, collector.log()
+
+
+def test_a_postgresql_outage_mid_stream_loses_nothing(broker: MosquittoBroker, tmp_path: Path) -> None:
+    """PostgreSQL stops while cameras publish and comes back: the batch is retried, nothing is lost or doubled."""
+    server = PostgresServer()
+    server.start()
+    collector = None
+    try:
+        dsn = server.new_database()
+        collector = CollectorProcess(broker, dsn, PREFIX, "collector-pg-outage", tmp_path, ["--batch", "50"])
+        collector.start()
+        sent: list = []
+        cameras = threading.Thread(target=lambda: sent.extend(run_cameras(broker, PREFIX, 5, 200, pace_s=0.01)),
+                                   daemon=True)
+        cameras.start()
+        assert wait_until(lambda: count(dsn) >= 100, 30), collector.log()
+        server.shut_down()
+        assert wait_until(lambda: "cannot reach PostgreSQL" in collector.log(), 20), collector.log()
+        server.start()
+        cameras.join(60)
+        assert not cameras.is_alive()
+        assert wait_until(lambda: count(dsn) >= 1000, 60), collector.log()
+        time.sleep(1)
+        with psycopg.connect(dsn) as conn:
+            rows = set(conn.execute("SELECT device, epoch, seq FROM verdicts").fetchall())
+        assert count(dsn) == 1000 and rows == set(sent)
+        assert collector.proc.poll() is None
+    finally:
+        if collector is not None:
+            collector.stop()
+        server.stop()
+
+
+def test_the_test_cluster_does_not_depend_on_the_callers_locale(monkeypatch) -> None:
+    """initdb took the locale from LANG / LC_ALL and failed where that locale is not installed."""
+    monkeypatch.setenv("LC_ALL", "xx_XX.UTF-8")
+    monkeypatch.setenv("LANG", "xx_XX.UTF-8")
+    server = PostgresServer()
+    try:
+        server.start()
+        with psycopg.connect(server.dsn("postgres")) as conn:
+            assert conn.execute("SHOW server_encoding").fetchone()[0] == "UTF8"
+    finally:
+        server.stop()
+
+
+def test_a_failed_network_thread_ends_the_collector_with_an_error(broker: MosquittoBroker, database: str) -> None:
+    """An exception that escapes into paho's network thread (injected here in a callback) used to leave a process
+    that waited forever and was never restarted; now it exits non-zero, so systemd's Restart=always applies."""
+    from collector import cli
+
+    collector = cli.Collector(cli.parse_args(["--host", broker.host, "--port", str(broker.port), "--prefix", PREFIX,
+                                              "--client-id", "collector-broken"]), database)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    collector.client.on_subscribe = broken
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(collector.run()), daemon=True)
+    runner.start()
+    runner.join(20)
+    collector.stopping.set()
+    assert result == [1]
+
+
+def test_a_retired_collector_hands_its_queued_share_over_and_its_session_ends(broker: MosquittoBroker, database: str,
+                                                                              tmp_path: Path) -> None:
+    """Mosquitto keeps giving a stopped member of the group its share (queued in its session): a collector that is
+    simply stopped for good holds those verdicts back. ``--retire`` stores them and ends the session."""
+    staying = CollectorProcess(broker, database, PREFIX, "collector-stays", tmp_path)
+    leaving = CollectorProcess(broker, database, PREFIX, "collector-leaves", tmp_path)
+    staying.start()
+    leaving.start()
+    try:
+        assert leaving.stop() == 0, leaving.log()
+        epoch = uuid.uuid4().hex[:16]
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, s)) for s in range(1, 101)])
+        assert wait_until(lambda: count(database) >= 40, 20), staying.log()
+        time.sleep(2)
+        assert count(database) < 100  # the stopped collector's share waits in its session
+        retire = subprocess.run([*leaving.args, "--retire"], env=leaving.env, cwd=ROOT, capture_output=True,
+                                timeout=60)
+        assert retire.returncode == 0, retire.stderr.decode()
+        assert count(database) == 100, retire.stderr.decode()
+        # Its session is gone: every later verdict goes to the collector that stays.
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, s)) for s in range(101, 201)])
+        assert wait_until(lambda: count(database) == 200, 20), staying.log()
+    finally:
+        assert staying.stop() == 0, staying.log()

@@ -67,6 +67,17 @@ class SharedSubscriber:
         self.client.loop_stop()
 
 
+def bridged_site(folder: Path, central: MosquittoBroker, central_ca: Path) -> MosquittoBroker:
+    """A site broker running the shipped bridge file into ``central``."""
+    site = MosquittoBroker(folder, extra_conf=shipped_conf(SHIPPED_BRIDGE, {
+        "central.example.com:8883": f"{central.host}:{central.port}",
+        "/etc/mosquitto/certs/central-ca.crt": str(central_ca),
+        "CHANGE-ME": PASSWORDS["site-bridge"],
+    }))
+    site.start()
+    return site
+
+
 def test_a_camera_can_neither_publish_nor_read_another_cameras_topics(tmp_path: Path) -> None:
     broker = acl_broker(tmp_path / "broker")
     watchers = {d: as_user(broker, "viewer", f"{PREFIX}/{d}") for d in ("cam1", "cam2")}
@@ -102,12 +113,7 @@ def test_a_camera_can_neither_publish_nor_read_another_cameras_topics(tmp_path: 
 def test_every_verdict_crosses_the_bridge_across_outages_of_the_link_and_the_site_broker(tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path / "tls")
     central = acl_broker(tmp_path / "central", tls=tls)
-    site = MosquittoBroker(tmp_path / "site", extra_conf=shipped_conf(SHIPPED_BRIDGE, {
-        "central.example.com:8883": f"{central.host}:{central.port}",
-        "/etc/mosquitto/certs/central-ca.crt": str(tls.ca),
-        "CHANGE-ME": PASSWORDS["site-bridge"],
-    }))
-    site.start()
+    site = bridged_site(tmp_path / "site", central, tls.ca)
     at_centre = as_user(central, "viewer", f"{PREFIX}/cam1", tls_ca=tls.ca)
     settings = MqttConfig(host=site.host, port=site.port, topic_prefix=PREFIX, keepalive=5, reconnect_min_s=0.05,
                           reconnect_max_s=0.5)
@@ -137,5 +143,31 @@ def test_every_verdict_crosses_the_bridge_across_outages_of_the_link_and_the_sit
     finally:
         close_publishers(pub)
         at_centre.close()
+        site.stop()
+        central.stop()
+
+
+def test_a_command_from_the_centre_reaches_the_camera_and_its_result_comes_back_once(tmp_path: Path) -> None:
+    """The bridge used to carry commands down but not their results up, although operators at the centre read them."""
+    tls = make_tls_files(tmp_path / "tls")
+    central = acl_broker(tmp_path / "central", tls=tls)
+    site = bridged_site(tmp_path / "site", central, tls.ca)
+    operator = as_user(central, "operator", f"{PREFIX}/cam1", tls_ca=tls.ca)
+    camera = Subscriber(site, base=f"{PREFIX}/cam1/cmd")  # what the camera's agent hears at its site broker
+    try:
+        # The bridge subscribes at the centre once it is connected; resend (numbered) until a command crosses.
+        sent = iter(range(1000))
+        assert wait_until(lambda: operator.client.publish(f"{PREFIX}/cam1/cmd/status", b'{"n": %d}' % next(sent),
+                                                          qos=1) is not None
+                          and wait_until(lambda: camera.on("status"), 1), 20), site.log()
+        camera.client.publish(f"{PREFIX}/cam1/cmd/status/result", b'{"ok": true}', qos=1)
+        assert wait_until(lambda: operator.on("cmd/status/result"), 10), site.log()
+        time.sleep(1)  # a result crossing back and forth would show up as more than one copy
+        assert len(operator.on("cmd/status/result")) == 1 and len(camera.on("status/result")) == 1
+        heard = [m.payload for m in camera.on("status")]
+        assert len(heard) == len(set(heard))  # no command crosses twice either
+    finally:
+        operator.close()
+        camera.close()
         site.stop()
         central.stop()
