@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     captured_at timestamptz      NOT NULL,
     received_at timestamptz      NOT NULL,
     verdict     text             NOT NULL,
-    score       double precision NOT NULL,
+    score       double precision,            -- NULL: the camera could not score the part (judged anomalous)
     threshold   double precision NOT NULL,
     model_id    text,
     part_id     text,
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     seq         bigint           NOT NULL,
     captured_at timestamptz      NOT NULL,
     received_at timestamptz      NOT NULL,
-    score       double precision NOT NULL,
+    score       double precision,
     threshold   double precision NOT NULL,
     part_id     text,
     collector   text             NOT NULL,
@@ -98,9 +98,11 @@ def parse(kind: str, device: str, payload: bytes, received_at: dt.datetime, coll
         if seq not in SEQ_RANGE:
             raise BadMessage(f"seq {seq} is beyond a signed 64-bit integer")
         captured_at = dt.datetime.fromisoformat(msg["captured_at"])
-        score, threshold = float(msg["score"]), float(msg["threshold"])
-        if not (math.isfinite(score) and math.isfinite(threshold)):
-            raise BadMessage(f"score {score} and threshold {threshold} must be finite numbers")
+        # A part the camera could not score goes out with score null and verdict anomalous; stored as NULL.
+        score = None if msg["score"] is None else float(msg["score"])
+        threshold = float(msg["threshold"])
+        if not (math.isfinite(threshold) and (score is None or math.isfinite(score))):
+            raise BadMessage(f"score {score} and threshold {threshold} must be finite numbers (or the score null)")
         # The payload as PostgreSQL's jsonb takes it: no NaN / Infinity tokens, and no NUL character (which neither
         # jsonb nor a text column can hold) in any string, key or value.
         text = json.dumps(msg, allow_nan=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from edge_agent.deliver.messages import alert_message, to_json
+from edge_agent.deliver.messages import alert_message, to_json, verdict_message
 from tests.fleet_rig import ROOT, CollectorProcess, camera_verdict, publish, run_cameras
 from tests.mqtt_broker import MosquittoBroker, broker, wait_until  # noqa: F401 (fixture)
 from tests.postgres import PostgresServer, database, postgres_server  # noqa: F401 (fixtures)
@@ -154,7 +154,7 @@ def test_poison_rows_are_refused_and_the_good_rows_of_their_batch_are_stored(bro
     collector = CollectorProcess(broker, database, PREFIX, "collector-poison", tmp_path)
     epoch = uuid.uuid4().hex[:16]
     good = [to_json(camera_verdict("cam1", epoch, seq)) for seq in range(1, 21)]
-    # The agent's to_json writes a NaN score as the bare token NaN (json.dumps' default), which Python parses.
+    # The bare token NaN (json.dumps' default; the agent itself sends null), which Python parses.
     nan_score = to_json(camera_verdict("cam1", epoch, 100) | {"score": float("nan")})
     assert b"NaN" in nan_score
     poison = [nan_score, to_json(camera_verdict("cam1", epoch, 2**63)),
@@ -171,9 +171,13 @@ def test_poison_rows_are_refused_and_the_good_rows_of_their_batch_are_stored(bro
     try:
         assert wait_until(lambda: count(database) == 20, 20), collector.log()
         assert wait_until(lambda: collector.log().count("refused a message") == len(poison), 10), collector.log()
-        # And it keeps going: later verdicts land too.
-        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, 21))])
-        assert wait_until(lambda: count(database) == 21, 10), collector.log()
+        # And it keeps going: later verdicts land too, one the camera could not score (score null) among them.
+        unscored = verdict_message("cam1", "f.png", 0.0, float("nan"), 0.5, True, "m", None, {})
+        publish(broker, f"{PREFIX}/cam1/verdict", [to_json(camera_verdict("cam1", epoch, 21)),
+                                                   to_json(unscored | {"epoch": epoch, "seq": 22})])
+        assert wait_until(lambda: count(database) == 22, 10), collector.log()
+        with psycopg.connect(database) as conn:
+            assert conn.execute("SELECT score, verdict FROM verdicts WHERE seq = 22").fetchone() == (None, "anomalous")
     finally:
         assert collector.stop() == 0, collector.log()
 
