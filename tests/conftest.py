@@ -72,6 +72,17 @@ class RealSet:
     test_good: list[Path]
     defects: list[Path]
 
+    def line_folders(self, where: Path, n_good: int = 6) -> tuple[Path, Path]:
+        """``where/good`` with ``n_good`` training parts to fit on, and ``where/frames`` with one defective part
+        (``a_defect``) then one good part (``b_good``) in the order a folder source hands them out."""
+        good, frames = where / "good", where / "frames"
+        good.mkdir(), frames.mkdir()
+        for p in self.train_good[:n_good]:
+            shutil.copyfile(p, good / p.name)
+        shutil.copyfile(self.defects[0], frames / f"a_defect{self.defects[0].suffix}")
+        shutil.copyfile(self.test_good[0], frames / f"b_good{self.test_good[0].suffix}")
+        return good, frames
+
 
 def _mvtec_bottle(root: Path) -> RealSet:
     return RealSet("mvtec_ad_bottle", root, list_images(root / "train" / "good"), list_images(root / "test" / "good"),
