@@ -15,21 +15,13 @@ from __future__ import annotations
 import bench.common  # noqa: F401  (first: the agent's thread limits)
 
 import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from gpiozero import Device  # noqa: E402
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
 
-from bench.common import emit  # noqa: E402
-from edge_agent.cli import build_agent  # noqa: E402
-from edge_agent.config import config_from_dict  # noqa: E402
-from edge_agent.deliver.sink import leaves  # noqa: E402
+from bench.common import add_line_args, emit, percentile, start_fitted_agent, stop_and_count  # noqa: E402
 
 TRIGGER, REJECT = 4, 17
 
@@ -48,39 +40,17 @@ class TimedMockPin(MockPin):
         return changed
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=Path, required=True, help="frames to judge (looped)")
-    p.add_argument("--train", type=Path, required=True, help="good images; the first 10 are fitted on")
-    p.add_argument("--triggers", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=3, help="edges not counted (first calls allocate)")
-    p.add_argument("--detector", help="detector name (default: the configuration's default)")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
+    add_line_args(p, "edges")
     args = p.parse_args()
 
     Device.pin_factory = MockFactory(pin_class=TimedMockPin)
-    state = Path(tempfile.mkdtemp(prefix="gpio-latency-"))
-    data = {"device": {"id": "bench", "state_dir": str(state)},
-            "model": {"delegate": "cpu", "threads": 2, **({"path": str(args.model)} if args.model else {})},
-            "source": {"kind": "folder", "path": str(args.images), "loop": True},
-            "trigger": {"mode": "mqtt"}, "mqtt": {"enabled": False}, "threshold": {"override": 0.0},
-            "retrain": {"n_images": 10},
-            "gpio": {"trigger_pin": TRIGGER, "trigger_edge": "falling", "trigger_pull": "up",
-                     "trigger_debounce_ms": 1, "reject_pin": REJECT, "reject_pulse_ms": 5, "reject_delay_ms": 0}}
-    if args.detector:
-        data["detector"] = {"name": args.detector}
-    agent = build_agent(config_from_dict(data))
-    out = leaves(agent.sink)[0].stream = io.StringIO()  # the stdout sink's JSON lines
+    agent, out, thread = start_fitted_agent(args, "gpio-latency", {
+        "threshold": {"override": 0.0},
+        "gpio": {"trigger_pin": TRIGGER, "trigger_edge": "falling", "trigger_pull": "up", "trigger_debounce_ms": 1,
+                 "reject_pin": REJECT, "reject_pulse_ms": 5, "reject_delay_ms": 0}})
     trigger, reject = Device.pin_factory.pin(TRIGGER), Device.pin_factory.pin(REJECT)
-    fitted = agent.request_retrain(folder=str(args.train))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    fitted.result(timeout=600)
 
     latencies = []
     for n in range(args.warmup + args.triggers):
@@ -98,12 +68,7 @@ def main() -> None:
         if n >= args.warmup:
             latencies.append((on_at - edge) * 1e3)
         time.sleep(0.005)
-    agent.stop()
-    thread.join(30)
-    verdicts = [m for m in map(json.loads, out.getvalue().splitlines()) if m["topic"] == "verdict"]
-    if len(verdicts) != args.warmup + args.triggers:  # one verdict per edge, no more
-        raise SystemExit(f"{len(verdicts)} verdicts for {args.warmup + args.triggers} edges")
-    inference = [v["latency_ms"]["total"] for v in verdicts[args.warmup:]]  # embed + score, inside the agent
+    inference = stop_and_count(agent, thread, out, args, "edges")
     record = {"bench": "gpio_latency", "triggers": args.triggers,
               "detector": agent.config.detector.name, "model_id": agent.extractor.manifest.model_id,
               "edge_to_pulse_median_ms": round(statistics.median(latencies), 2),

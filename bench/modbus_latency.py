@@ -14,22 +14,14 @@ from __future__ import annotations
 import bench.common  # noqa: F401  (first: the agent's thread limits)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import io  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
-from bench.common import emit  # noqa: E402
-from edge_agent.cli import build_agent  # noqa: E402
-from edge_agent.config import config_from_dict  # noqa: E402
+from bench.common import add_line_args, emit, percentile, start_fitted_agent, stop_and_count  # noqa: E402
 from edge_agent.deliver.modbus import N_REGISTERS, REGISTERS, TRIGGER_COIL  # noqa: E402
-from edge_agent.deliver.sink import leaves  # noqa: E402
 
 UNIT = 1
 SEQ = next(r for r in REGISTERS if r.name == "seq").address
@@ -42,32 +34,15 @@ def seq(client: ModbusTcpClient) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=Path, required=True, help="frames to judge (looped)")
-    p.add_argument("--train", type=Path, required=True, help="good images; the first 10 are fitted on")
-    p.add_argument("--triggers", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=3, help="writes not counted (first calls allocate)")
+    add_line_args(p, "writes")
     p.add_argument("--poll-ms", type=float, default=1.0, help="the client's poll interval while it waits")
-    p.add_argument("--detector", help="detector name (default: the configuration's default)")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
     args = p.parse_args()
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    state = Path(tempfile.mkdtemp(prefix="modbus-latency-"))
-    data = {"device": {"id": "bench", "state_dir": str(state)},
-            "model": {"delegate": "cpu", "threads": 2, **({"path": str(args.model)} if args.model else {})},
-            "source": {"kind": "folder", "path": str(args.images), "loop": True},
-            "trigger": {"mode": "mqtt"}, "mqtt": {"enabled": False}, "retrain": {"n_images": 10},
-            "modbus": {"enabled": True, "port": port, "unit_id": UNIT}}
-    if args.detector:
-        data["detector"] = {"name": args.detector}
-    agent = build_agent(config_from_dict(data))
-    out = leaves(agent.sink)[0].stream = io.StringIO()  # the stdout sink's JSON lines
-    fitted = agent.request_retrain(folder=str(args.train))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    fitted.result(timeout=600)
+    agent, out, thread = start_fitted_agent(args, "modbus-latency",
+                                            {"modbus": {"enabled": True, "port": port, "unit_id": UNIT}})
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     if not client.connect():
         raise SystemExit(f"no Modbus server on port {port}")
@@ -87,16 +62,11 @@ def main() -> None:
             latencies.append((time.perf_counter() - t0) * 1e3)
             writes.append((written - t0) * 1e3)
     client.close()
-    agent.stop()
-    thread.join(30)
-    verdicts = [m for m in map(json.loads, out.getvalue().splitlines()) if m["topic"] == "verdict"]
-    if len(verdicts) != args.warmup + args.triggers:  # one verdict per write, no more
-        raise SystemExit(f"{len(verdicts)} verdicts for {args.warmup + args.triggers} writes")
-    inference = [v["latency_ms"]["total"] for v in verdicts[args.warmup:]]  # embed + score, inside the agent
+    inference = stop_and_count(agent, thread, out, args, "writes")
     record = {"bench": "modbus_latency", "triggers": args.triggers, "poll_ms": args.poll_ms,
               "detector": agent.config.detector.name, "model_id": agent.extractor.manifest.model_id,
               "write_to_seq_median_ms": round(statistics.median(latencies), 2),
-              "write_to_seq_p95_ms": round(statistics.quantiles(latencies, n=20)[-1], 2),
+              "write_to_seq_p95_ms": round(percentile(latencies, 0.95), 2),
               "write_to_seq_max_ms": round(max(latencies), 2),
               "coil_write_median_ms": round(statistics.median(writes), 2),
               "embed_score_median_ms": round(statistics.median(inference), 2)}

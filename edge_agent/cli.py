@@ -122,12 +122,18 @@ def _main_sink(config: Config) -> Sink:
         from edge_agent.deliver.stdout import StdoutSink
 
         return StdoutSink()
+    from edge_agent.deliver.homeassistant import Discovery
     from edge_agent.deliver.publisher import Publisher
     from edge_agent.deliver.spool import Spool
+    from edge_agent.deliver.topics import Topics
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool.sqlite3", config.spool.max_messages, config.spool.on_full)
-    return Publisher(config.mqtt, config.device.id, spool)
+    ha = config.homeassistant
+    # Also when off: it takes back the entities an earlier start with [homeassistant] announced.
+    discovery = Discovery(ha.discovery_prefix if ha.enabled else None,
+                          Topics(config.mqtt.topic_prefix, config.device.id), config.device.id, config.state_dir)
+    return Publisher(config.mqtt, config.device.id, spool, discovery=discovery)
 
 
 def _line_io(config: Config) -> list[Sink]:

@@ -31,7 +31,7 @@ from typing import Any
 from edge_agent.agent import Agent
 from edge_agent.config import MAX_RETRAIN_IMAGES
 from edge_agent.learn.fitting import recorded_threshold_settings, set_threshold
-from edge_agent.learn.threshold import MAX_TARGET_FALSE_REJECT
+from edge_agent.learn.threshold import MAX_TARGET_FALSE_REJECT, SENSITIVITY_RANGE
 
 #: Every command, with the arguments it takes (``request_id`` and ``token`` are allowed everywhere).
 COMMANDS: dict[str, frozenset[str]] = {
@@ -103,8 +103,9 @@ def parse_threshold(args: dict[str, Any]) -> ThresholdChange:
                              f"good parts, e.g. 0.01 = 1 %), got {target}")
         return ThresholdChange(target_false_reject=target)
     sensitivity = _number(args, "sensitivity")
-    if not 0 <= sensitivity <= 1:
-        raise ValueError(f"sensitivity must be between 0 and 1, got {sensitivity}")
+    low, high = SENSITIVITY_RANGE
+    if not low <= sensitivity <= high:
+        raise ValueError(f"sensitivity must be between {low:g} and {high:g}, got {sensitivity}")
     return ThresholdChange(sensitivity=sensitivity)
 
 

@@ -24,15 +24,16 @@ from edge_agent.capture.controls import AF_MODES
 from edge_agent.capture.gpio_trigger import EDGES, PULLS
 from edge_agent.capture.images import MAX_PIXELS
 from edge_agent.capture.roi import Roi, RoiError
+from edge_agent.deliver.homeassistant import DEFAULT_DISCOVERY_PREFIX
 from edge_agent.deliver.spool import ON_FULL_POLICIES
-from edge_agent.deliver.topics import check_topic_level
+from edge_agent.deliver.topics import check_node_id, check_topic_level
 from edge_agent.embed.runtime.delegates import DELEGATES
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES, make_detector
 from edge_agent.learn.fitting import FitSettings
 from edge_agent.learn.threshold import (DEFAULT_METHOD, DEFAULT_SENSITIVITY, DEFAULT_TARGET_FALSE_REJECT,
-                                        LEGACY_MARGIN, LEGACY_QUANTILE, MAX_TARGET_FALSE_REJECT, THRESHOLD_METHODS,
-                                        legacy_target)
+                                        LEGACY_MARGIN, LEGACY_QUANTILE, MAX_TARGET_FALSE_REJECT, SENSITIVITY_RANGE,
+                                        THRESHOLD_METHODS, legacy_target)
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,14 @@ class WebConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (`edge_agent.deliver.homeassistant`, docs/homeassistant.md); off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX  # Home Assistant's own default; change it only if HA's is changed
+
+
+@dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -307,6 +316,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     modbus: ModbusConfig = field(default_factory=ModbusConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -328,7 +338,8 @@ _CHOICES = {
 _RANGES = {
     ("model", "threads"): (1, 64), ("trigger", "max_fps"): (0.01, 1000), ("trigger", "max_age_s"): (0.01, 60),
     ("augmentation", "factor"): (0, 100),
-    ("threshold", "sensitivity"): (0, 1), ("threshold", "target_false_reject"): (-1, MAX_TARGET_FALSE_REJECT),
+    ("threshold", "sensitivity"): SENSITIVITY_RANGE,
+    ("threshold", "target_false_reject"): (-1, MAX_TARGET_FALSE_REJECT),
     ("threshold", "quantile"): (-1, 1), ("threshold", "margin"): (-1, 10),  # -1: not set (`_check_threshold`)
     ("retrain", "n_images"): (2, MAX_RETRAIN_IMAGES), ("retrain", "keep"): (1, 100), ("mqtt", "port"): (1, 65535),
     ("spool", "max_messages"): (10, 100_000_000), ("alerts", "jpeg_quality"): (10, 100),
@@ -472,6 +483,31 @@ def _cross_checks(c: Config) -> None:
     _check_gpio(c)
     _check_camera(c.camera)
     _check_web(c.web)
+    _check_homeassistant(c)
+
+
+def _check_homeassistant(c: Config) -> None:
+    ha = c.homeassistant
+    try:
+        check_topic_level("discovery_prefix", ha.discovery_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"[homeassistant] discovery_prefix: {exc} (no +, #, NUL; not empty)") from None
+    if not ha.enabled:
+        return
+    if not c.mqtt.enabled:
+        raise ConfigError("[homeassistant] enabled = true needs [mqtt] enabled = true: Home Assistant finds the "
+                          "camera through the broker")
+    try:
+        check_node_id(c.device.id)
+    except ValueError as exc:
+        raise ConfigError(f"[device] id: {exc}; with [homeassistant] enabled = true it is the node id in the "
+                          "discovery topics (and, with the shipped broker ACL, the camera's user name)") from None
+    if c.mqtt.command_token_env or c.mqtt.command_token_file:
+        key = "command_token_env" if c.mqtt.command_token_env else "command_token_file"
+        raise ConfigError(f"[homeassistant] enabled = true cannot be combined with [mqtt] {key}: Home Assistant's "
+                          "buttons and slider would have to carry the token in their retained discovery payloads, "
+                          "which every client allowed to subscribe can read. Remove the token and let the broker's "
+                          "ACL decide who may publish on the command topics (docs/homeassistant.md, Security)")
 
 
 #: A DNS name as a browser sends it in ``Host`` (no port, no scheme).

@@ -27,6 +27,21 @@ SHIPPED_MODEL = ROOT / "models" / "efficientnet-lite0-int8"
 FEW_IMAGE_TARGET = 0.05
 
 
+def write_clip(path: Path, frames_bgr: list) -> Path:
+    """A small MJPG .avi of ``frames_bgr`` (all the same size) at 10 fps, for the OpenCV source's file path."""
+    import cv2
+
+    height, width = frames_bgr[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    if not writer.isOpened():
+        pytest.fail("this OpenCV build cannot write MJPG .avi files (install opencv-python-headless from PyPI)")
+    for frame in frames_bgr:
+        writer.write(frame)
+    writer.release()
+    assert path.stat().st_size > 0
+    return path
+
+
 def drop_images(folder: Path, paths: list[Path], prefix: str) -> list[str]:
     """Copy real images into a watched folder as a line PC would: written aside, then renamed into place, so the
     agent never reads half a file. Returns the names they got."""
@@ -56,6 +71,17 @@ class RealSet:
     train_good: list[Path]
     test_good: list[Path]
     defects: list[Path]
+
+    def line_folders(self, where: Path, n_good: int = 6) -> tuple[Path, Path]:
+        """``where/good`` with ``n_good`` training parts to fit on, and ``where/frames`` with one defective part
+        (``a_defect``) then one good part (``b_good``) in the order a folder source hands them out."""
+        good, frames = where / "good", where / "frames"
+        good.mkdir(), frames.mkdir()
+        for p in self.train_good[:n_good]:
+            shutil.copyfile(p, good / p.name)
+        shutil.copyfile(self.defects[0], frames / f"a_defect{self.defects[0].suffix}")
+        shutil.copyfile(self.test_good[0], frames / f"b_good{self.test_good[0].suffix}")
+        return good, frames
 
 
 def _mvtec_bottle(root: Path) -> RealSet:

@@ -69,6 +69,16 @@ def make_tls_files(folder: Path) -> TlsFiles:
     return files
 
 
+def shipped_conf(path: Path, replacements: dict[str, str] | None = None) -> list[str]:
+    """The lines of a shipped mosquitto file (``systemd/``), comments dropped, with site-specific values replaced:
+    a test runs the file users install, changing only addresses, paths and secrets, each of which must be there."""
+    text = path.read_text()
+    for old, new in (replacements or {}).items():
+        assert old in text, f"{old!r} is not in {path}"
+        text = text.replace(old, new)
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 class MosquittoBroker:
     """One mosquitto process; ``stop()``/``start()`` keep the port, the config and the persistence file.
 

@@ -16,6 +16,7 @@ from edge_agent.capture.controls import V4L2_EXPOSURE_UNIT_US, opencv_properties
 from edge_agent.capture.factory import open_source
 from edge_agent.capture.opencv import OpenCVSource
 from edge_agent.config import CameraConfig, ConfigError, config_from_dict
+from tests.conftest import write_clip
 
 LOCKED = {"ae": False, "exposure_us": 8000, "analogue_gain": 2.0, "awb": False, "colour_gains": [1.9, 1.5],
           "af_mode": "manual", "lens_position": 4.5, "frame_duration_limits_us": [20000, 25000]}
@@ -106,14 +107,7 @@ def test_opencv_properties_in_v4l2_units_and_order_and_what_cannot_map():
 
 @pytest.fixture
 def video_file(tmp_path) -> Path:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write MJPG .avi")
-    for value in (50, 100, 150):
-        writer.write(np.full((48, 64, 3), value, np.uint8))
-    writer.release()
-    return path
+    return write_clip(tmp_path / "clip.avi", [np.full((48, 64, 3), value, np.uint8) for value in (50, 100, 150)])
 
 
 def opencv_source(uri: str, **values) -> OpenCVSource:

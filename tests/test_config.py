@@ -616,3 +616,40 @@ def test_source_max_pixels_reaches_the_folder_source(tmp_path) -> None:
     roomy = open_source(config_from_dict({"source": {"path": str(tmp_path)}}).source)
     roomy.open()
     assert roomy.read().image.shape == (1000, 1200, 3)
+
+
+# ---- [homeassistant] ---------------------------------------------------------------------------------------
+
+
+def test_home_assistant_is_off_by_default_with_its_own_prefix():
+    c = config_from_dict(minimal())
+    assert not c.homeassistant.enabled and c.homeassistant.discovery_prefix == "homeassistant"
+    on = config_from_dict(minimal(homeassistant={"enabled": True, "discovery_prefix": "ha/plant"}))
+    assert on.homeassistant.enabled and on.homeassistant.discovery_prefix == "ha/plant"
+
+
+@pytest.mark.parametrize("mqtt, fragment", [
+    ({"command_token_env": "EDGE_TOKEN"}, "[mqtt] command_token_env"),
+    ({"command_token_file": "/etc/edge-agent/token"}, "[mqtt] command_token_file"),
+    ({"enabled": False}, "[mqtt] enabled = true"),
+])
+def test_home_assistant_refuses_a_command_token_and_a_missing_broker(mqtt, fragment):
+    """A token would have to sit in a retained discovery payload that every subscriber reads: refused, naming both."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(minimal(mqtt=mqtt, homeassistant={"enabled": True}))
+    assert "[homeassistant] enabled = true" in str(err.value) and fragment in str(err.value), str(err.value)
+    config_from_dict(minimal(mqtt=mqtt))  # the same [mqtt] alone is fine
+
+
+@pytest.mark.parametrize("prefix", ["", "home/#", "ha/+"])
+def test_home_assistant_discovery_prefix_must_be_a_topic(prefix):
+    with pytest.raises(ConfigError, match=r"\[homeassistant\] discovery_prefix"):
+        config_from_dict(minimal(homeassistant={"discovery_prefix": prefix}))
+
+
+@pytest.mark.parametrize("device_id", ["line 3.cam", "kamera_\u00fc", "cam.1"])
+def test_home_assistant_refuses_a_device_id_it_cannot_take_as_node_id(device_id):
+    """Not renamed on the fly: "line_3_cam" would miss the ACL's %u (the camera's user) and could be another camera."""
+    config_from_dict(minimal(device={"id": "line_3-cam"}, homeassistant={"enabled": True}))
+    with pytest.raises(ConfigError, match=r"\[device\] id: .*a-z A-Z 0-9 _ -.*\[homeassistant\] enabled"):
+        config_from_dict(minimal(device={"id": device_id}, homeassistant={"enabled": True}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -333,12 +332,7 @@ def test_a_pin_in_use_is_a_configuration_error_naming_it(pins, tmp_path):
 def test_an_edge_on_the_trigger_pin_judges_one_part_and_rejects_it_end_to_end(pins, tmp_path, real_set: RealSet):
     """The shipped model, real images, `edge-agent fit`, then `build_agent` with the [gpio] section: each falling
     edge on the trigger pin gives exactly one verdict, and each anomalous one a reject pulse."""
-    good, frames = tmp_path / "good", tmp_path / "frames"
-    good.mkdir(), frames.mkdir()
-    for p in real_set.train_good[:6]:
-        shutil.copyfile(p, good / p.name)
-    shutil.copyfile(real_set.defects[0], frames / f"a_defect{real_set.defects[0].suffix}")
-    shutil.copyfile(real_set.test_good[0], frames / f"b_good{real_set.test_good[0].suffix}")
+    good, frames = real_set.line_folders(tmp_path)
     state = tmp_path / "state"
     gpio = {"trigger_pin": TRIGGER, "trigger_edge": "falling", "trigger_pull": "up", "trigger_debounce_ms": 20,
             "reject_pin": REJECT, "reject_pulse_ms": 50, "reject_delay_ms": 30, "ready_pin": READY, "busy_pin": BUSY}

@@ -90,6 +90,22 @@ def test_the_exposition_passes_promtool(rig: WebRig) -> None:
     assert broken.returncode != 0  # the linter does refuse a broken text
 
 
+def test_an_unscored_part_stays_out_of_the_score_histogram() -> None:
+    """A part the detector could not score goes out with score null (judged anomalous): its stage times count,
+    the score histogram's sum stays a number, and the text still passes promtool."""
+    from edge_agent.deliver.web.metrics import VerdictStats, render
+
+    stats = VerdictStats()
+    stats.observe({"score": 0.5, "threshold": 1.0, "latency_ms": {"total": 20.0}})
+    stats.observe({"score": None, "threshold": 1.0, "latency_ms": {"total": 30.0}})
+    text = render({"status": "running", "inspected": 2, "good": 1, "rejected": 1}, None, stats)
+    lines = text.splitlines()
+    assert "edge_agent_score_over_threshold_count 1" in lines and "edge_agent_score_over_threshold_sum 0.5" in lines
+    assert 'edge_agent_stage_seconds_count{stage="total"} 2' in lines
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked
+
+
 class Prometheus:
     """Debian's prometheus on a loopback port, scraping the agent every second, its data under ``folder``."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import socket
 import sys
 import threading
@@ -191,12 +190,7 @@ def stopped(agent, thread) -> None:
 
 
 def test_a_plc_reads_the_agent_and_the_coil_judges_one_part_end_to_end(tmp_path, real_set: RealSet):
-    good, frames = tmp_path / "good", tmp_path / "frames"
-    good.mkdir(), frames.mkdir()
-    for p in real_set.train_good[:6]:
-        shutil.copyfile(p, good / p.name)
-    shutil.copyfile(real_set.defects[0], frames / f"a_defect{real_set.defects[0].suffix}")
-    shutil.copyfile(real_set.test_good[0], frames / f"b_good{real_set.test_good[0].suffix}")
+    good, frames = real_set.line_folders(tmp_path)
     port = free_port()
     config = cfg(tmp_path, port, frames=frames)
     agent, stdout, thread = running(config)

@@ -24,6 +24,7 @@ from edge_agent.capture.factory import open_source
 from edge_agent.capture.folder import FolderSource
 from edge_agent.capture.opencv import OpenCVSource
 from edge_agent.capture.picamera import PiCameraSource
+from tests.conftest import write_clip
 
 WAIT_S = 5.0  # upper bound for anything that waits on a thread
 
@@ -225,15 +226,8 @@ VIDEO_COLOURS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20), (2
 
 @pytest.fixture
 def video_file(tmp_path) -> Path:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write MJPG .avi")
-    for colour in VIDEO_COLOURS:
-        writer.write(cv2.cvtColor(rgb_image(*colour, h=48, w=64), cv2.COLOR_RGB2BGR))
-    writer.release()
-    assert path.stat().st_size > 0
-    return path
+    frames = [cv2.cvtColor(rgb_image(*colour, h=48, w=64), cv2.COLOR_RGB2BGR) for colour in VIDEO_COLOURS]
+    return write_clip(tmp_path / "clip.avi", frames)
 
 
 def test_opencv_video_file_gives_rgb_frames_then_ends(video_file):

@@ -3,10 +3,13 @@ finite-sample limit, the sensitivity knob), rates."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
+from edge_agent.deliver.messages import to_json, verdict_message
 from edge_agent.learn.augment import group_indices
 from edge_agent.learn.detectors import make_detector
 from edge_agent.learn.heldout import first_rows, held_out_scores, leave_one_out_scores, take_groups
@@ -191,6 +194,15 @@ def test_report_rates() -> None:
     assert report.to_dict()["n_good"] == 4
     assert ThresholdReport.from_scores(2.0, [1.0]).detection_rate is None
     assert is_anomalous([2.0, 2.0001], 2.0).tolist() == [False, True]
+
+
+def test_a_part_that_could_not_be_scored_is_rejected_and_its_verdict_stays_json() -> None:
+    """NaN compares false with everything: "score > threshold" passed such a part as good."""
+    flagged = is_anomalous([float("nan"), float("inf"), 0.1], 2.0)
+    assert flagged.tolist() == [True, True, False]
+    verdict = verdict_message("cam1", "f.png", 0.0, float("nan"), 2.0, bool(flagged[0]), "m", None, {})
+    decoded = json.loads(to_json(verdict), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert decoded["score"] is None and decoded["verdict"] == "anomalous"
 
 
 class _Recorder:

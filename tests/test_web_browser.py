@@ -58,10 +58,14 @@ def browser(tmp_path_factory):
 
 
 def until(driver, condition, what: str, timeout: float = WAIT_S):
-    """Poll ``condition(driver)`` until it is truthy; its value."""
+    """Poll ``condition(driver)`` until it is truthy; its value. An element that is not there yet, or that a page
+    load replaced between finding and reading it (a form that submits), is polled again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, f"waited {timeout} s for {what}")
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    return wait.until(condition, f"waited {timeout} s for {what}")
 
 
 def js(driver, script: str, *args):
@@ -76,6 +80,16 @@ def _log_in(driver, url: str, password: str) -> None:
     field.clear()
     field.send_keys(password)
     driver.find_element(By.ID, "login").click()
+
+
+def _on_the_page(driver, url: str) -> None:
+    """Logged in, on the page with the agent's state: each test stands on its own, whichever ran before it."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    if driver.current_url.endswith("/login"):
+        _log_in(driver, url, PASSWORD)
+    until(driver, lambda d: d.find_element(By.ID, "status").text == "running", "the page with the agent's state")
 
 
 def test_a_wrong_password_is_refused_and_the_right_one_opens_the_page(rig: WebRig, browser) -> None:
@@ -93,6 +107,7 @@ def test_a_wrong_password_is_refused_and_the_right_one_opens_the_page(rig: WebRi
 def test_live_view_history_and_a_reject_with_its_heat_map(rig: WebRig, browser, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
+    _on_the_page(browser, rig.url)
     rig.drop(rig.set.test_good[:2], "good")
     until(browser, lambda d: js(d, "return document.getElementById('live').naturalWidth > 0"), "a live frame")
     first_frame = int(browser.find_element(By.ID, "live").get_attribute("data-frame"))
@@ -134,6 +149,7 @@ def test_the_threshold_control_previews_then_moves_the_threshold(rig: WebRig, br
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
+    _on_the_page(browser, rig.url)
     before = rig.agent.state()["threshold"]
     slider = browser.find_element(By.ID, "threshold-slider")
     slider.send_keys(Keys.END)  # the highest threshold the slider offers
@@ -153,6 +169,7 @@ def test_the_threshold_control_previews_then_moves_the_threshold(rig: WebRig, br
 def test_the_retrain_button_retrains_and_rollback_restores(rig: WebRig, browser, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
+    _on_the_page(browser, rig.url)
     before = rig.agent.state()["detector_file"]
     browser.find_element(By.ID, "retrain").click()
     until(browser, lambda d: d.find_element(By.ID, "progress").text.startswith("collecting: 0 of 3"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -45,10 +46,11 @@ def verdict_message(device: str, frame: str, captured_at: float, score: float, t
                     model_id: str, detector_file: str | None, latency_ms: dict[str, float],
                     part_id: str | None = None) -> dict[str, Any]:
     """One inspected part. ``epoch`` and ``seq`` are added by the first sink: ``(epoch, seq)`` identifies it.
-    ``part_id``, when the trigger carried one, ties the verdict to the part in the plant's own records."""
+    ``part_id``, when the trigger carried one, ties the verdict to the part in the plant's own records. A score
+    that is not finite goes out as ``null`` (JSON has no NaN; the part is anomalous, `is_anomalous`)."""
     verdict = {
         "schema": SCHEMA_VERSION, "device": device, "frame": frame, "captured_at": iso_from_epoch(captured_at),
-        "published_at": now_iso(), "score": round(score, 5), "threshold": round(threshold, 5),
+        "published_at": now_iso(), "score": round(score, 5) if math.isfinite(score) else None, "threshold": round(threshold, 5),
         "verdict": ANOMALOUS if anomalous else GOOD, "model_id": model_id, "detector_file": detector_file,
         "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
     }
@@ -90,6 +92,25 @@ def state_message(device: str, status: str, version: str, model: dict[str, Any],
 def event_message(device: str, **fields: Any) -> dict[str, Any]:
     """An event (``retrain/progress``, ``source/status``): the device, the time, and what happened."""
     return {"device": device, "at": now_iso(), **fields}
+
+
+#: Home Assistant's MQTT button sends this bare word by default (``payload_press``); a command reads it as "no
+#: arguments", like an empty payload, so a discovered button works without a template (docs/homeassistant.md).
+BARE_PRESS = b"PRESS"
+
+
+def command_args(payload: bytes) -> dict[str, Any]:
+    """A command's arguments from its MQTT payload: a JSON object, or nothing (empty or `BARE_PRESS`); anything
+    else is refused with a `ValueError` that says what is wrong."""
+    if not payload.strip() or payload.strip() == BARE_PRESS:
+        return {}
+    try:
+        args = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested beyond the parser's depth
+        raise ValueError(f"payload is not JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise ValueError(f"payload must be a JSON object, got {type(args).__name__}")
+    return args
 
 
 def command_reply(args: dict[str, Any], result: Any = None, error: BaseException | str | None = None) -> dict[str, Any]:

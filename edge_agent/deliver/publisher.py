@@ -14,6 +14,7 @@ p/retrain/images        JPEG: the current detector's training parts 1         ye
 p/<event name>          JSON (e.g. ``retrain/progress``)            1         no      yes
 p/cmd/<name>            JSON object or empty (to the device)        1         --      --
 p/cmd/<name>/result     ``{"ok", "result"|"error", "request_id"}``  1         no      no
+<ha>/.../config         Home Assistant discovery (`homeassistant`)  1         yes     no (re-sent on connect)
 ======================  ==========================================  ========  ======  ========
 
 Delivery of spooled messages is *at least once*, in order: ``publish_verdict`` only commits the message to the
@@ -32,7 +33,6 @@ it resolves, so the command thread never waits and ``status`` answers at once wh
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
 import threading
@@ -46,7 +46,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.config import MqttConfig
-from edge_agent.deliver.messages import command_reply, to_json
+from edge_agent.deliver.homeassistant import BIRTH_PAYLOAD, Discovery
+from edge_agent.deliver.messages import command_args, command_reply, to_json
 from edge_agent.deliver.mqtt_client import default_client_id, make_client
 from edge_agent.deliver.topics import Topics
 from edge_agent.deliver.spool import Spool
@@ -91,11 +92,16 @@ class Publisher:
     """
 
     def __init__(self, settings: MqttConfig, device_id: str, spool: Spool,
-                 on_command: CommandHandler | None = None):
+                 on_command: CommandHandler | None = None, discovery: Discovery | None = None):
         self.topic = Topics(settings.topic_prefix, device_id)
         self.settings = settings
         self.spool = spool
         self.on_command = on_command
+        self.discovery = discovery
+        self._discovery_configs: dict[str, bytes] = {}  # Home Assistant's, from the latest state; under _state_lock
+        # Message ids of the empty configs that take stale entities back. Only paho's network thread (on_connect,
+        # on_publish) touches it; on_publish runs under paho's message lock, so it must not take _state_lock.
+        self._clearing: set[int] = set()
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -117,6 +123,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -125,6 +132,8 @@ class Publisher:
         """Connect in the background; returns at once, also when the broker is down (paho keeps retrying)."""
         if self._threads:
             raise RuntimeError("Publisher.start() may be called only once")
+        if self.discovery is not None:
+            self.discovery.remember()
         s = self.settings
         log.info("MQTT: connecting to %s:%d as %s", s.host, s.port, self.client_id)
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
@@ -207,8 +216,21 @@ class Publisher:
         self._spool(name, payload)
 
     def publish_state(self, state: dict[str, Any]) -> None:
-        """Publish the retained state now if connected; the latest state is re-sent on every (re)connect."""
+        """Publish the retained state now if connected; the latest state is re-sent on every (re)connect. Home
+        Assistant's configs, whose device block comes from the state, are sent again only when they change."""
         self._retain("state", to_json(state))
+        if self.discovery is not None:
+            configs = self.discovery.configs(state)
+            with self._state_lock:
+                if configs != self._discovery_configs:
+                    self._discovery_configs = configs
+                    if self.connected:
+                        self._announce(self._client)
+
+    def _announce(self, client: mqtt.Client) -> None:
+        """Home Assistant's configs, retained (caller holds ``_state_lock``)."""
+        for topic, payload in self._discovery_configs.items():
+            client.publish(topic, payload, qos=1, retain=True)
 
     def publish_image(self, name: str, image_jpeg: bytes) -> None:
         """A retained picture (``retrain/images``), like the state: the latest is re-sent on every (re)connect,
@@ -247,12 +269,19 @@ class Publisher:
         log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
         if self.on_command is not None:
             client.subscribe(self.topic.command("+"), qos=1)
+        if self.discovery is not None and self.discovery.enabled:
+            client.subscribe(self.discovery.status_topic, qos=1)
         with self._state_lock:
             self._connected.set()
             if self._online:
                 client.publish(self.topic("availability"), b"online", qos=1, retain=True)
             for name, payload in self._retained.items():
                 client.publish(self.topic(name), payload, qos=1, retain=True)
+            self._announce(client)
+            if self.discovery is not None:
+                # Entities no longer announced: an empty retained payload removes each; forgotten on PUBACK.
+                self._clearing = {client.publish(topic, b"", qos=1, retain=True).mid
+                                  for topic in self.discovery.stale()}
         self._wake.set()
 
     @_guarded
@@ -270,7 +299,21 @@ class Publisher:
             log.warning("MQTT: connection lost (%s); spooling until it is back", reason_code)
 
     @_guarded
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: mqtt.ReasonCode,
+                    properties: mqtt.Properties) -> None:
+        if mid in self._clearing:
+            self._clearing.discard(mid)
+            if not self._clearing and self.discovery is not None:
+                self.discovery.forget_stale()
+
+    @_guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.discovery is not None and self.discovery.enabled and message.topic == self.discovery.status_topic:
+            if message.payload == BIRTH_PAYLOAD:  # Home Assistant (re)started: it needs the configs again
+                log.info("MQTT: Home Assistant is online; sending its discovery configs")
+                with self._state_lock:
+                    self._announce(client)
+            return
         if message.retain:
             # A retained command would run again on every reconnect (a retrain at each network blip).
             log.warning("MQTT: ignoring retained command on %s; publish commands without retain", message.topic)
@@ -335,12 +378,10 @@ class Publisher:
             return self._reply(name, {}, error=f"payload is {len(payload)} bytes; commands take at most "
                                                f"{MAX_COMMAND_BYTES}")
         try:
-            args = json.loads(payload) if payload.strip() else {}
-        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested beyond the parser's depth
-            log.warning("MQTT command %r: payload is not JSON: %s", name, exc)
-            return self._reply(name, {}, error=f"payload is not JSON: {exc}")
-        if not isinstance(args, dict):
-            return self._reply(name, {}, error=f"payload must be a JSON object, got {type(args).__name__}")
+            args = command_args(payload)
+        except ValueError as exc:
+            log.warning("MQTT command %r: %s", name, exc)
+            return self._reply(name, {}, error=str(exc))
         request_id = args.get("request_id")
         if request_id is not None and not (
                 (isinstance(request_id, int) and not isinstance(request_id, bool))

@@ -6,11 +6,25 @@ naming the key, without importing the MQTT client.
 
 from __future__ import annotations
 
+import re
+
+#: What Home Assistant allows in a discovery node id, which is the device id (`edge_agent.deliver.homeassistant`).
+_NODE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
 
 def check_topic_level(what: str, value: str) -> None:
     """Refuse a prefix or device id that would change the meaning of a topic (wildcards, NUL, an extra level)."""
     if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
         raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
+
+
+def check_node_id(device_id: str) -> None:
+    """Refuse a device id that Home Assistant cannot take as a node id. Not sanitised on the fly: ``line 3.cam``
+    as ``line_3_cam`` would miss the broker ACL's ``%u`` (the camera's user is its device id) and could collide
+    with another camera called ``line_3_cam``."""
+    if not _NODE_ID.fullmatch(device_id):
+        raise ValueError(f"device id {device_id!r} has characters Home Assistant's discovery does not allow "
+                         "(only a-z A-Z 0-9 _ -)")
 
 
 class Topics:

@@ -30,6 +30,8 @@ DEFAULT_TARGET_FALSE_REJECT = 0.005
 #: sensitivity knob takes a target at most up to it.
 MAX_TARGET_FALSE_REJECT = 0.5
 DEFAULT_SENSITIVITY = 0.5
+#: The sensitivity knob's range: the configuration, the ``threshold`` command and Home Assistant's slider use it.
+SENSITIVITY_RANGE = (0, 1)
 #: How far the sensitivity knob moves the target each way from its neutral 0.5: a factor of 10 at 0 and 1.
 SENSITIVITY_DECADES = 1.0
 THRESHOLD_METHODS = ("lognormal", "empirical")
@@ -57,8 +59,9 @@ def target_from_sensitivity(sensitivity: float, target: float = DEFAULT_TARGET_F
     the knob multiplies the share of good parts rejected by the same factor: 10x at 1, a tenth at 0, and
     higher sensitivity = more parts rejected, as before.
     """
-    if not 0.0 <= float(sensitivity) <= 1.0:
-        raise ValueError(f"sensitivity must be within [0, 1], got {sensitivity}")
+    low, high = SENSITIVITY_RANGE
+    if not low <= float(sensitivity) <= high:
+        raise ValueError(f"sensitivity must be within [{low:g}, {high:g}], got {sensitivity}")
     check_target(target)
     return min(float(target) * 10.0 ** (SENSITIVITY_DECADES * (2.0 * float(sensitivity) - 1.0)),
                MAX_TARGET_FALSE_REJECT)
@@ -189,8 +192,9 @@ def calibrate_threshold(
 
 
 def is_anomalous(scores: np.ndarray | Sequence[float], threshold: float) -> np.ndarray:
-    """Verdict per score: strictly above the threshold."""
-    return np.asarray(scores, dtype=np.float64) > float(threshold)
+    """Verdict per score: strictly above the threshold, and anomalous whenever the score is not a number (a part
+    the detector could not score is rejected, never passed: NaN compares false with everything)."""
+    return ~(np.asarray(scores, dtype=np.float64) <= float(threshold))
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,12 @@ class VerdictStats:
         self._stages: dict[str, Histogram] = {}
 
     def observe(self, verdict: dict[str, Any]) -> None:
-        threshold = verdict["threshold"]
-        ratio = verdict["score"] / threshold if threshold > 0 else math.inf
+        """A part the detector could not score (``score`` null, judged anomalous) counts in the verdicts, not in
+        the score histogram, whose sum one infinity would spoil for good."""
+        score, threshold = verdict["score"], verdict["threshold"]
         with self._lock:
-            self._score.observe(ratio)
+            if score is not None and threshold > 0:
+                self._score.observe(score / threshold)
             for stage, ms in verdict.get("latency_ms", {}).items():
                 histogram = self._stages.get(stage)
                 if histogram is None:
