@@ -80,7 +80,8 @@ def test_second_process_fails_fast_naming_the_holder(tmp_path, holder_of):
     assert second.returncode == 2, second.stdout + second.stderr
     assert second.stderr.strip() == (
         f"edge-agent: error: state folder {state} is in use by process {holder.pid} (edge-agent run); "
-        "stop it (systemctl stop edge-agent) or give another --state-dir"
+        "stop it (systemctl stop edge-agent, or edge-agent@<name> for one of several cameras) or give another "
+        "--state-dir"
     )
     assert float(second.stdout.split()[1]) < 1.0  # refused at once, not after waiting for the holder
     assert json.loads((state / LOCK_NAME).read_text()) == {"pid": holder.pid, "command": "edge-agent run"}

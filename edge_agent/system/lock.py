@@ -103,5 +103,5 @@ class StateLock:
             who = "another process"
         else:
             who = f"process {holder['pid']}" + (f" ({holder['command']})" if holder.get("command") else "")
-        return (f"state folder {self.state_dir} is in use by {who}; stop it (systemctl stop edge-agent) "
-                f"or give another --state-dir")
+        return (f"state folder {self.state_dir} is in use by {who}; stop it (systemctl stop edge-agent, "
+                f"or edge-agent@<name> for one of several cameras) or give another --state-dir")
