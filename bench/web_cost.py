@@ -2,6 +2,7 @@
 on and two browsers watching the live view, on the same frames, in one run (docs/web.md, docs/performance.md).
 
     python -m bench.web_cost --images DIR --train DIR [--frames 400] [--rounds 2] [--max-fps 30]
+        [--agent-cpus 0 --browser-cpus 1]
 
 Each phase is a child process with a fresh agent (its RSS is its own; the browsers are other processes): the
 shipped model on CPU with 2 threads, the default detector fitted on 10 good images, decoded frames in a loop
@@ -49,11 +50,14 @@ def child(args: argparse.Namespace) -> None:
             self.times.append(time.perf_counter())
             return verdict["seq"]
 
+    if args.agent_cpus:
+        os.sched_setaffinity(0, args.agent_cpus)  # before the interpreter's threads start: they inherit it
     frames, _ = load_images(args)
     state = tempfile.mkdtemp(prefix="web-cost-")
     config = Config(device=DeviceConfig(id="bench", state_dir=state), source=SourceConfig(kind="folder", path="."),
                     mqtt=MqttConfig(enabled=False))
-    config.model.delegate, config.model.threads, config.trigger.max_fps = "cpu", 2, args.max_fps
+    threads = len(args.agent_cpus) if args.agent_cpus else 2
+    config.model.delegate, config.model.threads, config.trigger.max_fps = "cpu", threads, args.max_fps
     first, clock = StdoutSink(open(os.devnull, "w")), Clock()
     sinks = [first, clock]
     if args.child == "on":
@@ -114,6 +118,8 @@ def phase(mode: str, args: argparse.Namespace, work: Path) -> dict:
     env = {**os.environ, PASSWORD_ENV: "bench-web-password"}
     command = [sys.executable, "-m", "bench.web_cost", "--child", mode, "--images", str(args.images),
                "--train", str(args.train), "--frames", str(args.frames), "--max-fps", str(args.max_fps)]
+    if args.agent_cpus:
+        command += ["--agent-cpus", ",".join(map(str, sorted(args.agent_cpus)))]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     browsers = []
     try:
@@ -125,7 +131,8 @@ def phase(mode: str, args: argparse.Namespace, work: Path) -> dict:
         url = line.split()[1]
         if mode == "on":
             wrapper = work / "chromium-nice"
-            wrapper.write_text(f'#!/bin/sh\nexec nice -n 19 {CHROMIUM} "$@"\n')
+            pin = f"taskset -c {','.join(map(str, sorted(args.browser_cpus)))} " if args.browser_cpus else ""
+            wrapper.write_text(f'#!/bin/sh\nexec {pin}nice -n 19 {CHROMIUM} "$@"\n')
             wrapper.chmod(0o755)
             for i in range(2):
                 browsers.append(_browser(Path(tempfile.mkdtemp(prefix=f"chromium{i}-", dir=work)), wrapper))
@@ -147,6 +154,10 @@ def phase(mode: str, args: argparse.Namespace, work: Path) -> dict:
         proc.wait(60)
 
 
+def _cpus(text: str) -> set[int]:
+    return {int(c) for c in text.split(",")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     add_image_args(p)
@@ -154,6 +165,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     p.add_argument("--max-fps", type=float, default=10_000, help="[trigger] max_fps (default: as fast as it goes; "
                    "a camera's own rate shows the page's cost as CPU time with the frame rate held)")
+    p.add_argument("--agent-cpus", type=_cpus, help="CPUs the agent runs on, e.g. 0 (its interpreter gets one "
+                   "thread per CPU); with --browser-cpus the browsers stay off them, as on a line where they are "
+                   "phones and panel PCs, and what remains is the page's own cost")
+    p.add_argument("--browser-cpus", type=_cpus, help="CPUs the browsers run on, e.g. 1")
     p.add_argument("--child", choices=("off", "on"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -172,6 +187,8 @@ def main() -> None:
                "rss_off_mb": rss["off"], "rss_on_mb": rss["on"], "rss_growth_mb": round(rss["on"] - rss["off"], 1),
                "rounds": args.rounds, "frames": args.frames}
     summary["max_fps"] = args.max_fps
+    summary["agent_cpus"] = sorted(args.agent_cpus) if args.agent_cpus else None
+    summary["browser_cpus"] = sorted(args.browser_cpus) if args.browser_cpus else None
     emit(summary)
     print(f"\n| page | fps (median of {args.rounds}) | agent CPU ms per frame | RSS MB |\n|---|---|---|---|\n"
           f"| off | {fps['off']:.2f} | {cpu['off']:.2f} | {rss['off']:.1f} |\n"
