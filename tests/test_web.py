@@ -415,3 +415,29 @@ def test_demo_web_shows_the_page_in_one_command(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_connection_whose_thread_cannot_start_gives_its_counts_back(monkeypatch) -> None:
+    """``can't start new thread`` (a Pi out of memory) left the address's count and the slot taken: after
+    `MAX_PER_ADDRESS` such failures the address was answered 503 for good."""
+    web = WebSink(PASSWORD, port=0)
+    web.start()
+    try:
+        server, start, failed = web._server, threading.Thread.start, []
+
+        def start_or_fail(thread: threading.Thread) -> None:
+            if getattr(thread, "_target", None) == server.process_request_thread and len(failed) <= MAX_PER_ADDRESS:
+                failed.append(thread)
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+        url = urlsplit(web.url)
+        for _ in range(MAX_PER_ADDRESS + 1):
+            with socket.create_connection((url.hostname, url.port), timeout=5) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert conn.recv(1024) == b""  # closed unanswered: no thread to answer it
+        assert len(failed) == MAX_PER_ADDRESS + 1
+        assert _opens(url, "127.0.0.1")
+    finally:
+        web.stop()

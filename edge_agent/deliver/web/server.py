@@ -241,7 +241,12 @@ class Server(ThreadingHTTPServer):
             self._leave(address)
             self._refuse(request, f"{MAX_CONNECTIONS} connections open, one from {address}")
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)  # a thread that cannot start raises here
+        except BaseException:
+            self._slots.release()  # no thread will give them back: the address would be refused for good
+            self._leave(address)
+            raise
 
     def _refuse(self, request: Any, why: str) -> None:
         """503 and closed, without a thread: on the accepting thread, so a send that would block is skipped (and
