@@ -21,7 +21,7 @@ from edge_agent.config import ConfigError, config_from_dict
 from edge_agent.deliver.web import WebSink
 from edge_agent.deliver.web.live import LiveState
 from edge_agent.deliver.web.server import (COOKIE, MAX_CONNECTIONS, MAX_PER_ADDRESS, REQUEST_DEADLINE_S,
-                                           WRONG_PASSWORD_DELAY_S)
+                                           WRONG_PASSWORD_DELAY_S, address_key)
 from tests.mqtt_broker import wait_until
 from tests.web_rig import PASSWORD, PASSWORD_ENV, WebRig
 
@@ -441,3 +441,29 @@ def test_a_connection_whose_thread_cannot_start_gives_its_counts_back(monkeypatc
         assert _opens(url, "127.0.0.1")
     finally:
         web.stop()
+
+
+def test_on_a_dual_stack_socket_each_ipv4_client_counts_as_its_own_address() -> None:
+    """Bound to ``::``, IPv4 clients arrive as ``::ffff:a.b.c.d``; counted by /64 like other IPv6 addresses, they
+    would all share one count, and one client holding 12 connections would lock every other IPv4 client out."""
+    web = WebSink(PASSWORD, bind="::", port=0)
+    web.start()
+    url = urlsplit(f"http://127.0.0.1:{urlsplit(web.url).port}/")
+    held = []
+    try:
+        for _ in range(MAX_PER_ADDRESS):
+            held.append(socket.create_connection((url.hostname, url.port), timeout=5, source_address=("127.0.0.2", 0)))
+        assert wait_until(lambda: not _opens(url, "127.0.0.2"), 5)  # that address is full
+        assert _opens(url, "127.0.0.1")  # another IPv4 client is not
+    finally:
+        for conn in held:
+            conn.close()
+        web.stop()
+
+
+def test_ipv6_clients_count_by_their_64_prefix() -> None:
+    """One IPv6 host can use any number of addresses in its /64, so an address is no limit there; a CI machine's
+    loopback has a single IPv6 address, so the grouping is checked on addresses, not on connections."""
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7") != address_key("::ffff:192.0.2.8")

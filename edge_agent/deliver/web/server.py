@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 COOKIE = "edge_session"
 #: Open connections served at once; more are closed at accept (a browser opens up to six).
 MAX_CONNECTIONS = 32
-#: Open connections from one address; more are answered 503 and closed at accept, so that one address (a slow or
-#: a password-guessing client) cannot hold every slot and lock the operator out.
+#: Open connections from one address (IPv6: one /64, `address_key`); more are answered 503 and closed at accept, so
+#: that one address (a slow or a password-guessing client) cannot hold every slot and lock the operator out.
 MAX_PER_ADDRESS = 12
 #: A request's line, headers and body must have arrived this long after its first byte (a TLS handshake, too):
 #: a client that sends a byte every few seconds is cut off here, not kept forever.
@@ -172,6 +172,21 @@ def host_allowed(host: str | None, names: frozenset[str]) -> bool:
     return True
 
 
+def address_key(address: str) -> str:
+    """What `MAX_PER_ADDRESS` counts for a client address. On a dual-stack socket an IPv4 client arrives as
+    ``::ffff:a.b.c.d``: it counts as ``a.b.c.d`` (not as one /64 that holds every IPv4 client). Other IPv6
+    addresses count by their /64: one host takes as many addresses in its /64 as it likes."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class DeadlineReader(io.RawIOBase):
     """A connection's reads with a deadline per request. `http.server` only sets a timeout per read, which a client
     resets by sending a byte every few seconds (slowloris): here a request must be in `REQUEST_DEADLINE_S` after
@@ -229,7 +244,7 @@ class Server(ThreadingHTTPServer):
             self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        address = client_address[0]
+        address = address_key(client_address[0])
         with self._count_lock:
             held = self._per_address.get(address, 0)
             if held < MAX_PER_ADDRESS:
@@ -274,7 +289,7 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
-            self._leave(client_address[0])
+            self._leave(address_key(client_address[0]))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("web: connection from %s failed", client_address[0], exc_info=True)
