@@ -190,12 +190,12 @@ def test_only_ip_addresses_localhost_and_allowed_names_are_served(tmp_path: Path
     try:
         port = urlsplit(web.url).port
 
-        def status(host: str | None, path: str = "/login") -> int:
+        def status(host: str | None, path: str = "/login", *more_hosts: str) -> int:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             try:
                 conn.putrequest("GET", path, skip_host=True)
-                if host is not None:
-                    conn.putheader("Host", host)
+                for name in ([] if host is None else [host, *more_hosts]):
+                    conn.putheader("Host", name)
                 conn.putheader("Authorization", f"Bearer {PASSWORD}")
                 conn.endheaders()
                 return conn.getresponse().status
@@ -211,6 +211,16 @@ def test_only_ip_addresses_localhost_and_allowed_names_are_served(tmp_path: Path
             assert status(host) == 421, host
             assert status(host, "/api/state") == 421, host
         assert status(None) == 400
+        # read otherwise by a proxy or a browser: text after "]", an empty or a second port, a scope id, an IPv4
+        # address in brackets, a trailing dot after an address (a name then, not the address)
+        for host in ("[::1]attacker.example", "[::1]:", "[::1]:80:1", "camera3.line1.example:",
+                     "attacker.example:8080:1", "127.0.0.1:8o", "fe80::1%25attacker.example", "[fe80::1%25eth0]",
+                     "[fe80::1%eth0]:80", "::1", "[127.0.0.1]", "127.0.0.1."):
+            assert status(host) == 421, host
+        assert status("127.0.0.1", "/login", "attacker.example") == 400  # two Host headers
+        assert status("attacker.example", "/login", "127.0.0.1") == 400
+        assert status("127.0.0.1", "http://attacker.example/login") == 400  # the URL's authority replaces Host
+        assert status("127.0.0.1", "http://127.0.0.1/api/state") == 400
     finally:
         web.stop()
 

@@ -152,24 +152,31 @@ def lower_thread_priority() -> None:
 
 
 def host_allowed(host: str | None, names: frozenset[str]) -> bool:
-    """Whether a request's ``Host`` names this camera: an IP address, ``localhost`` or one of ``names``. A DNS
-    rebinding page (a site whose name later resolves to the camera) sends its own name, so the browser's
-    same-origin rule does not keep its script from the page's API."""
+    """Whether a request's ``Host`` names this camera: an IP address, ``localhost`` or one of ``names``, with at
+    most a ``:port`` of digits after it. A DNS rebinding page (a site whose name later resolves to the camera)
+    sends its own name, so the browser's same-origin rule does not keep its script from the page's API. Anything
+    a browser would not send (text after ``]``, an empty port, an IPv6 scope id) is refused: a lenient parser
+    and a proxy in front may read one header as two different hosts."""
     if not host:
         return False
-    name = host.strip().lower()
-    if name.startswith("["):  # [IPv6]:port
-        name = name[1:].partition("]")[0]
-    elif name.count(":") == 1:  # name:port or IPv4:port
-        name = name.partition(":")[0]
-    name = name.rstrip(".")
-    if name == "localhost" or name in names:
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
+    host = host.strip().lower()
+    if host.startswith("["):  # [IPv6] or [IPv6]:port
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            return False
+        port = rest[1:] if rest else None
+    else:  # name, IPv4, either with :port
+        name, colon, port = host.partition(":")
+        port = port if colon else None
+    if port is not None and not (port.isascii() and port.isdigit()):
         return False
-    return True
+    if "%" in name:  # a scope id names the client's link, not this camera
+        return False
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return not host.startswith("[") and name.rstrip(".") in {"localhost", *names}
+    return host.startswith("[") == (address.version == 6)
 
 
 def address_key(address: str) -> str:
@@ -320,16 +327,23 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if self.command != "POST":  # a POST's body is read under the deadline too (`_body`)
             self._reader.done()
-        host = self.headers.get("Host")
-        if not host_allowed(host, self.server.allowed_hosts):
-            self._reader.done()
-            self.close_connection = True
-            log.info("web: Host %r from %s refused", host, self.client_address[0])
-            status = HTTPStatus.MISDIRECTED_REQUEST if host else HTTPStatus.BAD_REQUEST
-            self._send(status, b"this camera answers to its IP address, localhost, or a name in [web] "
-                               b"allowed_hosts\n", headers={"Connection": "close"})
-            return False
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not self.path.startswith("/"):
+            return self._refuse(HTTPStatus.BAD_REQUEST, b"send one Host header and a path (not a URL) as the "
+                                                        b"request target\n", f"Host {hosts!r}, target {self.path!r}")
+        if not host_allowed(hosts[0], self.server.allowed_hosts):
+            return self._refuse(HTTPStatus.MISDIRECTED_REQUEST, b"this camera answers to its IP address, localhost, "
+                                                                b"or a name in [web] allowed_hosts\n",
+                                f"Host {hosts[0]!r}")
         return True
+
+    def _refuse(self, status: int, text: bytes, why: str) -> bool:
+        """Answered before the request is served, and the connection closed; False, for `parse_request`."""
+        self._reader.done()
+        self.close_connection = True
+        log.info("web: %s from %s refused", why, self.client_address[0])
+        self._send(status, text, headers={"Connection": "close"})
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("web %s: " + format, self.client_address[0], *args)
