@@ -96,8 +96,8 @@ def test_an_unscored_part_stays_out_of_the_score_histogram() -> None:
     from edge_agent.deliver.web.metrics import VerdictStats, render
 
     stats = VerdictStats()
-    stats.observe({"score": 0.5, "threshold": 1.0, "latency_ms": {"total": 20.0}})
-    stats.observe({"score": None, "threshold": 1.0, "latency_ms": {"total": 30.0}})
+    stats.observe({"score": 0.5, "threshold": 1.0, "verdict": "good", "latency_ms": {"total": 20.0}})
+    stats.observe({"score": None, "threshold": 1.0, "verdict": "anomalous", "latency_ms": {"total": 30.0}})
     text = render({"status": "running", "inspected": 2, "good": 1, "rejected": 1}, None, stats)
     lines = text.splitlines()
     assert "edge_agent_score_over_threshold_count 1" in lines and "edge_agent_score_over_threshold_sum 0.5" in lines
@@ -106,6 +106,28 @@ def test_an_unscored_part_stays_out_of_the_score_histogram() -> None:
     assert checked.returncode == 0, checked
 
 
+def _buckets(text: str, family: str) -> dict[str, int]:
+    prefix = f'edge_agent_{family}_bucket{{le="'
+    return {line[len(prefix):].split('"')[0]: int(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def test_a_rejected_part_never_lands_in_the_not_rejected_bucket() -> None:
+    """The verdict message rounds score and threshold to 5 decimals: a part rejected just above the threshold
+    read as score / threshold = 1 (le="1.0", "not rejected"), and a threshold below 5e-6 read 0, so no part was
+    counted at all. The verdicts here are the agent's own messages, judged by the agent's own rule."""
+    from edge_agent.deliver.messages import verdict_message
+    from edge_agent.deliver.web.metrics import VerdictStats, render
+    from edge_agent.learn.threshold import is_anomalous
+
+    stats = VerdictStats()
+    parts = [(1.0000021, 1.0000012), (0.9999, 1.0000012), (4e-6, 3e-6), (1e-6, 3e-6)]  # (score, threshold)
+    for score, threshold in parts:
+        stats.observe(verdict_message("cam", "f.png", 0.0, score, threshold, bool(is_anomalous([score], threshold)[0]),
+                                      "m", None, {"total": 1.0}))
+    buckets = _buckets(render({}, None, stats), "score_over_threshold")
+    assert buckets["+Inf"] == len(parts)
+    assert buckets["1.0"] == 2  # the two good parts, and only they
 class Prometheus:
     """Debian's prometheus on a loopback port, scraping the agent every second, its data under ``folder``."""
 

@@ -16,11 +16,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from edge_agent.deliver.messages import ANOMALOUS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Buckets of score / threshold: a part is rejected above 1; the ones below show how close good parts come.
 SCORE_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 #: Buckets of a stage's time in seconds, from a Coral's embedding to a Pi 3's CPU one.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: The smallest ratio of a rejected part: above the "not rejected" bucket, le="1.0".
+_ABOVE_ONE = math.nextafter(1.0, math.inf)
 _PREFIX = "edge_agent_"
 #: The state's fields that name what runs, as labels of ``edge_agent_info``.
 _INFO_FIELDS = ("version", "model_id", "backbone", "precision", "delegate", "detector", "detector_file",
@@ -55,11 +59,17 @@ class VerdictStats:
 
     def observe(self, verdict: dict[str, Any]) -> None:
         """A part the detector could not score (``score`` null, judged anomalous) counts in the verdicts, not in
-        the score histogram, whose sum one infinity would spoil for good."""
+        the score histogram, whose sum one infinity would spoil for good.
+
+        Which side of 1 a part lands on is the verdict's own decision: the message's score and threshold are
+        rounded (`verdict_message`), so a part rejected just above the threshold can read as exactly 1 (the
+        "not rejected" bucket), and a threshold below the rounding reads 0. The rounded ratio only places a part
+        within its side; an unreadable one goes to the edge of its side."""
         score, threshold = verdict["score"], verdict["threshold"]
         with self._lock:
-            if score is not None and threshold > 0:
-                self._score.observe(score / threshold)
+            if score is not None:
+                ratio = score / threshold if threshold > 0 else 1.0
+                self._score.observe(max(ratio, _ABOVE_ONE) if verdict["verdict"] == ANOMALOUS else ratio)
             for stage, ms in verdict.get("latency_ms", {}).items():
                 histogram = self._stages.get(stage)
                 if histogram is None:
