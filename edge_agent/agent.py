@@ -31,7 +31,8 @@ from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
 from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
 from edge_agent.config import Config, fit_settings
-from edge_agent.deliver.messages import alert_message, event_message, state_message, verdict_message
+from edge_agent.deliver.messages import (RETRAINING, RUNNING, UNFITTED, alert_message, event_message, state_message,
+                                         verdict_message)
 from edge_agent.deliver.sink import Sink
 from edge_agent.deliver.snapshot import alert_picture, contact_sheet, jpeg
 from edge_agent.embed.features import FeatureExtractor
@@ -285,7 +286,7 @@ class Agent:
         """A snapshot (any thread may ask: it only reads references the loop swaps whole)."""
         m = self.extractor.manifest
         active, path = self._active, self._active_path
-        status = "retraining" if self._job else ("running" if active else "unfitted")
+        status = RETRAINING if self._job else (RUNNING if active else UNFITTED)
         detector = {**active.metadata, "detector_file": path.name if path else None} if active else {}
         model = {"model_id": m.model_id, "backbone": m.backbone, "precision": m.precision,
                  "delegate": self.extractor.delegate}

@@ -75,13 +75,16 @@ def test_metrics_are_off_without_a_token() -> None:
 def test_the_exposition_passes_promtool(rig: WebRig) -> None:
     """promtool (Prometheus's own linter) reads the endpoint's text: names, types, histograms, label escaping."""
     rig.drop(rig.set.test_good[:2] + rig.set.defects[:1], "lint")
-    assert wait_until(lambda: b'edge_agent_stage_seconds_count{stage="total"}' in
+    assert wait_until(lambda: b'edge_agent_inspection_seconds_count' in
                       _metrics(rig, Authorization=f"Bearer {TOKEN}").body, 60)
     text = _metrics(rig, Authorization=f"Bearer {TOKEN}").body
     checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
-    for family in ("frames_total counter", "verdicts_total counter", "score_over_threshold histogram",
-                   "stage_seconds histogram", "spool_queued gauge", "spool_dropped_total counter",
+    # the whole inspection is a metric of its own: summed with the stages it counted each inspection twice
+    assert b'stage="total"' not in text and b'edge_agent_stage_seconds_count{stage="score"}' in text
+    for family in ("frames_total counter", "verdicts_total counter", "score_over_threshold_ratio histogram",
+                   "stage_seconds histogram", "inspection_seconds histogram", "reject_ratio gauge", "status gauge",
+                   "spool_queued gauge", "spool_dropped_total counter",
                    "broker_connected gauge", "retrains_total counter", "retrain_failures_total counter",
                    "retrain_last_duration_seconds gauge", "fps gauge", "info gauge"):
         assert f"# TYPE edge_agent_{family}".encode() in text, family
@@ -99,11 +102,39 @@ def test_an_unscored_part_stays_out_of_the_score_histogram() -> None:
     stats.observe({"score": 0.5, "threshold": 1.0, "verdict": "good", "latency_ms": {"total": 20.0}})
     stats.observe({"score": None, "threshold": 1.0, "verdict": "anomalous", "latency_ms": {"total": 30.0}})
     text = render({"status": "running", "inspected": 2, "good": 1, "rejected": 1}, None, stats)
-    lines = text.splitlines()
-    assert "edge_agent_score_over_threshold_count 1" in lines and "edge_agent_score_over_threshold_sum 0.5" in lines
-    assert 'edge_agent_stage_seconds_count{stage="total"} 2' in lines
-    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    lines = text.decode().splitlines()
+    assert "edge_agent_score_over_threshold_ratio_count 1" in lines
+    assert "edge_agent_score_over_threshold_ratio_sum 0.5" in lines
+    assert "edge_agent_inspection_seconds_count 2" in lines
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert checked.returncode == 0, checked
+
+
+def test_hostile_labels_are_escaped_and_a_non_utf8_file_name_is_scraped() -> None:
+    """A model id or a stage name with a quote, a backslash, a newline or a carriage return stays inside its label
+    (promtool reads the text); a detector file whose name is not UTF-8 (a surrogate from the file system) made the
+    scrape raise."""
+    from edge_agent.deliver.web.metrics import VerdictStats, render
+
+    stats = VerdictStats()
+    hostile = 'a"b\\c\nd\re'
+    stats.observe({"score": 0.5, "threshold": 1.0, "verdict": "good", "latency_ms": {"total": 20.0, hostile: 1.0}})
+    text = render({"status": "running", "inspected": 1, "good": 1, "rejected": 0, "model_id": hostile,
+                   "detector_file": "/var/lib/edge-agent/detectors/\udcff.npz"}, None, stats)
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert checked.returncode == 0 and not checked.stderr.strip(), checked
+    assert b'model_id="a\\"b\\\\c\\nd\re"' in text
+    assert b'detector_file="/var/lib/edge-agent/detectors/\\\\udcff.npz"' in text
+
+
+def test_every_status_is_exported_so_the_old_one_goes_to_zero() -> None:
+    """Only the current status was exported: after running -> retraining, the running series went stale (still 1
+    for 5 minutes in Prometheus) instead of 0."""
+    from edge_agent.deliver.web.metrics import VerdictStats, render
+
+    lines = render({"status": "retraining"}, None, VerdictStats()).decode().splitlines()
+    status = {line.split('"')[1]: line.rsplit(" ", 1)[1] for line in lines if line.startswith("edge_agent_status{")}
+    assert status == {"unfitted": "0", "running": "0", "retraining": "1"}
 
 
 def _buckets(text: str, family: str) -> dict[str, int]:
@@ -125,7 +156,7 @@ def test_a_rejected_part_never_lands_in_the_not_rejected_bucket() -> None:
     for score, threshold in parts:
         stats.observe(verdict_message("cam", "f.png", 0.0, score, threshold, bool(is_anomalous([score], threshold)[0]),
                                       "m", None, {"total": 1.0}))
-    buckets = _buckets(render({}, None, stats), "score_over_threshold")
+    buckets = _buckets(render({}, None, stats).decode(), "score_over_threshold_ratio")
     assert buckets["+Inf"] == len(parts)
     assert buckets["1.0"] == 2  # the two good parts, and only they
 class Prometheus:
@@ -199,10 +230,14 @@ def test_prometheus_scrapes_what_the_agent_published(rig: WebRig, prometheus: Pr
     expected = {"frames": float(len(published)), "good": float(by_result["good"]),
                 "anomalous": float(by_result["anomalous"])}
     assert wait_until(lambda: scraped() == expected, 30), (scraped(), expected)
-    assert prometheus.value("edge_agent_score_over_threshold_count") == len(published)
-    assert prometheus.value('edge_agent_stage_seconds_count{stage="total"}') == len(published)
+    assert prometheus.value("edge_agent_score_over_threshold_ratio_count") == len(published)
+    assert prometheus.value("edge_agent_inspection_seconds_count") == len(published)
+    assert prometheus.value('edge_agent_stage_seconds_count{stage="score"}') == len(published)
     # The rejected parts are the ones above the threshold: the buckets up to 1 hold the good ones only.
-    assert prometheus.value('edge_agent_score_over_threshold_bucket{le="1.0"}') == by_result["good"]
+    assert prometheus.value('edge_agent_score_over_threshold_ratio_bucket{le="1.0"}') == by_result["good"]
+    assert {r["metric"]["status"]: float(r["value"][1]) for r in prometheus.query("edge_agent_status")} == {
+        "unfitted": 0, "running": 1, "retraining": 0}
+    assert 0 <= prometheus.value("edge_agent_reject_ratio") <= 1
     assert prometheus.value("edge_agent_broker_connected") == 1
     assert prometheus.value("edge_agent_spool_dropped_total") == 0
     assert prometheus.value("edge_agent_spool_queued") is not None

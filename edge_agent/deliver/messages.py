@@ -16,6 +16,9 @@ SCHEMA_VERSION = 1
 
 #: The two values of a verdict's ``verdict`` field.
 GOOD, ANOMALOUS = "good", "anomalous"
+#: The values of the state's ``status`` field (`Agent.state`).
+UNFITTED, RUNNING, RETRAINING = "unfitted", "running", "retraining"
+STATUSES = (UNFITTED, RUNNING, RETRAINING)
 
 #: Verdict fields an alert repeats (it points at its verdict by ``seq``).
 _ALERT_FIELDS = ("schema", "device", "epoch", "seq", "frame", "captured_at", "score", "threshold", "model_id")

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from edge_agent.deliver.messages import ANOMALOUS
+from edge_agent.deliver.messages import ANOMALOUS, STATUSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Buckets of score / threshold: a part is rejected above 1; the ones below show how close good parts come.
@@ -26,6 +26,9 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 #: The smallest ratio of a rejected part: above the "not rejected" bucket, le="1.0".
 _ABOVE_ONE = math.nextafter(1.0, math.inf)
 _PREFIX = "edge_agent_"
+#: The ``latency_ms`` key of the whole inspection: a histogram of its own, since summed with the stages it would
+#: count each inspection twice.
+_TOTAL = "total"
 #: The state's fields that name what runs, as labels of ``edge_agent_info``.
 _INFO_FIELDS = ("version", "model_id", "backbone", "precision", "delegate", "detector", "detector_file",
                 "threshold_guarantee", "trigger")
@@ -81,7 +84,7 @@ class VerdictStats:
             return self._score.copy(), {k: v.copy() for k, v in self._stages.items()}
 
 
-def render(state: dict[str, Any], broker: dict[str, Any] | None, stats: VerdictStats) -> str:
+def render(state: dict[str, Any], broker: dict[str, Any] | None, stats: VerdictStats) -> bytes:
     """The exposition text from the agent's state (``status``), the broker's stats (None: MQTT is off) and the
     histograms. A figure the state does not have yet (no retrain, no threshold before the first fit) is left out,
     not sent as zero."""
@@ -94,17 +97,19 @@ def render(state: dict[str, Any], broker: dict[str, Any] | None, stats: VerdictS
     add.one("missed_triggers_total", "counter", "Triggers that got no frame (the part passed unjudged).",
             state.get("missed_triggers"))
     add.one("fps", "gauge", "Frames inspected per second, over the last 30.", state.get("fps"))
-    add.one("reject_rate", "gauge", "Share of the last 100 parts rejected.", state.get("reject_rate"))
+    add.one("reject_ratio", "gauge", "Share of the last 100 parts rejected (0 to 1).", state.get("reject_rate"))
     add.one("threshold", "gauge", "The threshold in use (the detector's own score scale).", state.get("threshold"))
     score, stages = stats.snapshot()
-    add.histogram("score_over_threshold", "Each part's score divided by the threshold (above 1: rejected).",
+    add.histogram("score_over_threshold_ratio", "Each part's score divided by the threshold (above 1: rejected).",
                   [({}, score)])
-    add.histogram("stage_seconds", "Time of each stage of one inspection (total: all of them).",
-                  [({"stage": k}, v) for k, v in sorted(stages.items())])
+    add.histogram("stage_seconds", "Time of each stage of one inspection.",
+                  [({"stage": k}, v) for k, v in sorted(stages.items()) if k != _TOTAL])
+    add.histogram("inspection_seconds", "Time of one whole inspection (every stage, and what lies between them).",
+                  [({}, stages[_TOTAL])] if _TOTAL in stages else [])
     add.one("spool_queued", "gauge", "Messages spooled, not yet acknowledged by the broker.",
             state.get("spool_queued"))
-    add.one("spool_dropped_total", "counter", "Messages dropped because the spool was full.",
-            state.get("spool_dropped"))
+    add.one("spool_dropped_total", "counter", "Messages dropped because the spool or the disk was full. Kept in "
+            "the spool file: it goes on across agent restarts.", state.get("spool_dropped"))
     if broker is not None:
         add.one("broker_connected", "gauge", "1 while connected to the MQTT broker.", int(bool(broker["connected"])))
     add.one("retrains_total", "counter", "Retrains ended (fitted or failed) since the agent started.",
@@ -113,11 +118,12 @@ def render(state: dict[str, Any], broker: dict[str, Any] | None, stats: VerdictS
             state.get("retrain_failures"))
     add.one("retrain_last_duration_seconds", "gauge", "How long the last retrain took, collecting included.",
             state.get("retrain_last_s"))
-    add.family("status", "gauge", "1 for the agent's status (unfitted, running, retraining).",
-               [({"status": state["status"]}, 1)] if state.get("status") else [])
+    add.family("status", "gauge", "1 for the agent's status, 0 for the others.",
+               [({"status": status}, int(status == state["status"])) for status in STATUSES]
+               if state.get("status") else [])
     add.family("info", "gauge", "What runs: the model, the delegate, the detector and its file.",
                [({k: "" if state.get(k) is None else str(state[k]) for k in _INFO_FIELDS}, 1)])
-    return "\n".join(out) + "\n"
+    return ("\n".join(out) + "\n").encode()
 
 
 class _Writer:
@@ -155,6 +161,9 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def _escape(value: str) -> str:
+    """A label value as the text format quotes it. A non-UTF-8 file name (a surrogate from the file system) is
+    written as its ``\\udcXX`` escape first: it could not be encoded, and the scrape failed."""
+    value = value.encode(errors="backslashreplace").decode()
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

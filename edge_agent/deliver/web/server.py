@@ -484,8 +484,8 @@ class Handler(BaseHTTPRequestHandler):
             allowed = self._allowed(changes=False)
         if not allowed:
             return self._send(HTTPStatus.UNAUTHORIZED, b"send Authorization: Bearer <the metrics token>\n")
-        text = render(self._status(), web.broker() if web.broker else None, web.metrics)
-        self._send(HTTPStatus.OK, text.encode(), METRICS_CONTENT_TYPE)
+        self._send(HTTPStatus.OK, render(self._status(), web.broker() if web.broker else None, web.metrics),
+                   METRICS_CONTENT_TYPE)
 
     def _status(self) -> dict[str, Any]:
         """The agent's state now, through the ``status`` command (it reads a snapshot, off the loop); the last
