@@ -17,7 +17,7 @@ from edge_agent.capture.roi import Roi, fitted_roi_mismatch  # noqa: E402
 from edge_agent.capture.gpio_trigger import GpioTrigger  # noqa: E402  (gpiozero is imported when a pin opens)
 from edge_agent.config import Config, ConfigError, fit_settings, load_config  # noqa: E402
 from edge_agent.deliver.sink import CommandSource, FanOut, Sink, TriggerSource, leaves  # noqa: E402
-from edge_agent.system.journal import prefix, setup_logging  # noqa: E402
+from edge_agent.system.journal import for_stderr, setup_logging  # noqa: E402
 from edge_agent.system.lock import StateLock, StateLocked  # noqa: E402
 
 log = logging.getLogger("edge_agent")
@@ -337,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                 return args.func(args, config)
         return args.func(args, config)
     except StateLocked as exc:  # not a configuration error: the service may start once the other process ends
-        print(f"{prefix(logging.ERROR)}edge-agent: error: {exc}", file=sys.stderr)
+        print(for_stderr(logging.ERROR, f"edge-agent: error: {exc}"), file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"{prefix(logging.ERROR)}edge-agent: error: {exc}", file=sys.stderr)
+        print(for_stderr(logging.ERROR, f"edge-agent: error: {exc}"), file=sys.stderr)
         return 2
 
 

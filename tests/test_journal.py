@@ -96,6 +96,44 @@ def test_journal_lines_carry_the_syslog_level_and_no_timestamp(tmp_path: Path, r
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("<3>edge-agent: error: ") and "[mqtt] hots" in lines[0]
 
 
+def test_every_line_of_a_cli_error_carries_the_level(tmp_path: Path) -> None:
+    """A key with a newline in it (a quoted TOML key) makes the error name it over two lines; the second line
+    without the prefix was filed as info."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mqtt]\n"ho\\nts" = "x"\n')
+    rc, lines = _stderr_of([sys.executable, "-m", "edge_agent.cli", "--config", str(bad), "status"], tmp_path,
+                           "match")
+    assert rc == 2 and len(lines) == 2 and lines[0].startswith("<3>edge-agent: error: "), lines
+    assert lines[1].startswith("<3>ts (did you mean host?)"), lines
+
+
+def test_a_nul_byte_does_not_split_a_journal_line(tmp_path: Path) -> None:
+    """journald ends a line at NUL as at a newline: the text after it became an entry of its own, filed as info."""
+    script = ("import logging\n"
+              "from edge_agent.system.journal import setup_logging\n"
+              "setup_logging(logging.INFO)\n"
+              "logging.getLogger('edge_agent').error('file a\\0b')\n")
+    rc, lines = _stderr_of([sys.executable, "-c", script], tmp_path, "match")
+    assert rc == 0 and lines == ["<3>ERROR edge_agent: file a\\0b"], lines
+
+
+def test_a_thread_ending_with_system_exit_logs_nothing(tmp_path: Path) -> None:
+    """Python's own thread hook ignores SystemExit (``sys.exit()`` in a thread ends it on purpose); the journal's
+    hook logged it as a critical uncaught exception. Another exception in a thread is still logged."""
+    script = ("import logging, sys, threading\n"
+              "from edge_agent.system.journal import setup_logging\n"
+              "setup_logging(logging.INFO)\n"
+              "for target in (sys.exit, lambda: 1 / 0):\n"
+              "    t = threading.Thread(target=target, name='worker')\n"
+              "    t.start()\n"
+              "    t.join()\n")
+    rc, lines = _stderr_of([sys.executable, "-c", script], tmp_path, "match")
+    assert rc == 0, lines
+    assert lines[0] == "<2>CRITICAL edge_agent: uncaught exception on worker" and lines[-1].startswith(
+        "<2>ZeroDivisionError"), lines
+    assert not any("SystemExit" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("journal", [None, "other"])
 def test_off_the_journal_lines_keep_their_time_and_no_prefix(tmp_path: Path, run_config: Path, journal) -> None:
     """No JOURNAL_STREAM, or one that names another stream than stderr (inherited, stderr redirected)."""

@@ -5,7 +5,8 @@ line starts with ``<N>``, the syslog level (sd-daemon(3)). journald also stamps 
 would be printed twice. systemd sets ``JOURNAL_STREAM=<device>:<inode>`` of that stream; it is inherited by
 children whose stderr may go elsewhere (a pipe, a file), so the prefix is used only when stderr still is that
 stream. Every line of a record carries it: journald splits a traceback into one entry per line, and a
-continuation line without a prefix would be filed as info.
+continuation line without a prefix would be filed as info. journald ends a line at a NUL byte too, so a NUL in a
+message (a file name, a payload) is written as ``\\0``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,16 @@ def syslog_level(levelno: int) -> int:
     return next((syslog for python, syslog in _SYSLOG if levelno >= python), _DEBUG)
 
 
-def prefix(levelno: int) -> str:
-    """``<N>`` for a line written to stderr without `logging` (the CLI's one-line errors); empty off the journal."""
-    return f"<{syslog_level(levelno)}>" if stderr_is_journal() else ""
+def _journal_lines(levelno: int, text: str) -> str:
+    """``text`` with the ``<N>`` level on each of the lines journald will make of it (it splits at NUL too)."""
+    level = f"<{syslog_level(levelno)}>"
+    return "\n".join(level + line for line in text.replace("\0", "\\0").split("\n"))
+
+
+def for_stderr(levelno: int, text: str) -> str:
+    """A message written to stderr without `logging` (the CLI's errors): in the journal, every line under the
+    level; elsewhere as it is."""
+    return _journal_lines(levelno, text) if stderr_is_journal() else text
 
 
 class JournalFormatter(logging.Formatter):
@@ -50,8 +58,7 @@ class JournalFormatter(logging.Formatter):
         super().__init__(JOURNAL_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        level = f"<{syslog_level(record.levelno)}>"
-        return "\n".join(level + line for line in super().format(record).split("\n"))
+        return _journal_lines(record.levelno, super().format(record))
 
 
 def setup_logging(level: int) -> None:
@@ -61,8 +68,7 @@ def setup_logging(level: int) -> None:
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter())
         sys.excepthook = _log_uncaught
-        threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,
-                                                          args.thread.name if args.thread else "a thread")
+        threading.excepthook = _log_uncaught_in_thread
     else:
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
@@ -71,3 +77,11 @@ def setup_logging(level: int) -> None:
 def _log_uncaught(kind: type[BaseException], value: BaseException | None, tb: TracebackType | None,
                   where: str = "the main thread") -> None:
     logging.getLogger("edge_agent").critical("uncaught exception on %s", where, exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    """A thread that ends with ``SystemExit`` (``sys.exit()`` in it) ended on purpose: Python's own hook says
+    nothing, and neither does this one."""
+    if issubclass(args.exc_type, SystemExit):
+        return
+    _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback, args.thread.name if args.thread else "a thread")
