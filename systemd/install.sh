@@ -2,7 +2,7 @@
 # Install (or remove) the edge visual-inspection agent on a camera (Raspberry Pi OS Bookworm, Debian).
 #
 #   sudo systemd/install.sh                 install from this checkout and enable the service and timer
-#   sudo systemd/install.sh --uninstall     remove it; keep /etc/edge-agent and /var/lib/edge-agent
+#   sudo systemd/install.sh --uninstall     remove it; keep /etc/edge-agent and /var/lib/edge-agent{,-<instance>}
 #   sudo systemd/install.sh --uninstall --purge   ... and delete them and the edge-agent user too
 #
 # Options: --root DIR (install into DIR instead of /, for packaging and tests: no user, no apt, no systemctl),
@@ -76,7 +76,7 @@ if [ "$UNINSTALL" = 1 ]; then
     rm -rf "$PREFIX"
     systemctl_live daemon-reload || true
     if [ "$PURGE" = 1 ]; then
-        rm -rf "$CONF" "$STATE"
+        rm -rf "$CONF" "$STATE" "$STATE"-*  # -*: the state of each edge-agent@ instance
         if [ "$LIVE" = 1 ] && id edge-agent >/dev/null 2>&1; then userdel edge-agent; fi
         say "removed, including configuration, fitted models and the verdict spool"
     else

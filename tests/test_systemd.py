@@ -119,11 +119,13 @@ def test_pi_extra_does_not_pull_picamera2_from_pypi():
 def test_uninstall_keeps_config_and_state_unless_purged(tmp_path):
     root = tmp_path / "root"
     _install(root)
-    (root / "var/lib/edge-agent/detectors").mkdir(parents=True)
-    (root / "var/lib/edge-agent/detectors/current.json").write_text("{}")
+    for state in ("edge-agent", "edge-agent-cam1"):  # the single unit's, an edge-agent@cam1 instance's
+        (root / "var/lib" / state / "detectors").mkdir(parents=True)
+        (root / "var/lib" / state / "detectors/current.json").write_text("{}")
     _install(root, "--uninstall")
     assert set(_tree(root)) == {"etc/edge-agent/config.toml", "etc/edge-agent/edge-agent.env",
-                                "var/lib/edge-agent/detectors/current.json"}
+                                "var/lib/edge-agent/detectors/current.json",
+                                "var/lib/edge-agent-cam1/detectors/current.json"}
     assert not (root / "opt/edge-agent").exists()
     _install(root, "--uninstall", "--purge")
     assert _tree(root) == {}
@@ -172,7 +174,7 @@ PER_INSTANCE = {
     "ExecStart=/opt/edge-agent/venv/bin/edge-agent --config /etc/edge-agent/config.toml run":
         ["ExecStart=/opt/edge-agent/venv/bin/edge-agent --config /etc/edge-agent/%i.toml --state-dir "
          "${STATE_DIRECTORY} run"],
-    "StateDirectory=edge-agent": ["StateDirectory=edge-agent/%i"],
+    "StateDirectory=edge-agent": ["StateDirectory=edge-agent-%i"],
 }
 
 
@@ -182,6 +184,19 @@ def test_the_per_camera_template_keeps_every_other_setting_of_the_single_unit():
                 for variant in PER_INSTANCE.get(line, [line])]
     assert _settings("edge-agent@.service") == expected
     assert "ProtectSystem=strict" in (SYSTEMD / "edge-agent@.service").read_text()  # the parse found the lines
+
+
+def test_an_instance_state_folder_is_never_inside_the_single_units():
+    """With ``edge-agent/%i``, an instance named ``detectors`` kept its state in the single agent's detector store,
+    and an instance's lock was in another folder than the single agent's, so nothing kept both on one state."""
+    def state_directory(unit: str) -> Path:
+        return Path("/var/lib", next(line.split("=", 1)[1] for _, line in _settings(unit)
+                                     if line.startswith("StateDirectory=")))
+
+    single = state_directory("edge-agent.service")
+    for name in ("detectors", "spool", "cam1"):
+        instance = Path(str(state_directory("edge-agent@.service")).replace("%i", name))
+        assert not instance.is_relative_to(single) and instance != single, instance
 
 
 def test_two_cameras_run_side_by_side_from_the_template(tmp_path, real_set):
