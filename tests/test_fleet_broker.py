@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttConfig
@@ -110,11 +111,22 @@ def test_a_camera_can_neither_publish_nor_read_another_cameras_topics(tmp_path: 
         broker.stop()
 
 
-def test_every_verdict_crosses_the_bridge_across_outages_of_the_link_and_the_site_broker(tmp_path: Path) -> None:
+@pytest.fixture
+def bridge(tmp_path: Path):
+    """A central broker (TLS, passwords, the shipped ACL) and a site broker bridged to it by the shipped bridge
+    file: (central, site, the CA file)."""
     tls = make_tls_files(tmp_path / "tls")
     central = acl_broker(tmp_path / "central", tls=tls)
     site = bridged_site(tmp_path / "site", central, tls.ca)
-    at_centre = as_user(central, "viewer", f"{PREFIX}/cam1", tls_ca=tls.ca)
+    yield central, site, tls.ca
+    site.stop()
+    central.stop()
+
+
+def test_every_verdict_crosses_the_bridge_across_outages_of_the_link_and_the_site_broker(bridge,
+                                                                                         tmp_path: Path) -> None:
+    central, site, ca = bridge
+    at_centre = as_user(central, "viewer", f"{PREFIX}/cam1", tls_ca=ca)
     settings = MqttConfig(host=site.host, port=site.port, topic_prefix=PREFIX, keepalive=5, reconnect_min_s=0.05,
                           reconnect_max_s=0.5)
     pub = started(Publisher(settings, "cam1", Spool(tmp_path / "spool.sqlite3")))
@@ -143,16 +155,12 @@ def test_every_verdict_crosses_the_bridge_across_outages_of_the_link_and_the_sit
     finally:
         close_publishers(pub)
         at_centre.close()
-        site.stop()
-        central.stop()
 
 
-def test_a_command_from_the_centre_reaches_the_camera_and_its_result_comes_back_once(tmp_path: Path) -> None:
+def test_a_command_from_the_centre_reaches_the_camera_and_its_result_comes_back_once(bridge) -> None:
     """The bridge used to carry commands down but not their results up, although operators at the centre read them."""
-    tls = make_tls_files(tmp_path / "tls")
-    central = acl_broker(tmp_path / "central", tls=tls)
-    site = bridged_site(tmp_path / "site", central, tls.ca)
-    operator = as_user(central, "operator", f"{PREFIX}/cam1", tls_ca=tls.ca)
+    central, site, ca = bridge
+    operator = as_user(central, "operator", f"{PREFIX}/cam1", tls_ca=ca)
     camera = Subscriber(site, base=f"{PREFIX}/cam1/cmd")  # what the camera's agent hears at its site broker
     try:
         # The bridge subscribes at the centre once it is connected; resend (numbered) until a command crosses.
@@ -169,5 +177,3 @@ def test_a_command_from_the_centre_reaches_the_camera_and_its_result_comes_back_
     finally:
         operator.close()
         camera.close()
-        site.stop()
-        central.stop()
