@@ -75,7 +75,7 @@ def test_discovered_entities_read_the_agent_and_their_commands_work(tmp_path, br
     ha = Subscriber(broker, base=HA)
     try:
         agent = rig.start(homeassistant={"enabled": True})
-        first = command(subscriber, "retrain", {"folder": str(rig.good_folder(4)), "n_images": 4}, "r1")
+        first = command(subscriber, "retrain", {"folder": str(rig.good_folder(5)), "n_images": 5}, "r1")
         assert first["ok"], first
         assert wait_until(lambda: retained_state(subscriber)["status"] == "running", 20)
         state = retained_state(subscriber)
