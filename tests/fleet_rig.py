@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.deliver.messages import to_json, verdict_message
-from tests.mqtt_broker import MosquittoBroker, wait_until
+from tests.mqtt_broker import MosquittoBroker, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,13 +116,9 @@ class CollectorProcess:
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"the collector did not stop on SIGTERM:\n{self.log()}") from None
+        if not stop_process(self.proc, timeout=15):
+            raise AssertionError(f"the collector did not stop on SIGTERM:\n{self.log()}")
+        return self.proc.returncode
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -45,6 +45,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Ask a server the tests started to stop with ``sig``, killing it if it has not within ``timeout``; True when
+    it stopped on the signal (a server that had to be killed may have lost what it should have saved)."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return False
+
+
 class TlsFiles(NamedTuple):
     ca: Path
     cert: Path
@@ -153,12 +168,7 @@ class MosquittoBroker:
         if not self.running:
             return
         assert self._proc is not None
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout)
+        stop_process(self._proc, timeout=timeout)
         self._proc = None
 
     def restart(self) -> None:

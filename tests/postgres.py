@@ -22,7 +22,7 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from tests.mqtt_broker import free_port
+from tests.mqtt_broker import free_port, stop_process
 
 SUPERUSER = "postgres"
 
@@ -90,13 +90,8 @@ class PostgresServer:
 
     def shut_down(self) -> None:
         """Stop the server and keep its data: a database outage that `start` ends."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            stop_process(self._proc, signal.SIGINT, 30)  # SIGINT: PostgreSQL's fast shutdown
         self._proc = None
 
     def stop(self) -> None:

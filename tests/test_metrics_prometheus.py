@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from edge_agent.deliver.web import WebSink
-from tests.mqtt_broker import PREFIX, MosquittoBroker, free_port, wait_until
+from tests.mqtt_broker import PREFIX, MosquittoBroker, free_port, stop_process, wait_until
 from tests.web_rig import PASSWORD, WebRig
 
 PROMETHEUS = "/usr/bin/prometheus"  # Debian's prometheus package (.ci/run installs it)
@@ -198,12 +198,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, timeout=30)
         self.log.close()
 
 
