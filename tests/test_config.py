@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.cli import make_sink
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy
 from edge_agent.config import (
     Config,
@@ -648,8 +649,11 @@ def test_home_assistant_discovery_prefix_must_be_a_topic(prefix):
 
 
 @pytest.mark.parametrize("device_id", ["line 3.cam", "kamera_\u00fc", "cam.1"])
-def test_home_assistant_refuses_a_device_id_it_cannot_take_as_node_id(device_id):
-    """Not renamed on the fly: "line_3_cam" would miss the ACL's %u (the camera's user) and could be another camera."""
+def test_home_assistant_refuses_a_device_id_it_cannot_take_as_node_id(device_id, tmp_path):
+    """Not renamed on the fly: "line_3_cam" would miss the ACL's %u (the camera's user) and could be another camera.
+    Without Home Assistant the same id is fine, all the way to the sink (it once failed there, unasked)."""
     config_from_dict(minimal(device={"id": "line_3-cam"}, homeassistant={"enabled": True}))
     with pytest.raises(ConfigError, match=r"\[device\] id: .*a-z A-Z 0-9 _ -.*\[homeassistant\] enabled"):
         config_from_dict(minimal(device={"id": device_id}, homeassistant={"enabled": True}))
+    without = config_from_dict(minimal(device={"id": device_id, "state_dir": str(tmp_path)}))
+    make_sink(without).stop()

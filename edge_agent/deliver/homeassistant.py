@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.deliver.messages import ANOMALOUS, GOOD, to_json
-from edge_agent.deliver.topics import Topics, check_node_id
+from edge_agent.deliver.topics import Topics
 from edge_agent.learn.threshold import SENSITIVITY_RANGE
 from edge_agent.system.atomic import write_text_atomic
 
@@ -74,9 +74,7 @@ class Discovery:
     def __init__(self, prefix: str | None, topics: Topics, device_id: str, state_dir: Path) -> None:
         self.prefix = prefix
         self.topics = topics
-        self.device_id = device_id
-        check_node_id(device_id)  # the configuration refused such an id already, naming the key
-        self.node = device_id
+        self.device_id = device_id  # also the node id: with the section on, the configuration checked it
         self.record = state_dir / RECORD_FILE
 
     @property
@@ -89,7 +87,7 @@ class Discovery:
         return f"{self.prefix}/status"
 
     def _topic(self, component: str, object_id: str) -> str:
-        return f"{self.prefix}/{component}/{self.node}/{object_id}/config"
+        return f"{self.prefix}/{component}/{self.device_id}/{object_id}/config"
 
     def config_topics(self) -> set[str]:
         if not self.enabled:
@@ -101,14 +99,14 @@ class Discovery:
         detector); empty when off."""
         if not self.enabled:
             return {}
-        device = {"identifiers": [f"edge_inspect_{self.node}"], "name": self.device_id,
+        device = {"identifiers": [f"edge_inspect_{self.device_id}"], "name": self.device_id,
                   "manufacturer": "edge-inspect", "model": f"anomaly detector ({state.get('detector') or 'unfitted'})",
                   "model_id": state.get("model_id"), "sw_version": state.get("version")}
         common = {"availability_topic": self.topics("availability"), "payload_available": "online",
                   "payload_not_available": "offline", "qos": 1, "device": device,
                   "origin": {"name": "edge-agent", "sw_version": state.get("version")}}
         return {self._topic(component, object_id): to_json({
-                    **keys, "unique_id": f"edge_inspect_{self.node}_{object_id}", **common})
+                    **keys, "unique_id": f"edge_inspect_{self.device_id}_{object_id}", **common})
                 for (component, object_id), keys in _entities(self.topics).items()}
 
     def recorded(self) -> set[str]:
