@@ -108,7 +108,6 @@ class Agent:
         self._retrains: queue.Queue[RetrainJob] = queue.Queue()
         self._changes: queue.Queue[Change] = queue.Queue()
         self._job: RetrainJob | None = None
-        self._retrains_done = 0
         # (retrains ended, of which failed, the last one's seconds or None), swapped whole like the tally.
         self._retrain_tally: tuple[int, int, float | None] = (0, 0, None)
         self._retrain_signalled = False  # set by a signal handler: a plain flag, no lock a handler could deadlock on
@@ -332,7 +331,7 @@ class Agent:
         requester: whoever acts on the reply (a threshold right after) finds the retrain over."""
         job = self._job
         assert job is not None
-        self._retrains_done += 1  # before the job is cleared: a change asked for in between is refused, not lost
+        # Counted before the job is cleared: a change asked for in between is refused, not lost.
         ended, failed, _ = self._retrain_tally
         self._retrain_tally = (ended + 1, failed + isinstance(job.outcome, Exception),
                                round(time.monotonic() - job.started, 3))
@@ -463,6 +462,11 @@ class Agent:
             if self.publish_errors in (1, 10, 100) or self.publish_errors % 1000 == 0:
                 log.exception("publishing verdict %d failed (%d so far)", self.inspected, self.publish_errors)
         return verdict
+
+    @property
+    def _retrains_done(self) -> int:
+        """Retrains ended: a change remembers how many it saw, and is refused if another ended before its turn."""
+        return self._retrain_tally[0]
 
     @property
     def inspected(self) -> int:
