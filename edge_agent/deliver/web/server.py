@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import io
 import ipaddress
-import json
 import logging
 import os
 import secrets
@@ -42,7 +41,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from edge_agent.deliver.messages import command_reply, to_json
+from edge_agent.deliver.messages import command_args, command_reply, to_json
 from edge_agent.deliver.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_agent.deliver.web.metrics import render
 
@@ -529,11 +528,9 @@ class Handler(BaseHTTPRequestHandler):
         if handler is None:
             return self._json(HTTPStatus.SERVICE_UNAVAILABLE, command_reply({}, error="no command handler"))
         try:
-            args = json.loads(body) if body.strip() else {}
-        except (ValueError, RecursionError) as exc:
-            return self._json(HTTPStatus.BAD_REQUEST, command_reply({}, error=f"body is not JSON: {exc}"))
-        if not isinstance(args, dict):
-            return self._json(HTTPStatus.BAD_REQUEST, command_reply({}, error="body must be a JSON object"))
+            args = command_args(body)  # the same reading as an MQTT payload
+        except ValueError as exc:
+            return self._json(HTTPStatus.BAD_REQUEST, command_reply({}, error=str(exc)))
         log.info("web: command %s %s from %s", name, {k: v for k, v in args.items() if k != "token"},
                  self.client_address[0])
         try:
