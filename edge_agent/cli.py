@@ -220,9 +220,9 @@ def build_agent(config: Config, model: Path | None = None, sink: Sink | None = N
 
 
 def _logs_in(leaf: Sink) -> bool:
-    from edge_agent.deliver.web import WebSink
-
-    return isinstance(leaf, WebSink)
+    """The web page, whose users logged in. Not imported to ask: without the page, no leaf can be one."""
+    web = sys.modules.get("edge_agent.deliver.web")
+    return web is not None and isinstance(leaf, web.WebSink)
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
