@@ -21,7 +21,8 @@ import time  # noqa: E402
 from gpiozero import Device  # noqa: E402
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
 
-from bench.common import add_line_args, emit, percentile, start_fitted_agent, stop_and_count  # noqa: E402
+from bench.common import emit, percentile  # noqa: E402
+from bench.line_io import add_line_args, start_fitted_agent, stop_and_count  # noqa: E402
 
 TRIGGER, REJECT = 4, 17
 

@@ -20,7 +20,8 @@ import time  # noqa: E402
 
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
-from bench.common import add_line_args, emit, percentile, start_fitted_agent, stop_and_count  # noqa: E402
+from bench.common import emit, percentile  # noqa: E402
+from bench.line_io import add_line_args, start_fitted_agent, stop_and_count  # noqa: E402
 from edge_agent.deliver.modbus import N_REGISTERS, REGISTERS, TRIGGER_COIL  # noqa: E402
 
 UNIT = 1
