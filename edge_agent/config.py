@@ -201,6 +201,30 @@ def _secret(section: str, key: str, env: str, file: str) -> str | None:
     return None
 
 
+def _long_secret(section: str, key: str, env: str, file: str) -> str | None:
+    """`_secret`, refused when shorter than `MIN_WEB_PASSWORD` (a page password or a metrics token)."""
+    value = _secret(section, key, env, file)
+    if value is not None and len(value) < MIN_WEB_PASSWORD:
+        what = key.rsplit("_", 1)[-1]  # "password", "token"
+        raise ConfigError(f"[{section}] {key}_{'env' if env else 'file'}: the {what} is {len(value)} characters; "
+                          f"use at least {MIN_WEB_PASSWORD}")
+    return value
+
+
+def _check_secrets_and_tls(section: str, settings: Any, secrets: Sequence[str], files: Sequence[str]) -> None:
+    """One of ``<key>_env`` / ``<key>_file`` per secret, a client or server certificate with its key, and the
+    files that are named present: the same rules for every section that holds them."""
+    for key in secrets:
+        if getattr(settings, f"{key}_env") and getattr(settings, f"{key}_file"):
+            raise ConfigError(f"[{section}] give {key}_env or {key}_file, not both")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError(f"[{section}] tls_cert and tls_key must be given together")
+    for key in files:
+        path = getattr(settings, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"[{section}] {key} file not found: {path}")
+
+
 @dataclass
 class SpoolConfig:
     max_messages: int = 100_000
@@ -272,23 +296,15 @@ class WebConfig:
 
     def password(self) -> str:
         """The login password: from ``password_env`` or ``password_file``, at least `MIN_WEB_PASSWORD` long."""
-        value = _secret("web", "password", self.password_env, self.password_file)
-        key = "password_env" if self.password_env else "password_file"
+        value = _long_secret("web", "password", self.password_env, self.password_file)
         if value is None:
             raise ConfigError("[web] enabled = true needs password_env or password_file: the page changes the "
                               "threshold and retrains, so it never runs without a password")
-        if len(value) < MIN_WEB_PASSWORD:
-            raise ConfigError(f"[web] {key}: the password is {len(value)} characters; use at least "
-                              f"{MIN_WEB_PASSWORD}")
         return value
 
     def metrics_token(self) -> str | None:
         """The token Prometheus sends for ``/metrics`` (docs/metrics.md); None: no metrics."""
-        value = _secret("web", "metrics_token", self.metrics_token_env, self.metrics_token_file)
-        if value is not None and len(value) < MIN_WEB_PASSWORD:
-            key = "metrics_token_env" if self.metrics_token_env else "metrics_token_file"
-            raise ConfigError(f"[web] {key}: the token is {len(value)} characters; use at least {MIN_WEB_PASSWORD}")
-        return value
+        return _long_secret("web", "metrics_token", self.metrics_token_env, self.metrics_token_file)
 
 
 @dataclass
@@ -471,15 +487,7 @@ def _cross_checks(c: Config) -> None:
         raise ConfigError("[source] width and height must be given together")
     if c.mqtt.reconnect_min_s <= 0 or c.mqtt.reconnect_max_s < c.mqtt.reconnect_min_s:
         raise ConfigError("[mqtt] needs 0 < reconnect_min_s <= reconnect_max_s")
-    for key in ("password", "command_token"):
-        if getattr(c.mqtt, f"{key}_env") and getattr(c.mqtt, f"{key}_file"):
-            raise ConfigError(f"[mqtt] give {key}_env or {key}_file, not both")
-    if bool(c.mqtt.tls_cert) != bool(c.mqtt.tls_key):
-        raise ConfigError("[mqtt] tls_cert and tls_key must be given together")
-    for key in ("tls_ca", "tls_cert", "tls_key"):
-        path = getattr(c.mqtt, key)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"[mqtt] {key} file not found: {path}")
+    _check_secrets_and_tls("mqtt", c.mqtt, ("password", "command_token"), ("tls_ca", "tls_cert", "tls_key"))
     _check_gpio(c)
     _check_camera(c.camera)
     _check_web(c.web)
@@ -516,26 +524,17 @@ _HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9](
 
 def _check_web(w: WebConfig) -> None:
     """What can be checked without reading the secret (the password is read when the page starts)."""
-    if w.password_env and w.password_file:
-        raise ConfigError("[web] give password_env or password_file, not both")
-    if w.metrics_token_env and w.metrics_token_file:
-        raise ConfigError("[web] give metrics_token_env or metrics_token_file, not both")
+    _check_secrets_and_tls("web", w, ("password", "metrics_token"), ("tls_cert", "tls_key"))
     if w.enabled and not (w.password_env or w.password_file):
         raise ConfigError("[web] enabled = true needs password_env or password_file (the page never runs without "
                           "a password; the password itself never goes in this file)")
     if not w.bind:
         raise ConfigError("[web] bind must not be empty (\"127.0.0.1\": this machine only; \"0.0.0.0\": every "
                           "network)")
-    if bool(w.tls_cert) != bool(w.tls_key):
-        raise ConfigError("[web] tls_cert and tls_key must be given together")
     for name in w.allowed_hosts:
         if not _HOST_NAME.fullmatch(name):
             raise ConfigError(f"[web] allowed_hosts: {name!r} is not a host name (letters, digits, '-' and '.', "
                               "e.g. \"camera3.line1.example\"; IP addresses are always allowed)")
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(w, key)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"[web] {key} file not found: {path}")
 
 
 def _check_threshold(t: ThresholdConfig) -> None:
