@@ -88,9 +88,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         check_topic_level("topic_prefix", args.prefix)
-        check_topic_level("group", args.group)
-        if "/" in args.group or args.batch < 1 or args.session_expiry_s < 1:
-            raise ValueError("--group must be one topic level, --batch and --session-expiry-s at least 1")
+        check_topic_level("group", args.group, one_level=True)
+        if args.batch < 1 or args.session_expiry_s < 1:
+            raise ValueError("--batch and --session-expiry-s must be at least 1")
     except ValueError as exc:
         p.error(str(exc))
     return args

@@ -460,12 +460,12 @@ def _cross_checks(c: Config) -> None:
         raise ConfigError("[device] state_dir must not be empty")
     if c.mqtt.enabled and not c.mqtt.host:
         raise ConfigError("[mqtt] host must not be empty (or set enabled = false)")
-    for where, what, value in (("[device] id", "device_id", c.device.id),
-                               ("[mqtt] topic_prefix", "topic_prefix", c.mqtt.topic_prefix)):
+    for where, what, value, one_level in (("[device] id", "device_id", c.device.id, True),
+                                          ("[mqtt] topic_prefix", "topic_prefix", c.mqtt.topic_prefix, False)):
         try:
-            check_topic_level(what, value)
+            check_topic_level(what, value, one_level)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc} (no +, #, NUL{', /' if what == 'device_id' else ''}; not empty)") from None
+            raise ConfigError(f"{where}: {exc} (no +, #, NUL{', /' if one_level else ''}; not empty)") from None
     _check_threshold(c.threshold)
     try:
         c.augmentation.policy()

@@ -12,9 +12,10 @@ import re
 _NODE_ID = re.compile(r"[a-zA-Z0-9_-]+")
 
 
-def check_topic_level(what: str, value: str) -> None:
-    """Refuse a prefix or device id that would change the meaning of a topic (wildcards, NUL, an extra level)."""
-    if not value or any(c in value for c in "+#\0") or (what == "device_id" and "/" in value):
+def check_topic_level(what: str, value: str, one_level: bool = False) -> None:
+    """Refuse a prefix, device id or group that would change the meaning of a topic (wildcards, NUL; with
+    ``one_level``, an extra level: a prefix may hold several, a device id or a shared-subscription group one)."""
+    if not value or any(c in value for c in "+#\0") or (one_level and "/" in value):
         raise ValueError(f"{what} {value!r} is not usable in an MQTT topic")
 
 
@@ -32,7 +33,7 @@ class Topics:
 
     def __init__(self, prefix: str, device_id: str) -> None:
         check_topic_level("topic_prefix", prefix)
-        check_topic_level("device_id", device_id)
+        check_topic_level("device_id", device_id, one_level=True)
         self.base = f"{prefix}/{device_id}"
 
     def __call__(self, name: str) -> str:
