@@ -91,7 +91,8 @@ def shipped_conf(path: Path, replacements: dict[str, str] | None = None) -> list
     for old, new in (replacements or {}).items():
         assert old in text, f"{old!r} is not in {path}"
         text = text.replace(old, new)
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 class MosquittoBroker:

@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.deliver.publisher import Publisher
 from edge_agent.deliver.spool import Spool
 from tests.mqtt_broker import (DEVICE, MOSQUITTO_PASSWD, MosquittoBroker, close_publishers, free_port, require_mosquitto,
-                               settings_for, started, wait_until)
+                               settings_for, shipped_conf, started, wait_until)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = ROOT / "systemd" / "mosquitto.conf"
@@ -53,18 +53,13 @@ UPSTREAM_DEFAULTS = ["persistence false", "max_queued_messages 1000", "autosave_
 DEBIAN_DEFAULTS = ["persistence true", "max_queued_messages 1000", "autosave_interval 1800"]
 
 
-def conf_lines(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 def shipped_settings() -> dict[str, str]:
-    return {key: value for key, _, value in (line.partition(" ") for line in conf_lines(SHIPPED_CONF))}
+    return {key: value for key, _, value in (line.partition(" ") for line in shipped_conf(SHIPPED_CONF))}
 
 
 def shipped_delivery_conf() -> list[str]:
     """The shipped file's lines without the site-specific ones (``SITE_KEYS``)."""
-    return [line for line in conf_lines(SHIPPED_CONF) if line.split()[0] not in SITE_KEYS]
+    return [line for line in shipped_conf(SHIPPED_CONF) if line.split()[0] not in SITE_KEYS]
 
 
 class SessionSubscriber:
