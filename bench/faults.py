@@ -54,6 +54,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from edge_agent.capture.images import list_images, read_image  # noqa: E402
+from tests.mqtt_broker import free_port, stop_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "faults"
@@ -65,12 +66,6 @@ DRAIN_S = 45.0
 
 
 # ---- the broker ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Broker:
     """One mosquitto process on a fixed loopback port; stop() (SIGTERM) saves its persistence file."""
@@ -103,13 +98,8 @@ class Broker:
         raise RuntimeError("mosquitto did not start listening")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 
