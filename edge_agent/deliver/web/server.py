@@ -93,6 +93,11 @@ class Session:
     expires: float
 
 
+def _matches(given: str, digest: bytes) -> bool:
+    """Constant time whatever the lengths: the digests compared are of equal length."""
+    return hmac.compare_digest(hashlib.sha256(given.encode(errors="replace")).digest(), digest)
+
+
 class Auth:
     """The password, the sessions, the metrics token and the throttle on wrong passwords."""
 
@@ -106,7 +111,7 @@ class Auth:
 
     def check(self, given: str) -> bool:
         """Constant-time (digests of equal length); a wrong one answers after `WRONG_PASSWORD_DELAY_S`."""
-        if hmac.compare_digest(hashlib.sha256(given.encode(errors="replace")).digest(), self._digest):
+        if _matches(given, self._digest):
             return True
         with self._wrong:
             time.sleep(WRONG_PASSWORD_DELAY_S)
@@ -114,8 +119,7 @@ class Auth:
 
     def check_metrics(self, given: str) -> bool:
         """The metrics token (read-only: it opens ``/metrics`` and nothing else), else the password (`check`)."""
-        if self._metrics is not None and hmac.compare_digest(
-                hashlib.sha256(given.encode(errors="replace")).digest(), self._metrics):
+        if self._metrics is not None and _matches(given, self._metrics):
             return True
         return self.check(given)
 
