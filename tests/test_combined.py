@@ -148,9 +148,18 @@ def test_threshold_uses_the_out_of_fold_scores(real_features):
     feats, damaged, _, _ = real_features
     result = fit_features(feats, 6, FitSettings(detector="combined", factor=2, max_folds=3), split_defects(damaged, 6))
     np.testing.assert_array_equal(result.loo_scores, result.detector.oof_scores_)
-    # The default target (0.005) is below 1/(n+1) for 6 images: a log-normal prediction bound on those scores,
-    # worked out here with scipy's Student t, never below the largest score.
-    logs, n = np.log(result.loo_scores), len(result.loo_scores)
+    np.testing.assert_array_equal(result.copy_scores, result.detector.oof_copy_scores_)
+    # Both copies of each image, scored by the fold models that held the image out: above what the final model,
+    # which saw them, gives the same copies.
+    copies = np.concatenate([np.arange(6 + 2 * i, 8 + 2 * i) for i in range(6)])
+    assert result.copy_scores.shape == (12,)
+    in_sample = result.detector.score_samples({k: v[copies] for k, v in feats.items()})
+    assert np.median(in_sample) < np.median(result.copy_scores)
+    # The default target (0.005) is below 1/(n+1) for 6 images: a log-normal prediction bound on the scores of the
+    # images and their copies, with n = 6 images, worked out here with scipy's Student t, never below the largest
+    # image's score.
+    n = len(result.loo_scores)
+    logs = np.log(np.concatenate([result.loo_scores, result.copy_scores]))
     bound = np.exp(logs.mean() + student_t.ppf(1 - 0.005, n - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / n))
     assert result.threshold == pytest.approx(max(bound, np.max(result.loo_scores)), rel=1e-6)
 

@@ -8,7 +8,6 @@ One agent and one browser for the module; every wait polls the page. The screens
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import cv2

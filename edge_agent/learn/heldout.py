@@ -25,6 +25,13 @@ import numpy as np
 
 from edge_agent.embed.manifest import Features
 
+#: Augmented copies of each original that are scored held out beside it, for the threshold's spread
+#: (`edge_agent.learn.threshold.lognormal_bound`). Why any: ten good parts can happen to look alike, and a tail
+#: fitted to their ten scores alone then sits too tight; the copies show how far the augmentation's shifts, turns
+#: and light move a good score. Why 3 of the 10: more copies did not change the rates on the shared sets, and each
+#: costs the fit one more image to score per original (docs/threshold.md).
+SPREAD_COPIES = 3
+
 
 class Scorer(Protocol):
     """What held-out scoring needs of a detector (`edge_agent.learn.detectors.base.Detector` is one)."""
@@ -146,9 +153,20 @@ def leave_one_out_scores(
     make_detector: Callable[[], Scorer],
     features_by_group: Sequence[Features],
     max_folds: int | None = None,
-) -> np.ndarray:
-    """Score of each group's ORIGINAL (row 0) under a detector fitted without it: shape (n_groups,).
+    copies: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score of each group's ORIGINAL (row 0) under a detector fitted without it, shape (n_groups,), and of its
+    first ``copies`` augmented copies (rows 1..copies, as many as the group has) under the same model, flat.
 
     See `held_out_scores` for the folds.
     """
-    return np.concatenate(held_out_scores(make_detector, features_by_group, first_rows(features_by_group), max_folds))
+    probes = first_rows(features_by_group, 1 + copies)
+    held = held_out_scores(make_detector, features_by_group, probes, max_folds)
+    return split_copies(held, [len(next(iter(p.values()))) - 1 for p in probes])
+
+
+def split_copies(held: Sequence[np.ndarray], n_copies: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group held-out scores laid out as `first_rows` (the original, its ``n_copies[i]`` copies, then anything
+    else) -> the originals' scores (n_groups,) and the copies' scores, flat."""
+    return (np.array([h[0] for h in held], dtype=np.float64),
+            np.concatenate([np.asarray(h[1:1 + k], dtype=np.float64) for h, k in zip(held, n_copies)]))

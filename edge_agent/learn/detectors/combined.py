@@ -28,8 +28,9 @@ knob (x0.5 to x2) move the bar by as many of the parts' standard deviations as t
 tenth of a standard deviation or less, and the combined detector rejected 6-7 % of good elpv cells where the
 patch memory alone rejected 1-4 %.)
 
-The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_``, so the
-threshold calibration does not have to refit the whole ensemble once per fold again. The patch memory's fold
+The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_`` (and of their first
+augmented copies as ``oof_copy_scores_``, for the threshold's spread), so the threshold calibration does not have
+to refit the whole ensemble once per fold again. The patch memory's fold
 models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
 coreset, most of the fit's time, is selected once rather than once more per fold.
 """
@@ -45,7 +46,15 @@ import numpy as np
 
 from edge_agent.learn.detectors.base import POOLED, Detector, Features, check_features, select_levels
 from edge_agent.learn.detectors.registry import detector_from_spec, detector_spec, make_detector
-from edge_agent.learn.heldout import Reducible, first_rows, held_out_scores, reduced_held_out_scores, take_groups
+from edge_agent.learn.heldout import (
+    SPREAD_COPIES,
+    Reducible,
+    first_rows,
+    held_out_scores,
+    reduced_held_out_scores,
+    split_copies,
+    take_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +124,9 @@ class CombinedDetector(Detector):
         # float64 copies check_features returns halves the fit's peak memory on the camera.
         arrays = {k: np.asarray(features[k]) for k in levels}
         by_group = take_groups(arrays, groups)
-        probes = first_rows(by_group)
+        # Each original and its first augmented copies (the threshold's spread), then its damaged copies.
+        probes = first_rows(by_group, 1 + SPREAD_COPIES)
+        n_copies = [len(next(iter(p.values()))) - 1 for p in probes]
         if defects is not None:
             if len(defects) != len(groups):
                 raise ValueError(f"damaged copies for {len(defects)} images, but {len(groups)} good images")
@@ -131,13 +142,14 @@ class CombinedDetector(Detector):
         held = [reduced_held_out_scores(part, arrays, groups, probes, self.max_folds) if isinstance(part, Reducible)
                 else held_out_scores(partial(make_detector, name), by_group, probes, self.max_folds)
                 for name, part in zip(self.parts, self.parts_)]
-        oof = _log_distance([[h[0] for h in part] for part in held])  # (parts, groups)
+        split = [split_copies(part, n_copies) for part in held]
+        oof = _log_distance([originals for originals, _ in split])  # (parts, groups)
         self.loc_ = oof.mean(axis=1)
         self.scale_ = np.maximum(oof.std(axis=1, ddof=1), 1e-6)
         self.weights_ = np.full(len(self.parts), 1.0 / len(self.parts))
         self.damage_shift_ = np.full(len(self.parts), np.nan)
         if defects is not None:
-            damaged = _log_distance([np.concatenate([h[1:] for h in part]) for part in held])
+            damaged = _log_distance([np.concatenate([h[1 + k:] for h, k in zip(part, n_copies)]) for part in held])
             self.damage_shift_ = ((damaged - self.loc_[:, None]) / self.scale_[:, None]).mean(axis=1)
             if self.damage_shift_.max() > _VISIBLE:
                 self.weights_ = np.maximum(self.damage_shift_, 0.0) / np.maximum(self.damage_shift_, 0.0).sum()
@@ -149,6 +161,7 @@ class CombinedDetector(Detector):
                  dict(zip(self.parts, np.round(self.damage_shift_, 2).tolist())),
                  dict(zip(self.parts, np.round(self.weights_, 3).tolist())))
         self.oof_scores_ = self._combine(np.exp(oof))
+        self.oof_copy_scores_ = self._combine([copies for _, copies in split])
         self.levels_ = tuple(levels)
         self.shapes_ = shapes
         self.n_train_ = n
@@ -212,10 +225,11 @@ class CombinedDetector(Detector):
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"loc": self.loc_, "scale": self.scale_, "weights": self.weights_, "damage_shift": self.damage_shift_,
-                "oof_scores": self.oof_scores_}
+                "oof_scores": self.oof_scores_, "oof_copy_scores": self.oof_copy_scores_}
 
     def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         if "weights" not in arrays:
             raise ValueError("fitted by an earlier version (equal weights, other normalisation): retrain it")
         self.loc_, self.scale_, self.oof_scores_ = arrays["loc"], arrays["scale"], arrays["oof_scores"]
         self.weights_, self.damage_shift_ = arrays["weights"], arrays["damage_shift"]
+        self.oof_copy_scores_ = arrays.get("oof_copy_scores", np.empty(0))  # absent from files saved before it
