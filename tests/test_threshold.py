@@ -147,8 +147,11 @@ def test_the_copies_widen_the_spread_but_not_the_count_of_parts() -> None:
     # Ranks (a target above the finite-sample limit) and the largest score read the parts only.
     assert calibrate_threshold(loo, 0.25, copy_scores=copies) == calibrate_threshold(loo, 0.25)
     assert calibrate_threshold(loo, 0.01, method="empirical", copy_scores=copies) == pytest.approx(np.e)
-    with pytest.raises(ValueError, match="copies must be finite and > 0"):
-        calibrate_threshold(loo, 0.01, copy_scores=[0.0])
+    # A copy at distance 0 carries no spread (no log): left out, not a failed retrain. Garbage still fails.
+    assert calibrate_threshold(loo, 0.01, copy_scores=[0.0, *copies]) == calibrate_threshold(loo, 0.01, copy_scores=copies)
+    for bad in ([-1.0], [np.nan], [np.inf]):
+        with pytest.raises(ValueError, match="copies must be finite and >= 0"):
+            calibrate_threshold(loo, 0.01, copy_scores=bad)
 
 
 def test_the_target_is_kept_by_new_good_parts_with_ten_images() -> None:

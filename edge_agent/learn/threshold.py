@@ -197,10 +197,11 @@ def calibrate_threshold(
     if k is not None:
         return float(ordered[k - 1])
     copies = np.asarray([] if copy_scores is None else copy_scores, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(copies)) or np.any(copies < 0):
+        raise ValueError("held-out scores of the copies must be finite and >= 0 (distances)")
     if threshold_guarantee(scores.size, target, method) == "extrapolated" and np.all(scores > 0):
-        if not (np.all(np.isfinite(copies)) and np.all(copies > 0)):
-            raise ValueError("held-out scores of the copies must be finite and > 0 (distances)")
-        return max(float(ordered[-1]), lognormal_bound(scores, target, copies))
+        # A copy at distance 0 (the same as a training row) has no log and says nothing about the spread: left out.
+        return max(float(ordered[-1]), lognormal_bound(scores, target, copies[copies > 0]))
     return float(ordered[-1])
 
 
