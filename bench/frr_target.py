@@ -4,7 +4,8 @@ Issue 14 item 4: the operator states the share of good parts they accept to reje
 and the threshold follows from the leave-one-out scores of the good images. This script fits each detector
 exactly as the camera does (`edge_agent.learn.fitting.fit_features`, through `edge_agent.offline.evaluate`'s
 embedding cache and replicate draws: N good images drawn with seeds [0, N, replicate], x10 augmentation; each
-draw is fitted once per augmentation seed, ``--aug-seeds``, since the copies are random too), keeps
+draw is fitted once per seed of ``--aug-seeds``, which draws the augmented and the damaged copies anew, since
+both are random too), keeps
 every replicate's leave-one-out scores (of the images and of their first copies) and test scores, and then applies every candidate rule to the same runs:
 
 - the rule it replaces (log-normal 0.99 quantile, 10 % margin, sensitivity 0.5);
@@ -94,10 +95,11 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
     det, params = parse_detector_spec(detector)
     settings = replace(FitSettings(), detector=det, detector_params=params, factor=factor, policy=policy)
     damaged = embedder.defects(dataset.train, drawn) if make_detector(det, **params).needs_defects else None
+    wants_pose = make_detector(det, **params).needs_pose
     loo, copy_scores, scores = [], [], []
     for rep, idx in enumerate(draws):
         defects = None if damaged is None else [damaged[i] for i in idx]
-        aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0]
+        aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0] if wants_pose else None
         result = fit_features(_train_features(train, copies, idx), n, settings, defects, aligned)
         loo.append(result.loo_scores)
         copy_scores.append(result.copy_scores)

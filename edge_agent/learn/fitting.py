@@ -114,7 +114,7 @@ class FitResult:
     detector: Detector
     threshold: float
     loo_scores: np.ndarray
-    copy_scores: np.ndarray  # held-out scores of the originals' first augmented copies (the threshold's spread)
+    copy_scores: np.ndarray  # held-out scores of the originals' first augmented copies (for the threshold's tail)
     n_train: int
     report: ThresholdReport
     timings: dict[str, float]
@@ -129,8 +129,8 @@ class FitResult:
             "detector": settings.detector, "detector_params": settings.detector_params,
             "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
             "threshold_settings": settings.threshold_settings(),
-            "loo_scores": [round(float(s), 6) for s in self.loo_scores],
-            "loo_copy_scores": [round(float(s), 6) for s in self.copy_scores], "timings_s": self.timings,
+            "loo_scores": [float(f"{s:.7g}") for s in self.loo_scores],
+            "loo_copy_scores": [float(f"{s:.7g}") for s in self.copy_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
             "pose": self.pose,
         }

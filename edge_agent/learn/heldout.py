@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_agent.embed.manifest import Features
 
-#: Augmented copies of each original that are scored held out beside it, for the threshold's spread
+#: Augmented copies of each original that are scored held out beside it, for the threshold's tail
 #: (`edge_agent.learn.threshold.lognormal_bound`). Why any: ten good parts can happen to look alike, and a tail
 #: fitted to their ten scores alone then sits too tight; the copies show how far the augmentation's shifts, turns
 #: and light move a good score. Why 3 of the 10: more copies did not change the rates on the shared sets, and each
@@ -61,7 +61,7 @@ def take_groups(features: Features, groups: Sequence[np.ndarray]) -> list[dict[s
 
 
 def first_rows(features_by_group: Sequence[Features], n: int = 1) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` rows of every group: its original, with `take_groups`' layout."""
+    """The first ``n`` rows of every group, with `take_groups`' layout: its original, then its first copies."""
     return [{name: np.asarray(arr)[:n] for name, arr in g.items()} for g in features_by_group]
 
 
@@ -77,8 +77,8 @@ def held_out_scores(
     With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
     once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
     copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
-    A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
-    damaged copies of it (the combined detector's weights). A `Reducible` detector is fitted once, on all
+    A probe is whatever must be judged as if image i were new: its original and its first augmented copies
+    (`leave_one_out_scores`), and damaged copies of it (the combined detector's weights). A `Reducible` detector is fitted once, on all
     groups, and each fold's model is that fit without the fold's rows (`reduced_held_out_scores`).
     """
     if len(probes) != len(features_by_group):

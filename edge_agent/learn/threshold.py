@@ -134,6 +134,10 @@ def lognormal_bound(scores: np.ndarray, target: float, copy_scores: np.ndarray |
     sqrt(1 + 1/n)): they are no new parts, yet they show how far the shifts, turns and light that the
     augmentation stands for move a good part's score, which ten parts that happen to look alike hide (on the
     shared sets: fewer false rejects at the same target, above all from the unlucky draws; docs/threshold.md).
+    With them the bound is an approximation (copies of one part are correlated with it), no longer exact under
+    normality. A copy scoring below every image counts as the lowest image: it sits next to a training row and
+    tells nothing of how far new parts scatter upwards, and one copy near 0 would otherwise widen the spread
+    without limit (a threshold that passes everything).
 
     Why a tail at all: below 1 / (n + 1) ranks cannot place the threshold (`conformal_rank`), and distances of
     good parts to their own model are positive and right-skewed, which a log-normal follows closely enough to
@@ -141,7 +145,8 @@ def lognormal_bound(scores: np.ndarray, target: float, copy_scores: np.ndarray |
     exact; on the shared sets it rejected 4-8 % of new good parts at a 1 % target (docs/threshold.md).
     """
     n = scores.size
-    logs = np.log(scores if copy_scores is None else np.concatenate([scores, copy_scores]))
+    copies = np.empty(0) if copy_scores is None else np.maximum(copy_scores, scores.min())
+    logs = np.log(np.concatenate([scores, copies]))
     factor = student_t_quantile(1.0 - target, n - 1) * math.sqrt(1.0 + 1.0 / n)
     return float(np.exp(logs.mean() + factor * logs.std(ddof=1)))
 
@@ -180,6 +185,9 @@ def calibrate_threshold(
     override: a fixed threshold set by the operator, returned as is (still validated).
     `threshold_guarantee` names the case for the fit's metadata and the state.
     """
+    copies = np.asarray([] if copy_scores is None else copy_scores, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(copies)) or np.any(copies < 0):  # whatever the branch: they are saved with the fit
+        raise ValueError("held-out scores of the copies must be finite and >= 0 (distances)")
     if override is not None:
         if not np.isfinite(override) or override < 0:
             raise ValueError(f"threshold override must be a finite number >= 0, got {override}")
@@ -196,12 +204,8 @@ def calibrate_threshold(
     k = conformal_rank(scores.size, target)
     if k is not None:
         return float(ordered[k - 1])
-    copies = np.asarray([] if copy_scores is None else copy_scores, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(copies)) or np.any(copies < 0):
-        raise ValueError("held-out scores of the copies must be finite and >= 0 (distances)")
     if threshold_guarantee(scores.size, target, method) == "extrapolated" and np.all(scores > 0):
-        # A copy at distance 0 (the same as a training row) has no log and says nothing about the spread: left out.
-        return max(float(ordered[-1]), lognormal_bound(scores, target, copies[copies > 0]))
+        return max(float(ordered[-1]), lognormal_bound(scores, target, copies))
     return float(ordered[-1])
 
 

@@ -28,10 +28,10 @@ knob (x0.5 to x2) move the bar by as many of the parts' standard deviations as t
 tenth of a standard deviation or less, and the combined detector rejected 6-7 % of good elpv cells where the
 patch memory alone rejected 1-4 %.)
 
-The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_`` (and of their first
-augmented copies as ``oof_copy_scores_``, for the threshold's spread), so the threshold calibration does not have
-to refit the whole ensemble once per fold again. The patch memory's fold
-models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
+The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_`` (and those of their
+first augmented copies, for the threshold's tail, as ``oof_copy_scores_``, which is not saved: the detector's
+metadata keeps them), so the threshold calibration does not have to refit the whole ensemble once per fold
+again. The patch memory's fold models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
 coreset, most of the fit's time, is selected once rather than once more per fold.
 """
 
@@ -225,11 +225,10 @@ class CombinedDetector(Detector):
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"loc": self.loc_, "scale": self.scale_, "weights": self.weights_, "damage_shift": self.damage_shift_,
-                "oof_scores": self.oof_scores_, "oof_copy_scores": self.oof_copy_scores_}
+                "oof_scores": self.oof_scores_}
 
     def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         if "weights" not in arrays:
             raise ValueError("fitted by an earlier version (equal weights, other normalisation): retrain it")
         self.loc_, self.scale_, self.oof_scores_ = arrays["loc"], arrays["scale"], arrays["oof_scores"]
         self.weights_, self.damage_shift_ = arrays["weights"], arrays["damage_shift"]
-        self.oof_copy_scores_ = arrays.get("oof_copy_scores", np.empty(0))  # absent from files saved before it
