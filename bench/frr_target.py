@@ -6,12 +6,10 @@ exactly as the camera does (`edge_agent.learn.fitting.fit_features`, through `ed
 embedding cache and replicate draws: N good images drawn with seeds [0, N, replicate], x10 augmentation; each
 draw is fitted once per seed of ``--aug-seeds``, which draws the augmented and the damaged copies anew, since
 both are random too), keeps
-every replicate's leave-one-out scores (of the images and of their first copies) and test scores, and then applies every candidate rule to the same runs:
+every replicate's leave-one-out scores and test scores, and then applies every candidate rule to the same runs:
 
 - the rule it replaces (log-normal 0.99 quantile, 10 % margin, sensitivity 0.5);
-- the shipped rule (`calibrate_threshold` with a target, reading the held-out scores of each image's first
-  augmented copies for the tail's spread) at each candidate target, and the same rule on the images' scores alone
-  (shipped before the copies);
+- the shipped rule (`calibrate_threshold` with a target) at each candidate target;
 - candidate tails that were tried and dropped (docs/threshold.md says why).
 
 For each it reports the false-reject rate on the unseen good test images, the detection rate on the defective
@@ -74,9 +72,8 @@ MAX_MEAN_FRR = 0.03
 
 def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Path, out: Path, n: int,
             replicates: int, factor: int, aug_seed: int = 0) -> dict[str, np.ndarray]:
-    """Leave-one-out scores (replicates, n), their copies' (replicates, n x copies), test scores (replicates, tests)
-    and test labels of one set and detector; kept in ``out`` so that a rerun only recomputes thresholds. The pose
-    gate applies as on the camera."""
+    """Leave-one-out scores (replicates, n), test scores (replicates, tests) and test labels of one set and
+    detector; kept in ``out`` so that a rerun only recomputes thresholds. The pose gate applies as on the camera."""
     path = out / f"{name}-{detector}-n{n}-x{factor}-s{aug_seed}.npz"
     if path.is_file():
         with np.load(path) as z:
@@ -96,17 +93,15 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
     settings = replace(FitSettings(), detector=det, detector_params=params, factor=factor, policy=policy)
     damaged = embedder.defects(dataset.train, drawn) if make_detector(det, **params).needs_defects else None
     wants_pose = make_detector(det, **params).needs_pose
-    loo, copy_scores, scores = [], [], []
+    loo, scores = [], []
     for rep, idx in enumerate(draws):
         defects = None if damaged is None else [damaged[i] for i in idx]
         aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0] if wants_pose else None
         result = fit_features(_train_features(train, copies, idx), n, settings, defects, aligned)
         loo.append(result.loo_scores)
-        copy_scores.append(result.copy_scores)
         scores.append(result.detector.score_samples(test))
         log.info("%s %s replicate %d fitted", name, detector, rep)
-    data = {"loo": np.array(loo), "copies": np.array(copy_scores), "scores": np.array(scores),
-            "labels": dataset.test_labels}
+    data = {"loo": np.array(loo), "scores": np.array(scores), "labels": dataset.test_labels}
     out.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)
     return data
@@ -117,34 +112,34 @@ def stack(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: runs[0][k] if k == "labels" else np.concatenate([r[k] for r in runs]) for k in runs[0]}
 
 
-# ---- threshold rules: (leave-one-out scores, their copies' scores, target) -> threshold ------------------------
+# ---- threshold rules: (leave-one-out scores, target) -> threshold -------------------------------------------
 
 
-def old_rule(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def old_rule(loo: np.ndarray, target: float) -> float:
     """The replaced rule (ignores the target): max(empirical, log-normal) 0.99 quantile, x 1.1, sensitivity 0.5."""
     logs = np.log(loo)
     tail = np.exp(logs.mean() + NormalDist().inv_cdf(0.99) * logs.std(ddof=1))
     return float(max(np.quantile(loo, 0.99), tail) * 1.1)
 
 
-def conformal(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def conformal(loo: np.ndarray, target: float) -> float:
     """The ceil((n+1)(1-target))-th smallest score; infinite (nothing rejected) below the finite-sample limit."""
     k = int(np.ceil((loo.size + 1) * (1 - target) - 1e-9))
     return float(np.sort(loo)[k - 1]) if k <= loo.size else float("inf")
 
 
-def lognormal_plugin(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def lognormal_plugin(loo: np.ndarray, target: float) -> float:
     logs = np.log(loo)
     return float(np.exp(logs.mean() + NormalDist().inv_cdf(1 - target) * logs.std(ddof=1)))
 
 
-def lognormal_predictive(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def lognormal_predictive(loo: np.ndarray, target: float) -> float:
     """Prediction bound of a normal with unknown mean and variance on the log scores (Student t)."""
     logs, n = np.log(loo), loo.size
     return float(np.exp(logs.mean() + student_t.ppf(1 - target, n - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / n)))
 
 
-def pareto_tail(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def pareto_tail(loo: np.ndarray, target: float) -> float:
     """Exponential tail on the log scores above their median (a Pareto tail on the scores)."""
     logs = np.log(loo)
     med = np.median(logs)
@@ -152,38 +147,32 @@ def pareto_tail(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
     return float(np.exp(med + scale * np.log(0.5 / target)))
 
 
-def shipped(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
-    return calibrate_threshold(loo, target_false_reject=target, copy_scores=copies)
-
-
-def images_only(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
-    """The shipped rule before the copies: the tail's spread from the n images' scores alone."""
+def shipped(loo: np.ndarray, target: float) -> float:
     return calibrate_threshold(loo, target_false_reject=target)
 
 
-def shipped_empirical(loo: np.ndarray, copies: np.ndarray, target: float) -> float:
+def shipped_empirical(loo: np.ndarray, target: float) -> float:
     return calibrate_threshold(loo, target_false_reject=target, method="empirical")
 
 
 #: Each rule with the targets it is measured at: one for those whose threshold does not depend on the target
 #: below 1 / 11 at N=10 (conformal is infinite there and is shown at 0.1; the empirical method is the largest score).
-RULES: dict[str, tuple[Callable[[np.ndarray, np.ndarray, float], float], tuple[float, ...]]] = {
+RULES: dict[str, tuple[Callable[[np.ndarray, float], float], tuple[float, ...]]] = {
     "old (q0.99 x1.1)": (old_rule, (0.01,)), "conformal": (conformal, (0.1,)),
     "lognormal plug-in": (lognormal_plugin, TARGETS), "lognormal predictive": (lognormal_predictive, TARGETS),
-    "pareto tail": (pareto_tail, TARGETS), "images only (before)": (images_only, TARGETS),
-    "shipped": (shipped, TARGETS),
+    "pareto tail": (pareto_tail, TARGETS), "shipped": (shipped, TARGETS),
     "shipped, empirical": (shipped_empirical, (0.01,)),
 }
 
 
-def rates(data: dict[str, np.ndarray], rule: Callable[[np.ndarray, np.ndarray, float], float],
+def rates(data: dict[str, np.ndarray], rule: Callable[[np.ndarray, float], float],
           target: float) -> tuple[float, float, float]:
     """Mean over replicates of the false-reject rate on good test images and the detection rate on defective ones,
     and the false-reject rate of the worst replicate (one unlucky draw of good images is one shift's retrain)."""
     good, bad = data["labels"] == 0, data["labels"] == 1
     frr, dr = [], []
-    for loo, copies, scores in zip(data["loo"], data["copies"], data["scores"]):
-        flagged = is_anomalous(scores, rule(loo, copies, target))
+    for loo, scores in zip(data["loo"], data["scores"]):
+        flagged = is_anomalous(scores, rule(loo, target))
         frr.append(flagged[good].mean())
         dr.append(flagged[bad].mean())
     return float(np.mean(frr)), float(np.mean(dr)), float(np.max(frr))
@@ -247,8 +236,8 @@ def report(runs_by_detector: dict[str, dict[str, dict[str, np.ndarray]]]) -> str
                          + f" | {mean[0]:.3f} / {mean[1]:.2f} ({max(per[s][2] for s in sets):.2f}) |")
         lines.append("| oracle 5 % FRR (labels) | - | " + " | ".join(f"0.05 / {oracle[s]:.2f}" for s in sets)
                      + f" | 0.05 / {np.mean(list(oracle.values())):.2f} |")
-        ratio = {s: np.median([shipped(loo, copies, DEFAULT_TARGET_FALSE_REJECT) / old_rule(loo, copies, 0.01)
-                               for loo, copies in zip(runs[s]["loo"], runs[s]["copies"])]) for s in sets}
+        ratio = {s: np.median([shipped(loo, DEFAULT_TARGET_FALSE_REJECT) / old_rule(loo, 0.01)
+                               for loo in runs[s]["loo"]]) for s in sets}
         lines += ["", f"Shipped threshold at the default target ({DEFAULT_TARGET_FALSE_REJECT}) over the old one, "
                   "median over replicates: " + ", ".join(f"{s} {r:.3f}" for s, r in ratio.items()), ""]
         for title, rules in (("shipped rule: target", ["shipped"]),

@@ -48,8 +48,8 @@ def fresh(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.
 def test_loo_threshold_separates_good_from_shifted() -> None:
     rng = np.random.default_rng(0)
     groups = gaussian_groups(rng, n_groups=30, factor=5)
-    loo, copies = leave_one_out_scores(lambda: make_detector("mahalanobis"), groups)
-    assert loo.shape == (30,) and np.all(loo > 0) and copies.shape == (0,)
+    loo = leave_one_out_scores(lambda: make_detector("mahalanobis"), groups)
+    assert loo.shape == (30,) and np.all(loo > 0)
     threshold = calibrate_threshold(loo)
 
     final = make_detector("mahalanobis").fit(
@@ -68,14 +68,11 @@ def test_loo_threshold_separates_good_from_shifted() -> None:
 def test_loo_holds_out_the_whole_group() -> None:
     rng = np.random.default_rng(1)
     groups = gaussian_groups(rng, n_groups=5, factor=3)
-    loo, copies = leave_one_out_scores(lambda: make_detector("knn"), groups, copies=2)
-    # With k=1 KNN the held-out original (or copy) would score 0 if any of its own rows were still in the training set.
-    assert np.all(loo > 0.5) and np.all(copies > 0.5)
+    loo = leave_one_out_scores(lambda: make_detector("knn"), groups)
+    # With k=1 KNN the held-out original would score 0 if any of its own rows were still in the training set.
+    assert np.all(loo > 0.5)
     manual = make_detector("knn").fit({k: np.concatenate([g[k] for g in groups[1:]]) for k in DIMS})
     assert loo[0] == pytest.approx(manual.score_samples({k: groups[0][k][:1] for k in DIMS})[0])
-    # The copies' scores come group by group, the first 2 of each (of 3), from the model that held the group out.
-    assert copies.shape == (10,)
-    np.testing.assert_allclose(copies[:2], manual.score_samples({k: groups[0][k][1:3] for k in DIMS}))
 
 
 def test_groups_follow_augment_order() -> None:
@@ -129,33 +126,6 @@ def test_below_the_finite_sample_limit_the_lognormal_bound_extrapolates() -> Non
     assert calibrate_threshold([1.0, 2.0], target_false_reject=0.01) == 2.0
     assert calibrate_threshold([0.0, 1.0, 2.0], target_false_reject=0.01) == 2.0
     assert threshold_guarantee(2, 0.01) == "limited" and threshold_guarantee(2, 0.01, override=3.0) == "fixed"
-
-
-def test_the_copies_widen_the_spread_but_not_the_count_of_parts() -> None:
-    """The 4 scores above with copies at logs 2 and -0.5: the six logs have mean 0.3333 and sample sd 1.0801, while
-    n stays 4 (t with 3 degrees of freedom, sqrt(1 + 1/4)): exp(0.3333 + 4.5407 * 1.0801 * 1.1180) = 335.88."""
-    loo = np.exp([-1.0, 0.0, 1.0, 0.5])
-    copies = np.exp([2.0, -0.5])
-    assert calibrate_threshold(loo, 0.01, copy_scores=copies) == pytest.approx(335.88, rel=1e-4)
-    assert threshold_guarantee(4, 0.01) == "extrapolated"  # the copies add no parts to the guarantee
-    # Ten look-alike parts (logs within 0.01) whose copies show the spread good parts really have: the bound follows
-    # the copies instead of sitting on the look-alikes.
-    rng = np.random.default_rng(3)
-    alike = np.exp(rng.normal(0.0, 0.01, size=10))
-    spread = np.exp(rng.normal(0.0, 0.3, size=30))
-    assert calibrate_threshold(alike, 0.005) < 1.1 < 1.5 < calibrate_threshold(alike, 0.005, copy_scores=spread)
-    # Ranks (a target above the finite-sample limit) and the largest score read the parts only.
-    assert calibrate_threshold(loo, 0.25, copy_scores=copies) == calibrate_threshold(loo, 0.25)
-    assert calibrate_threshold(loo, 0.01, method="empirical", copy_scores=copies) == pytest.approx(np.e)
-    # A copy below every image counts as the lowest image (log -1): at 0, at 1e-12 or at log -2 it neither fails the
-    # retrain nor blows the spread up. Logs -1, 0, 1, 0.5, 2, -0.5, -1: mean 0.1429, sd 1.1073 -> exp(0.1429 +
-    # 4.5407 * 1.1073 * 1.1180) = 318.75.
-    for low in (0.0, 1e-12, np.exp(-2.0)):
-        assert calibrate_threshold(loo, 0.01, copy_scores=[low, *copies]) == pytest.approx(318.75, rel=1e-4)
-    for bad in ([-1.0], [np.nan], [np.inf]):  # garbage fails, whatever the branch (they are saved with the fit)
-        for kwargs in ({}, {"override": 3.0}, {"method": "empirical"}, {"target_false_reject": 0.25}):
-            with pytest.raises(ValueError, match="copies must be finite and >= 0"):
-                calibrate_threshold(loo, copy_scores=bad, **kwargs)
 
 
 def test_the_target_is_kept_by_new_good_parts_with_ten_images() -> None:

@@ -21,7 +21,7 @@ from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
 from edge_agent.learn.distinct import DistinctParts, distinct_parts
 from edge_agent.embed.manifest import Features
-from edge_agent.learn.heldout import SPREAD_COPIES, leave_one_out_scores, take_groups
+from edge_agent.learn.heldout import leave_one_out_scores, take_groups
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import (
     DEFAULT_METHOD,
@@ -67,17 +67,14 @@ class FitSettings:
 
 def set_threshold(metadata: dict[str, Any], target_false_reject: float, sensitivity: float, method: str,
                   override: float | None) -> dict[str, Any]:
-    """``metadata`` with the threshold calibrated from its ``loo_scores`` (and ``loo_copy_scores``, absent from
-    files saved before them) and the keys that say how it was set:
+    """``metadata`` with the threshold calibrated from its ``loo_scores`` and the keys that say how it was set:
     the target, the knob, the method, the target the knob made of it and what the threshold promises
     (`edge_agent.learn.threshold.GUARANTEES`). The replaced rule's quantile and margin go: they no longer
     describe the threshold."""
     scores = metadata["loo_scores"]
     effective = target_from_sensitivity(sensitivity, target_false_reject)
     meta = {k: v for k, v in metadata.items() if k not in ("quantile", "margin")}
-    threshold = calibrate_threshold(scores, target_false_reject, sensitivity, method, override,
-                                    metadata.get("loo_copy_scores"))
-    return {**meta, "threshold": threshold,
+    return {**meta, "threshold": calibrate_threshold(scores, target_false_reject, sensitivity, method, override),
             "target_false_reject": target_false_reject, "sensitivity": sensitivity, "threshold_method": method,
             "threshold_override": override, "effective_target_false_reject": effective,
             "threshold_guarantee": threshold_guarantee(len(scores), effective, method, override)}
@@ -114,7 +111,6 @@ class FitResult:
     detector: Detector
     threshold: float
     loo_scores: np.ndarray
-    copy_scores: np.ndarray  # held-out scores of the originals' first augmented copies (for the threshold's tail)
     n_train: int
     report: ThresholdReport
     timings: dict[str, float]
@@ -129,8 +125,7 @@ class FitResult:
             "detector": settings.detector, "detector_params": settings.detector_params,
             "augmentation": settings.policy.to_dict(), "factor": settings.factor, "seed": settings.seed,
             "threshold_settings": settings.threshold_settings(),
-            "loo_scores": [float(f"{s:.7g}") for s in self.loo_scores],
-            "loo_copy_scores": [float(f"{s:.7g}") for s in self.copy_scores], "timings_s": self.timings,
+            "loo_scores": [float(f"{s:.7g}") for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
             "pose": self.pose,
         }
@@ -244,12 +239,12 @@ def fit_features(
     detector.fit(features, **extra)
     t1 = time.perf_counter()
     # A detector that held images out while fitting (the combined one) already has their scores.
-    loo, copies = getattr(detector, "oof_scores_", None), getattr(detector, "oof_copy_scores_", None)
-    if loo is None or copies is None:
-        loo, copies = leave_one_out_scores(new_detector, groups, settings.max_folds, SPREAD_COPIES)
+    loo = getattr(detector, "oof_scores_", None)
+    if loo is None:
+        loo = leave_one_out_scores(new_detector, groups, settings.max_folds)
     t2 = time.perf_counter()
     threshold = calibrate_threshold(loo, settings.target_false_reject, settings.sensitivity,
-                                    settings.threshold_method, settings.threshold_override, copies)
+                                    settings.threshold_method, settings.threshold_override)
     report = ThresholdReport.from_scores(threshold, loo)
     target = target_from_sensitivity(settings.sensitivity, settings.target_false_reject)
     guarantee = threshold_guarantee(len(loo), target, settings.threshold_method, settings.threshold_override)
@@ -261,7 +256,7 @@ def fit_features(
                     "the threshold is their largest score and about 1 in %d good parts will be rejected "
                     "([threshold] method = \"lognormal\" extrapolates)", 100 * target, math.ceil(1 / target) - 1,
                     len(loo), len(loo) + 1)
-    return FitResult(detector, threshold, loo, copies, n_originals, report,
+    return FitResult(detector, threshold, loo, n_originals, report,
                      {"fit": round(t1 - t0, 4), "calibrate": round(t2 - t1, 4)},
                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 

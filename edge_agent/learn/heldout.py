@@ -25,13 +25,6 @@ import numpy as np
 
 from edge_agent.embed.manifest import Features
 
-#: Augmented copies of each original that are scored held out beside it, for the threshold's tail
-#: (`edge_agent.learn.threshold.lognormal_bound`). Why any: ten good parts can happen to look alike, and a tail
-#: fitted to their ten scores alone then sits too tight; the copies show how far the augmentation's shifts, turns
-#: and light move a good score. Why 3 of the 10: more copies did not change the rates on the shared sets, and each
-#: costs the fit one more image to score per original (docs/threshold.md).
-SPREAD_COPIES = 3
-
 
 class Scorer(Protocol):
     """What held-out scoring needs of a detector (`edge_agent.learn.detectors.base.Detector` is one)."""
@@ -61,7 +54,7 @@ def take_groups(features: Features, groups: Sequence[np.ndarray]) -> list[dict[s
 
 
 def first_rows(features_by_group: Sequence[Features], n: int = 1) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` rows of every group, with `take_groups`' layout: its original, then its first copies."""
+    """The first ``n`` rows of every group: its original, with `take_groups`' layout."""
     return [{name: np.asarray(arr)[:n] for name, arr in g.items()} for g in features_by_group]
 
 
@@ -77,8 +70,8 @@ def held_out_scores(
     With ``max_folds`` the groups are dealt round-robin into that many folds and each fold is held out at
     once: the same guarantee (nothing derived from image i is scored by a model that saw image i or its
     copies) at ``max_folds`` fits instead of one per image, which matters for spatial detectors and large N.
-    A probe is whatever must be judged as if image i were new: its original and its first augmented copies
-    (`leave_one_out_scores`), and damaged copies of it (the combined detector's weights). A `Reducible` detector is fitted once, on all
+    A probe is whatever must be judged as if image i were new: its original (`leave_one_out_scores`), or
+    damaged copies of it (the combined detector's weights). A `Reducible` detector is fitted once, on all
     groups, and each fold's model is that fit without the fold's rows (`reduced_held_out_scores`).
     """
     if len(probes) != len(features_by_group):
@@ -153,20 +146,9 @@ def leave_one_out_scores(
     make_detector: Callable[[], Scorer],
     features_by_group: Sequence[Features],
     max_folds: int | None = None,
-    copies: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Score of each group's ORIGINAL (row 0) under a detector fitted without it, shape (n_groups,), and of its
-    first ``copies`` augmented copies (rows 1..copies, as many as the group has) under the same model, flat.
+) -> np.ndarray:
+    """Score of each group's ORIGINAL (row 0) under a detector fitted without it: shape (n_groups,).
 
     See `held_out_scores` for the folds.
     """
-    probes = first_rows(features_by_group, 1 + copies)
-    held = held_out_scores(make_detector, features_by_group, probes, max_folds)
-    return split_copies(held, [len(next(iter(p.values()))) - 1 for p in probes])
-
-
-def split_copies(held: Sequence[np.ndarray], n_copies: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group held-out scores laid out as `first_rows` (the original, its ``n_copies[i]`` copies, then anything
-    else) -> the originals' scores (n_groups,) and the copies' scores, flat."""
-    return (np.array([h[0] for h in held], dtype=np.float64),
-            np.concatenate([np.asarray(h[1:1 + k], dtype=np.float64) for h, k in zip(held, n_copies)]))
+    return np.concatenate(held_out_scores(make_detector, features_by_group, first_rows(features_by_group), max_folds))

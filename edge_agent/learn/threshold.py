@@ -4,8 +4,7 @@ to reject.
 No defect is labelled on site, so the threshold must come from how the good images themselves score. Scoring
 the training images with the model fitted on them is optimistic (they sit inside the fitted Gaussian), so each
 original good image is scored by a model fitted WITHOUT it and without its augmented copies (leave-one-out,
-`edge_agent.learn.heldout`): those scores are honest samples of how a new good part will score. A few of
-each image's augmented copies are scored by the same model, to show the tail how far a good score moves. The operator
+`edge_agent.learn.heldout`): those scores are honest samples of how a new good part will score. The operator
 states ``target_false_reject``, the share of good parts they accept to reject, and the threshold is the score
 that share of new good parts is expected to exceed (`calibrate_threshold`). A part is anomalous when its score
 is strictly above the threshold: `is_anomalous` is that rule, for every caller.
@@ -124,29 +123,17 @@ def student_t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2.0
 
 
-def lognormal_bound(scores: np.ndarray, target: float, copy_scores: np.ndarray | None = None) -> float:
+def lognormal_bound(scores: np.ndarray, target: float) -> float:
     """exp(m + t_{n-1, 1-target} * s * sqrt(1 + 1/n)), m and s the mean and standard deviation of log scores:
     the score a new good part exceeds with probability ``target`` when log scores are normal, their mean and
     spread estimated from these n (a prediction bound, not the plug-in quantile).
-
-    ``copy_scores``: held-out scores of augmented copies of the same n parts (`edge_agent.learn.heldout.
-    SPREAD_COPIES` each). They join the n scores in m and s, but not in n (t's degrees of freedom and the
-    sqrt(1 + 1/n)): they are no new parts, yet they show how far the shifts, turns and light that the
-    augmentation stands for move a good part's score, which ten parts that happen to look alike hide (on the
-    shared sets: fewer false rejects at the same target, above all from the unlucky draws; docs/threshold.md).
-    With them the bound is an approximation (copies of one part are correlated with it), no longer exact under
-    normality. A copy scoring below every image counts as the lowest image: it sits next to a training row and
-    tells nothing of how far new parts scatter upwards, and one copy near 0 would otherwise widen the spread
-    without limit (a threshold that passes everything).
 
     Why a tail at all: below 1 / (n + 1) ranks cannot place the threshold (`conformal_rank`), and distances of
     good parts to their own model are positive and right-skewed, which a log-normal follows closely enough to
     extrapolate. Why the prediction bound: the plug-in quantile exp(m + z s) treats the 10 images' m and s as
     exact; on the shared sets it rejected 4-8 % of new good parts at a 1 % target (docs/threshold.md).
     """
-    n = scores.size
-    copies = np.empty(0) if copy_scores is None else np.maximum(copy_scores, scores.min())
-    logs = np.log(np.concatenate([scores, copies]))
+    logs, n = np.log(scores), scores.size
     factor = student_t_quantile(1.0 - target, n - 1) * math.sqrt(1.0 + 1.0 / n)
     return float(np.exp(logs.mean() + factor * logs.std(ddof=1)))
 
@@ -166,11 +153,9 @@ def calibrate_threshold(
     sensitivity: float = DEFAULT_SENSITIVITY,
     method: str = DEFAULT_METHOD,
     override: float | None = None,
-    copy_scores: np.ndarray | Sequence[float] | None = None,
 ) -> float:
     """The score that a share ``target_false_reject`` of new good parts is expected to exceed, from the n
-    leave-one-out scores of the good images (and the held-out scores of their augmented copies, ``copy_scores``,
-    which only the log-normal tail reads); a part is anomalous when its score is strictly above it.
+    leave-one-out scores of the good images; a part is anomalous when its score is strictly above it.
 
     The target is first moved by the sensitivity knob (`target_from_sensitivity`; 0.5 leaves it). Then:
     - target >= 1 / (n + 1): conformal, the k-th smallest score with k = `conformal_rank` (no distribution
@@ -185,9 +170,6 @@ def calibrate_threshold(
     override: a fixed threshold set by the operator, returned as is (still validated).
     `threshold_guarantee` names the case for the fit's metadata and the state.
     """
-    copies = np.asarray([] if copy_scores is None else copy_scores, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(copies)) or np.any(copies < 0):  # whatever the branch: they are saved with the fit
-        raise ValueError("held-out scores of the copies must be finite and >= 0 (distances)")
     if override is not None:
         if not np.isfinite(override) or override < 0:
             raise ValueError(f"threshold override must be a finite number >= 0, got {override}")
@@ -205,7 +187,7 @@ def calibrate_threshold(
     if k is not None:
         return float(ordered[k - 1])
     if threshold_guarantee(scores.size, target, method) == "extrapolated" and np.all(scores > 0):
-        return max(float(ordered[-1]), lognormal_bound(scores, target, copies))
+        return max(float(ordered[-1]), lognormal_bound(scores, target))
     return float(ordered[-1])
 
 

@@ -28,10 +28,9 @@ knob (x0.5 to x2) move the bar by as many of the parts' standard deviations as t
 tenth of a standard deviation or less, and the combined detector rejected 6-7 % of good elpv cells where the
 patch memory alone rejected 1-4 %.)
 
-The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_`` (and those of their
-first augmented copies, for the threshold's tail, as ``oof_copy_scores_``, which is not saved: the detector's
-metadata keeps them), so the threshold calibration does not have to refit the whole ensemble once per fold
-again. The patch memory's fold models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
+The out-of-fold combined scores of the training images come out of ``fit`` as ``oof_scores_``, so the
+threshold calibration does not have to refit the whole ensemble once per fold again. The patch memory's fold
+models are its fit on all images less the held-out images' patches (`PatchMemoryDetector.held_out_models`), so its
 coreset, most of the fit's time, is selected once rather than once more per fold.
 """
 
@@ -46,15 +45,7 @@ import numpy as np
 
 from edge_agent.learn.detectors.base import POOLED, Detector, Features, check_features, select_levels
 from edge_agent.learn.detectors.registry import detector_from_spec, detector_spec, make_detector
-from edge_agent.learn.heldout import (
-    SPREAD_COPIES,
-    Reducible,
-    first_rows,
-    held_out_scores,
-    reduced_held_out_scores,
-    split_copies,
-    take_groups,
-)
+from edge_agent.learn.heldout import Reducible, first_rows, held_out_scores, reduced_held_out_scores, take_groups
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +115,7 @@ class CombinedDetector(Detector):
         # float64 copies check_features returns halves the fit's peak memory on the camera.
         arrays = {k: np.asarray(features[k]) for k in levels}
         by_group = take_groups(arrays, groups)
-        # Each original and its first augmented copies (the threshold's spread), then its damaged copies.
-        probes = first_rows(by_group, 1 + SPREAD_COPIES)
-        n_copies = [len(next(iter(p.values()))) - 1 for p in probes]
+        probes = first_rows(by_group)
         if defects is not None:
             if len(defects) != len(groups):
                 raise ValueError(f"damaged copies for {len(defects)} images, but {len(groups)} good images")
@@ -142,14 +131,13 @@ class CombinedDetector(Detector):
         held = [reduced_held_out_scores(part, arrays, groups, probes, self.max_folds) if isinstance(part, Reducible)
                 else held_out_scores(partial(make_detector, name), by_group, probes, self.max_folds)
                 for name, part in zip(self.parts, self.parts_)]
-        split = [split_copies(part, n_copies) for part in held]
-        oof = _log_distance([originals for originals, _ in split])  # (parts, groups)
+        oof = _log_distance([[h[0] for h in part] for part in held])  # (parts, groups)
         self.loc_ = oof.mean(axis=1)
         self.scale_ = np.maximum(oof.std(axis=1, ddof=1), 1e-6)
         self.weights_ = np.full(len(self.parts), 1.0 / len(self.parts))
         self.damage_shift_ = np.full(len(self.parts), np.nan)
         if defects is not None:
-            damaged = _log_distance([np.concatenate([h[1 + k:] for h, k in zip(part, n_copies)]) for part in held])
+            damaged = _log_distance([np.concatenate([h[1:] for h in part]) for part in held])
             self.damage_shift_ = ((damaged - self.loc_[:, None]) / self.scale_[:, None]).mean(axis=1)
             if self.damage_shift_.max() > _VISIBLE:
                 self.weights_ = np.maximum(self.damage_shift_, 0.0) / np.maximum(self.damage_shift_, 0.0).sum()
@@ -161,7 +149,6 @@ class CombinedDetector(Detector):
                  dict(zip(self.parts, np.round(self.damage_shift_, 2).tolist())),
                  dict(zip(self.parts, np.round(self.weights_, 3).tolist())))
         self.oof_scores_ = self._combine(np.exp(oof))
-        self.oof_copy_scores_ = self._combine([copies for _, copies in split])
         self.levels_ = tuple(levels)
         self.shapes_ = shapes
         self.n_train_ = n
