@@ -292,3 +292,19 @@ def test_the_fit_reports_how_many_distinct_parts_it_saw(gaussian_fit):
     result, settings, _ = gaussian_fit
     assert result.distinct_parts == 5
     assert result.metadata(settings)["distinct_parts"] == 5
+
+
+def test_tiny_leave_one_out_scores_survive_the_metadata():
+    """Distances of a tight fit can be far below 1e-6. Rounded to 6 decimals they became 0 in the saved
+    metadata, and a `threshold` command then recalibrated on zeros (the largest score instead of the tail):
+    another threshold from the same fit. Kept to 7 significant digits, the recalibration gives the fit's own."""
+    rng = np.random.default_rng(0)
+    features = {"pooled/a": rng.normal(size=(6, 4))}
+    settings = FitSettings(detector="mahalanobis", factor=0)
+    result = fit_features(features, 6, settings)
+    tiny = np.array([3.1e-7, 4.2e-7, 2.7e-7, 5.9e-7, 3.3e-7, 4.4e-7])
+    result.loo_scores = tiny
+    result.threshold = threshold.calibrate_threshold(tiny, settings.target_false_reject)
+    meta = result.metadata(settings)
+    assert min(meta["loo_scores"]) > 0
+    assert rethreshold(meta, settings)["threshold"] == pytest.approx(result.threshold, rel=1e-5)
