@@ -39,14 +39,13 @@ from scipy.stats import t as student_t  # noqa: E402
 from edge_agent.embed.features import FeatureExtractor  # noqa: E402
 from edge_agent.learn.augment import PRESETS  # noqa: E402
 from edge_agent.learn.detectors import make_detector  # noqa: E402
-from edge_agent.capture.images import read_image  # noqa: E402
-from edge_agent.learn.alignment import share_one_pose  # noqa: E402
 from edge_agent.learn.fitting import FitSettings, fit_features  # noqa: E402
 from edge_agent.learn.threshold import DEFAULT_TARGET_FALSE_REJECT, calibrate_threshold, is_anomalous  # noqa: E402
 from edge_agent.offline.datasets import load_mvtec  # noqa: E402
 from edge_agent.offline.evaluate import (  # noqa: E402
     EmbeddingCache,
     _draw,
+    _drawn_pose,
     _Embedder,
     _train_features,
     parse_detector_spec,
@@ -91,12 +90,12 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
     copies = embedder.copies(dataset.train, factor, drawn) if factor else None
     det, params = parse_detector_spec(detector)
     settings = replace(FitSettings(), detector=det, detector_params=params, factor=factor, policy=policy)
-    damaged = embedder.defects(dataset.train, drawn) if make_detector(det, **params).needs_defects else None
-    wants_pose = make_detector(det, **params).needs_pose
+    kind = make_detector(det, **params)  # what the detector asks of a fit
+    damaged = embedder.defects(dataset.train, drawn) if kind.needs_defects else None
     loo, scores = [], []
     for rep, idx in enumerate(draws):
         defects = None if damaged is None else [damaged[i] for i in idx]
-        aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0] if wants_pose else None
+        aligned = _drawn_pose(dataset, idx) if kind.needs_pose else None
         result = fit_features(_train_features(train, copies, idx), n, settings, defects, aligned)
         loo.append(result.loo_scores)
         scores.append(result.detector.score_samples(test))

@@ -183,6 +183,11 @@ def _draw(seed: int, n: int, rep: int, n_max: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, rep]).choice(n_max, size=n, replace=False))
 
 
+def _drawn_pose(dataset: MVTecSet, idx: np.ndarray) -> bool:
+    """Whether the drawn good images share one pose, as a fit on the camera tests them (the pose gate)."""
+    return share_one_pose([read_image(dataset.train[i]) for i in idx])[0]
+
+
 def _train_features(orig: Features, copies: list[Features] | None, idx: np.ndarray) -> Features:
     """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
     if copies is None:
@@ -216,7 +221,7 @@ def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path
         copies = embedder.copies(dataset.train, factor, needed) if factor > 0 else None
         for n, rep, idx in draws[factor]:
             feats = _train_features(train, copies, idx)
-            aligned = share_one_pose([read_image(dataset.train[i]) for i in idx])[0] if wants_pose else None
+            aligned = _drawn_pose(dataset, idx) if wants_pose else None
             for name in detectors:
                 det, params = parse_detector_spec(name)
                 fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
