@@ -3,9 +3,9 @@
 Issue 14 item 4: the operator states the share of good parts they accept to reject (``target_false_reject``)
 and the threshold follows from the leave-one-out scores of the good images. This script fits each detector
 exactly as the camera does (`edge_agent.learn.fitting.fit_features`, through `edge_agent.offline.evaluate`'s
-embedding cache and replicate draws: N good images drawn with seeds [0, N, replicate], x10 augmentation; each
-draw is fitted once per seed of ``--aug-seeds``, which draws the augmented and the damaged copies anew, since
-both are random too), keeps
+`replicate_fits`: N good images drawn with seeds [seed, N, replicate], x10 augmentation, the pose gate and the
+upright window; the protocol runs once per seed of ``--aug-seeds``, which draws the images, the augmented and
+the damaged copies anew, since all are random), keeps
 every replicate's leave-one-out scores and test scores, and then applies every candidate rule to the same runs:
 
 - the rule it replaces (log-normal 0.99 quantile, 10 % margin, sensitivity 0.5);
@@ -28,7 +28,6 @@ limit_threads()  # an entry point: before cv2 and numpy load, as edge-agent does
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from statistics import NormalDist  # noqa: E402
 from typing import Callable  # noqa: E402
@@ -38,18 +37,9 @@ from scipy.stats import t as student_t  # noqa: E402
 
 from edge_agent.embed.features import FeatureExtractor  # noqa: E402
 from edge_agent.learn.augment import PRESETS  # noqa: E402
-from edge_agent.learn.detectors import make_detector  # noqa: E402
-from edge_agent.learn.fitting import FitSettings, fit_features  # noqa: E402
 from edge_agent.learn.threshold import DEFAULT_TARGET_FALSE_REJECT, calibrate_threshold, is_anomalous  # noqa: E402
 from edge_agent.offline.datasets import load_mvtec  # noqa: E402
-from edge_agent.offline.evaluate import (  # noqa: E402
-    EmbeddingCache,
-    _draw,
-    _drawn_pose,
-    _Embedder,
-    _train_features,
-    parse_detector_spec,
-)
+from edge_agent.offline.evaluate import EvalSettings, replicate_fits  # noqa: E402
 
 log = logging.getLogger("bench.frr_target")
 
@@ -79,27 +69,15 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
             return dict(z)
     root, preset = SETS[name]
     dataset = load_mvtec(root)
-    policy = PRESETS[preset]
-    embedder = _Embedder(extractor, EmbeddingCache(cache_dir, extractor.manifest.model_id), policy, aug_seed)
-    # evaluate.run_protocol's draws, copies and damaged copies (seeded by the image's place in the training list),
-    # so that this and `edge-agent evaluate` judge the same fits.
-    draws = [_draw(0, n, rep, len(dataset.train)) for rep in range(replicates)]
-    drawn = {int(i) for idx in draws for i in idx}  # only the drawn images are augmented, not all of train
-    test = embedder.originals(dataset.test, f"{name} test split")
-    train = embedder.originals(dataset.train, f"{name} training images")
-    copies = embedder.copies(dataset.train, factor, drawn) if factor else None
-    det, params = parse_detector_spec(detector)
-    settings = replace(FitSettings(), detector=det, detector_params=params, factor=factor, policy=policy)
-    kind = make_detector(det, **params)  # what the detector asks of a fit
-    damaged = embedder.defects(dataset.train, drawn) if kind.needs_defects else None
+    # `edge-agent evaluate`'s own fits (draws, copies seeded by the image's place in the training list, the pose
+    # gate and the upright window), so that this and `evaluate` judge the same fits.
+    settings = EvalSettings(sizes=(n,), replicates=replicates, factors=(factor,), detectors=(detector,),
+                            policy=PRESETS[preset], seed=aug_seed)
     loo, scores = [], []
-    for rep, idx in enumerate(draws):
-        defects = None if damaged is None else [damaged[i] for i in idx]
-        aligned = _drawn_pose(dataset, idx) if kind.needs_pose else None
-        result = fit_features(_train_features(train, copies, idx), n, settings, defects, aligned)
-        loo.append(result.loo_scores)
-        scores.append(result.detector.score_samples(test))
-        log.info("%s %s replicate %d fitted", name, detector, rep)
+    for fit in replicate_fits(dataset, extractor, cache_dir, settings):
+        loo.append(fit.result.loo_scores)
+        scores.append(fit.test_scores)
+        log.info("%s %s replicate %d fitted", name, detector, fit.replicate)
     data = {"loo": np.array(loo), "scores": np.array(scores), "labels": dataset.test_labels}
     out.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)

@@ -32,7 +32,7 @@ from edge_agent.learn.augment import PRESETS, AugmentationPolicy, group_indices
 from edge_agent.learn.detectors import make_detector
 from edge_agent.learn.heldout import held_out_scores, take_groups
 from edge_agent.offline.datasets import load_mvtec
-from edge_agent.offline.evaluate import EmbeddingCache, _draw, _Embedder, _train_features
+from edge_agent.offline.evaluate import EmbeddingCache, _draw, _Embedder, _View
 from edge_agent.offline.metrics import roc_auc
 
 log = logging.getLogger("site_choice")
@@ -63,15 +63,12 @@ def collect(folder: Path, preset: str, extractor: FeatureExtractor, cache: Path)
     """Per replicate and part: z of the test images, of the held-out originals, copies and damaged copies."""
     ds = load_mvtec(folder)
     emb = _Embedder(extractor, EmbeddingCache(cache, extractor.manifest.model_id), policy_of(preset), SEED)
-    test = emb.originals(ds.test, "test")
-    train = emb.originals(ds.train, "train")
     draws = [_draw(SEED, N, rep, len(ds.train)) for rep in range(REPLICATES)]
-    drawn = {int(i) for idx in draws for i in idx}
-    copies = emb.copies(ds.train, FACTOR, drawn)
-    damaged = emb.defects(ds.train, drawn)
+    view = _View(emb, ds, (FACTOR,), {int(i) for idx in draws for i in idx}, damage=True)  # as captured
+    test, damaged = view.test, view.damaged
     out: dict[str, list] = {f"{k}/{p}": [] for k in ("test", "orig", "copies", "damage") for p in PARTS}
     for rep, idx in enumerate(draws):
-        feats = _train_features(train, copies, idx)
+        feats = view.train_features(idx, FACTOR)
         by_group = take_groups(feats, group_indices(N, FACTOR))
         n_dmg = len(next(iter(damaged[idx[0]].values())))
         probes = [{k: np.concatenate([g[k], np.asarray(damaged[i][k])]) for k in g} for g, i in zip(by_group, idx)]

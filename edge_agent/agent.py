@@ -30,6 +30,7 @@ from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource
 from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
 from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
+from edge_agent.capture.upright import Upright
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import (RETRAINING, RUNNING, UNFITTED, alert_message, event_message, state_message,
                                          verdict_message)
@@ -431,13 +432,15 @@ class Agent:
         if active is None or view is None:
             return None
         t0 = time.perf_counter()
-        features = self.extractor.embed_one(view)
+        upright = Upright.from_metadata(active.metadata.get("upright"))  # checked when the file was loaded
+        seen, to_window = upright.apply(view) if upright else (view, None)
+        features = self.extractor.embed_one(seen)
         t1 = time.perf_counter()
         batch = {k: v[None] for k, v in features.items()}
         heatmap = None
         if self._wants_heatmap(active):  # one search gives both; the map costs little beside it
             scores, maps = active.detector.score_and_heatmaps(batch)
-            heatmap = maps[0]
+            heatmap = maps[0] if upright is None else upright.to_frame(maps[0], to_window, view.shape)
         else:
             scores = active.detector.score_samples(batch)
         score = float(scores[0])

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edge_agent.capture.upright import Upright
 from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
@@ -117,6 +118,7 @@ class FitResult:
     fitted_at: str
     distinct_parts: int | None = None  # how many distinct parts the good images showed (None: features only)
     pose: dict[str, Any] | None = None  # whether they share one pose (`edge_agent.learn.alignment`)
+    upright: Upright | None = None  # the window parts are turned upright into before embedding (`seen_pose`)
 
     def metadata(self, settings: FitSettings) -> dict[str, Any]:
         """What a saved detector carries besides its arrays: enough to explain and reproduce the fit."""
@@ -127,7 +129,7 @@ class FitResult:
             "threshold_settings": settings.threshold_settings(),
             "loo_scores": [float(f"{s:.7g}") for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
-            "pose": self.pose,
+            "pose": self.pose, "upright": self.upright.to_metadata() if self.upright else None,
         }
         meta = set_threshold(meta, settings.target_false_reject, settings.sensitivity, settings.threshold_method,
                              settings.threshold_override)
@@ -261,12 +263,32 @@ def fit_features(
                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
 
+def seen_pose(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], Upright | None, dict[str, Any]]:
+    """(the good images as the detector will see them, the upright window or None, the pose report).
+
+    Parts that share one pose are left as the camera sees them; parts at any angle are turned upright and
+    cropped (`edge_agent.capture.upright`), and the report's ``aligned`` is then whether that made them share
+    one: what the detector is told (``needs_pose``). The camera's own test stays in ``as_captured``."""
+    aligned, alignment = share_one_pose(images)
+    as_captured = {"aligned": aligned, "orientation_alignment": round(alignment, 4)}
+    if aligned:
+        return list(images), None, as_captured
+    upright = Upright.fit(images)
+    turned = [upright.apply(image)[0] for image in images]
+    aligned, alignment = share_one_pose(turned)
+    log.info("the good parts lie at any angle (orientation alignment %.2f): turned upright into a %d x %d window, "
+             "after which they %s one pose", as_captured["orientation_alignment"], upright.length, upright.width,
+             "share" if aligned else "still do not share")
+    return turned, upright, {"aligned": aligned, "orientation_alignment": round(alignment, 4),
+                             "as_captured": as_captured}
+
+
 def fit_images(
     embed: Callable[[list[np.ndarray]], Features], images: Sequence[np.ndarray], settings: FitSettings
 ) -> FitResult:
     """The whole few-shot fit from good RGB images."""
     parts = check_good_images(images)
-    aligned, alignment = share_one_pose(images)
+    images, upright, pose = seen_pose(images)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
     timings = {"augment_embed": round(time.perf_counter() - t0, 4)}
@@ -275,8 +297,8 @@ def fit_images(
         t1 = time.perf_counter()
         defects = split_defects(embed(pseudo_defects(images, DEFECTS_PER_IMAGE, settings.seed)), len(images))
         timings["damage_embed"] = round(time.perf_counter() - t1, 4)
-    result = fit_features(features, len(images), settings, defects, aligned)
+    result = fit_features(features, len(images), settings, defects, pose["aligned"])
     result.timings = {**timings, **result.timings}
     result.distinct_parts = parts.n_parts
-    result.pose = {"aligned": aligned, "orientation_alignment": round(alignment, 4)}
+    result.pose, result.upright = pose, upright
     return result

@@ -20,16 +20,16 @@ import time
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from edge_agent.capture.images import read_image
+from edge_agent.capture.upright import Upright
 from edge_agent.embed.features import FeatureExtractor
-from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import AugmentationPolicy, augment
 from edge_agent.learn.detectors import Detector, make_detector
-from edge_agent.learn.fitting import FitError, FitSettings, check_fold_sizes, fit_features
+from edge_agent.learn.fitting import FitError, FitResult, FitSettings, check_fold_sizes, fit_features, seen_pose
 from edge_agent.embed.manifest import Features
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import is_anomalous
@@ -80,17 +80,27 @@ class EvalSettings:
 class _Embedder:
     """Embeds data set images through the cache, with progress in the log."""
 
-    def __init__(self, extractor: FeatureExtractor, cache: EmbeddingCache, policy: AugmentationPolicy, seed: int):
-        self.extractor, self.cache, self.policy, self.seed = extractor, cache, policy, seed
+    def __init__(self, extractor: FeatureExtractor, cache: EmbeddingCache, policy: AugmentationPolicy, seed: int,
+                 upright: Upright | None = None):
+        self.extractor, self.cache, self.policy, self.seed, self.upright = extractor, cache, policy, seed, upright
         self._policy_key = json.dumps(policy.to_dict(), sort_keys=True)
+        self._view = "" if upright is None else f"upright {upright.length}x{upright.width}|"
+
+    def turned(self, upright: Upright) -> _Embedder:
+        """The same embedder for images turned upright into ``upright``'s window first (their own cache keys)."""
+        return _Embedder(self.extractor, self.cache, self.policy, self.seed, upright)
+
+    def _read(self, path: Path) -> np.ndarray:
+        image = read_image(path)
+        return image if self.upright is None else self.upright.apply(image)[0]
 
     def originals(self, paths: list[Path], what: str) -> Features:
         rows = []
         for i, path in enumerate(paths, 1):
-            key = f"orig|{path.resolve()}|{path.stat().st_mtime_ns}"
+            key = f"{self._view}orig|{path.resolve()}|{path.stat().st_mtime_ns}"
             feats = self.cache.get(key)
             if feats is None:
-                feats = self.extractor.embed([read_image(path)])
+                feats = self.extractor.embed([self._read(path)])
                 self.cache.put(key, feats)
             rows.append(feats)
             if i % max(1, len(paths) // 5) == 0 or i == len(paths):
@@ -108,10 +118,10 @@ class _Embedder:
         out: list[Features | None] = [None] * len(paths)
         for done, i in enumerate(todo, 1):
             path = paths[i]
-            full_key = f"{key}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
+            full_key = f"{self._view}{key}|{self.seed + i}|{path.resolve()}|{path.stat().st_mtime_ns}"
             feats = self.cache.get(full_key)
             if feats is None:
-                feats = self.extractor.embed(make(read_image(path), self.seed + i))
+                feats = self.extractor.embed(make(self._read(path), self.seed + i))
                 self.cache.put(full_key, feats)
             out[i] = feats
             if done % max(1, len(todo) // 5) == 0 or done == len(todo):
@@ -183,63 +193,97 @@ def _draw(seed: int, n: int, rep: int, n_max: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, rep]).choice(n_max, size=n, replace=False))
 
 
-def _drawn_pose(dataset: MVTecSet, idx: np.ndarray) -> bool:
-    """Whether the drawn good images share one pose, as a fit on the camera tests them (the pose gate)."""
-    return share_one_pose([read_image(dataset.train[i]) for i in idx])[0]
+@dataclass
+class ReplicateFit:
+    """One detector fitted on one replicate's draw, and its scores on the whole test split."""
+
+    factor: int
+    n: int
+    replicate: int
+    detector: str
+    result: FitResult
+    test_scores: np.ndarray
+    fit_s: float
 
 
-def _train_features(orig: Features, copies: list[Features] | None, idx: np.ndarray) -> Features:
-    """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
-    if copies is None:
-        return {k: v[idx] for k, v in orig.items()}
-    return {k: np.concatenate([v[idx]] + [copies[i][k] for i in idx]) for k, v in orig.items()}
+class _View:
+    """What the fits of one view of a set (as captured, or turned upright into one window) share: the test
+    split's features, and the originals, copies (per factor) and damaged copies of the training images some fit
+    in this view draws."""
+
+    def __init__(self, embedder: _Embedder, dataset: MVTecSet, factors: Sequence[int], drawn: set[int],
+                 damage: bool) -> None:
+        self.test = embedder.originals(dataset.test, "test split")
+        self._drawn = sorted(drawn)
+        self._train = embedder.originals([dataset.train[i] for i in self._drawn], "drawn training images")
+        self.copies = {f: embedder.copies(dataset.train, f, drawn) if f > 0 else None for f in factors}
+        self.damaged = embedder.defects(dataset.train, drawn) if damage else None
+
+    def train_features(self, idx: np.ndarray, factor: int) -> Features:
+        """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
+        rows = np.searchsorted(self._drawn, idx)
+        copies = self.copies[factor]
+        if copies is None:
+            return {k: v[rows] for k, v in self._train.items()}
+        return {k: np.concatenate([v[rows]] + [copies[i][k] for i in idx]) for k, v in self._train.items()}
 
 
-def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path, settings: EvalSettings) -> list[dict]:
-    """One row per (factor, N, replicate, detector) with AUROC, threshold, false-reject and detection rates."""
+def replicate_fits(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path,
+                   settings: EvalSettings) -> Iterator[ReplicateFit]:
+    """Every (factor, N, replicate, detector) fit of the protocol, fitted exactly as the camera fits: the good
+    parts turned upright first when they lie at any angle (`fitting.seen_pose`), then `fitting.fit_features`."""
     embedder = _Embedder(extractor, EmbeddingCache(cache_dir, extractor.manifest.model_id), settings.policy, settings.seed)
-    test = embedder.originals(dataset.test, "test split")
-    train = embedder.originals(dataset.train, "training images")
-    has_spatial = any(k.startswith("spatial/") for k in test)
+    n_max = len(dataset.train)
+    draws = {factor: [(n, rep, _draw(settings.seed, n, rep, n_max))
+                      for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds)
+                      for rep in range(1 if n == n_max else settings.replicates)] for factor in settings.factors}
+    first = embedder.originals(dataset.test[:1], "a first test image")
+    has_spatial = any(k.startswith("spatial/") for k in first)
     detectors = [d for d in settings.detectors if has_spatial or not _reads_spatial(d)]
     if len(detectors) < len(settings.detectors):
         log.warning("model %s has no spatial outputs: %s skipped", extractor.manifest.model_id,
                     ", ".join(sorted(set(settings.detectors) - set(detectors))))
-    n_max = len(dataset.train)
+    damage = any(_detector(d).needs_defects for d in detectors)
+    # Each draw's view: as captured, or its own upright window. Copies and damaged copies only of the training
+    # images some fit in that view draws (50 of 320 at N=10, 5 replicates).
+    plan = {}
+    for factor, fits in draws.items():
+        for n, rep, idx in fits:
+            _, upright, pose = seen_pose([read_image(dataset.train[i]) for i in idx])
+            plan[(factor, n, rep)] = (idx, upright, pose["aligned"])
+    views: dict[Upright | None, _View] = {}
+    for upright in dict.fromkeys(u for _, u, _ in plan.values()):
+        drawn = {int(i) for idx, u, _ in plan.values() if u == upright for i in idx}
+        views[upright] = _View(embedder if upright is None else embedder.turned(upright), dataset,
+                               settings.factors, drawn, damage)
+    for (factor, n, rep), (idx, upright, aligned) in plan.items():
+        view = views[upright]
+        feats = view.train_features(idx, factor)
+        for name in detectors:
+            det, params = parse_detector_spec(name)
+            fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
+            t0 = time.perf_counter()
+            defects = [view.damaged[i] for i in idx] if _detector(name).needs_defects else None
+            result = fit_features(feats, n, fit, defects, aligned)
+            fit_s = round(time.perf_counter() - t0, 3)
+            yield ReplicateFit(factor, n, rep, name, result, result.detector.score_samples(view.test), fit_s)
+
+
+def run_protocol(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Path, settings: EvalSettings) -> list[dict]:
+    """One row per (factor, N, replicate, detector) with AUROC, threshold, false-reject and detection rates."""
     good, bad = dataset.test_labels == 0, dataset.test_labels == 1
-    wants_damage = {d for d in detectors if _detector(d).needs_defects}
-    wants_pose = any(_detector(d).needs_pose for d in detectors)
-    draws = {factor: [(n, rep, _draw(settings.seed, n, rep, n_max))
-                      for n in _resolve_sizes(settings.sizes, n_max, factor, settings.fit.max_folds)
-                      for rep in range(1 if n == n_max else settings.replicates)] for factor in settings.factors}
-    # Copies and damaged copies only of the training images some fit draws (50 of 320 at N=10, 5 replicates).
-    drawn = {int(i) for fits in draws.values() for _, _, idx in fits for i in idx}
-    damaged = embedder.defects(dataset.train, drawn) if wants_damage else None
     rows = []
-    for factor in settings.factors:
-        needed = {int(i) for _, _, idx in draws[factor] for i in idx}
-        copies = embedder.copies(dataset.train, factor, needed) if factor > 0 else None
-        for n, rep, idx in draws[factor]:
-            feats = _train_features(train, copies, idx)
-            aligned = _drawn_pose(dataset, idx) if wants_pose else None
-            for name in detectors:
-                det, params = parse_detector_spec(name)
-                fit = replace(settings.fit, detector=det, detector_params=params, factor=factor, policy=settings.policy)
-                t0 = time.perf_counter()
-                defects = [damaged[i] for i in idx] if name in wants_damage else None
-                result = fit_features(feats, n, fit, defects, aligned)
-                scores = result.detector.score_samples(test)
-                flagged = is_anomalous(scores, result.threshold)
-                rows.append({
-                    "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": name,
-                    "factor": factor, "n": n, "replicate": rep, "auroc": roc_auc(dataset.test_labels, scores),
-                    "threshold": result.threshold,
-                    "false_reject_rate": float(np.mean(flagged[good])),
-                    "detection_rate": float(np.mean(flagged[bad])),
-                    "fit_s": round(time.perf_counter() - t0, 3),
-                })
-            log.info("factor %d, N=%d, replicate %d: %s", factor, n, rep,
-                     ", ".join(f"{r['detector']} {r['auroc']:.3f}" for r in rows[-len(detectors):]))
+    for fit in replicate_fits(dataset, extractor, cache_dir, settings):
+        flagged = is_anomalous(fit.test_scores, fit.result.threshold)
+        rows.append({
+            "dataset": dataset.name, "model": extractor.manifest.model_id, "detector": fit.detector,
+            "factor": fit.factor, "n": fit.n, "replicate": fit.replicate,
+            "auroc": roc_auc(dataset.test_labels, fit.test_scores), "threshold": fit.result.threshold,
+            "false_reject_rate": float(np.mean(flagged[good])), "detection_rate": float(np.mean(flagged[bad])),
+            "fit_s": fit.fit_s,
+        })
+        log.info("factor %d, N=%d, replicate %d: %s %.3f", fit.factor, fit.n, fit.replicate, fit.detector,
+                 rows[-1]["auroc"])
     return rows
 
 

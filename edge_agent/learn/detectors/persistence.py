@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edge_agent.capture.upright import Upright
 from edge_agent.learn.detectors.base import Detector
 from edge_agent.learn.detectors.registry import detector_classes, detector_from_spec, detector_spec
 from edge_agent.system.atomic import write_bytes_atomic
@@ -133,6 +134,10 @@ def load_detector(
             fitted = f"model {metadata.get(META_MODEL_ID, '<unnamed>')!s} (sha256 {fitted_sha})"
             loaded = f"model {expected_model_id or '<unnamed>'} (sha256 {expected_model_sha256})"
             raise DetectorFileError(f"{path} was fitted for {fitted}, but the loaded feature model is {loaded}: refit")
+    try:
+        Upright.from_metadata(metadata.get("upright"))
+    except ValueError as exc:
+        raise DetectorFileError(f"{path}: {exc}") from exc
     spec = header.get("detector", {})
     known = detector_classes()
     if spec.get("class") not in known:
