@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import edge_agent.agent
+from edge_agent.capture.images import read_image
 from edge_agent.cli import build_agent
 from edge_agent.config import config_from_dict
 from tests.conftest import FEW_IMAGE_TARGET, RealSet, drop_images
 from tests.mqtt_broker import BASE, DEVICE, PREFIX, MosquittoBroker, Subscriber, wait_until
+from tests.synthetic import lying, part_from
 
 
 class Rig:
@@ -233,7 +235,6 @@ def test_a_threshold_edited_in_the_config_applies_at_start_and_a_command_survive
     from edge_agent.commands import ThresholdChange
     from edge_agent.config import fit_settings
     from edge_agent.learn.fitting import fit_images
-    from edge_agent.capture.images import read_image
 
     def agent_with(**threshold):
         # The default target: its log-normal bound is what "never below the good parts' scores" is about.
@@ -617,3 +618,33 @@ def test_in_trigger_mode_a_failed_source_is_reopened_without_waiting_for_a_trigg
     assert wait_until(lambda: any(e["status"] == "failed" for e in subscriber.json_on("source/status")), 10)
     late.mkdir()
     assert wait_until(lambda: subscriber.json_on("source/status")[-1]["status"] == "open", 10)  # no trigger sent
+
+
+def test_parts_at_any_angle_are_judged_upright_and_the_alert_points_at_the_defect_in_the_frame(rig, subscriber):
+    """Good parts lying at any angle: the fit turns them upright (`capture.upright`), every frame is judged
+    through the same window, and the heat map comes back over the frame where the scratch is."""
+    part = part_from(read_image(rig.set.train_good[0]))
+    folder = rig.tmp / "turned_parts"
+    folder.mkdir()
+    for i, degrees in enumerate(np.random.default_rng(5).uniform(0, 360, 6)):
+        cv2.imwrite(str(folder / f"part{i}.png"), cv2.cvtColor(lying(part, degrees, (200, 200)), cv2.COLOR_RGB2BGR))
+    rig.start(detector={"name": "patch-knn"}, augmentation={"preset": "object", "factor": 2})
+    reply = command(subscriber, "retrain", {"folder": str(folder), "n_images": 6}, "r1")
+    assert reply["ok"], reply
+    assert reply["result"]["pose"]["as_captured"]["aligned"] is False and reply["result"]["pose"]["aligned"]
+    scratched = part.copy()
+    cv2.line(scratched, (15, 45), (55, 65), 255, 4)  # near the shank's free end: 87 px from the part's middle
+    degrees, centre = 120.0, (215, 190)
+    frames = rig.tmp / "new_parts"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "scratched.png"), cv2.cvtColor(lying(scratched, degrees, centre), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(frames / "good.png"), cv2.cvtColor(lying(part, 250.0, (190, 205)), cv2.COLOR_RGB2BGR))
+    rig.drop([frames / "good.png", frames / "scratched.png"], "p")
+    assert wait_until(lambda: len(subscriber.json_on("verdict")) >= 2 and subscriber.json_on("alert"), 30)
+    verdicts = {v["frame"].split("_", 1)[-1]: v for v in subscriber.json_on("verdict")}
+    assert verdicts["scratched.png"]["score"] > verdicts["good.png"]["score"]
+    alert = subscriber.json_on("alert")[-1]
+    assert alert["frame"].endswith("scratched.png")
+    theta = np.radians(degrees)
+    scratch = (centre[0] - 87 * np.cos(theta), centre[1] + 87 * np.sin(theta))  # the image's y runs down
+    assert np.hypot(alert["peak"]["x"] - scratch[0], alert["peak"]["y"] - scratch[1]) < 45, (alert["peak"], scratch)

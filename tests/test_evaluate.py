@@ -300,10 +300,10 @@ def test_cli_evaluate_help():
 
 
 def test_only_the_drawn_training_images_get_copies(tiny_set, shipped_model, tmp_path, monkeypatch):
-    # N=2, one replicate, factor 2: copies (and damaged copies) of the 2 drawn images only, not of all 6.
+    # N=2, one replicate, factor 2: the 2 drawn images, their copies and damaged copies only, not all 6.
     counting = CountingExtractor(shipped_model, monkeypatch)
     few = EvalSettings(sizes=[2], replicates=1, factors=[2], detectors=["mahalanobis", "combined"],
                        policy=PRESETS["bottle"], fit=FitSettings(max_folds=2))
     summary = evaluate(tiny_set, counting.extractor, tmp_path / "out", tmp_path / "cache", few)
     assert {(s["detector"], s["n"]) for s in summary} == {("mahalanobis", 2), ("combined", 2)}
-    assert counting.calls == 8 + 6 + 2 * 2 + 2 * DEFECTS_PER_IMAGE
+    assert counting.calls == 8 + 2 + 2 * 2 + 2 * DEFECTS_PER_IMAGE
