@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_agent.capture.images import read_image
-from edge_agent.capture.upright import MARGIN, Upright, part_pose
+from edge_agent.capture.upright import MARGIN, MIN_ELONGATION, Upright, part_pose, upright_window
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.detectors.persistence import DetectorFileError, load_detector, save_detector
 from edge_agent.learn.detectors import make_detector
@@ -49,7 +49,7 @@ def test_the_pose_of_a_part_is_where_and_how_it_lies(part):
 
 def test_turned_upright_every_placement_of_the_part_looks_the_same(part):
     images = [lying(part, degrees, centre) for degrees, centre in PLACES]
-    upright = Upright.fit(images)
+    upright = upright_window(images)
     assert upright.length >= MARGIN * part.shape[1] and upright.width >= MARGIN * part.shape[0]
     windows = [upright.apply(image)[0] for image in images]
     assert all(win.shape == (upright.width, upright.length, 3) for win in windows)
@@ -73,7 +73,7 @@ def test_a_blank_frame_has_no_part_and_is_left_as_it_is():
 
 
 def test_the_window_never_outgrows_the_frame(part):
-    upright = Upright.fit([lying(part, 45, (100, 100), side=200)])  # a belt too small to hold it upright
+    upright = upright_window([lying(part, 45, (100, 100), side=200)])  # a belt too small to hold it upright
     assert upright.length <= 200 and upright.width <= 200
 
 
@@ -81,7 +81,7 @@ def test_a_heat_map_over_the_window_is_laid_back_where_the_part_lies(part):
     """The hot cell at the head's end of the window comes back over the head in the frame, wherever it lies."""
     for degrees, centre in PLACES[:4]:
         frame = lying(part, degrees, centre)
-        upright = Upright.fit([frame])
+        upright = upright_window([frame])
         _, m = upright.apply(frame)
         grid = np.zeros((8, 16), np.float32)
         grid[4, 3] = 1.0  # left of the middle: where the head lies once upright
@@ -132,3 +132,17 @@ def test_parts_at_any_angle_are_fitted_upright_and_parts_in_one_pose_as_the_came
     bad = result.detector.score_samples(extractor.embed([upright.apply(lying(broken, 75, (200, 200)))[0]]))
     assert bad[0] > result.threshold
     assert fit_images(extractor.embed, one_pose, settings).metadata(settings)["upright"] is None
+
+
+def test_round_parts_have_no_axis_to_turn_by_and_stay_as_the_camera_sees_them(part):
+    """A disc (a cut of the real image inside a circle) at any angle: its edges spread alike in every direction."""
+    side = part.shape[1]
+    disc = np.zeros((side, side), np.uint8)
+    cv2.circle(disc, (side // 2, side // 2), side // 2 - 2, 1, -1)
+    disc = np.where(disc > 0, cv2.resize(part, (side, side)) // 2 + 30, 0).astype(np.uint8)
+    frames = [lying(disc, degrees, centre) for degrees, centre in PLACES]
+    assert all(part_pose(f).elongation < MIN_ELONGATION for f in frames)
+    assert all(part_pose(lying(part, d, c)).elongation > MIN_ELONGATION for d, c in PLACES)
+    assert upright_window(frames) is None
+    images, upright, pose = seen_pose(frames)
+    assert upright is None and not pose["aligned"] and all(a is b for a, b in zip(images, frames))

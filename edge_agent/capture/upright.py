@@ -7,14 +7,14 @@ every part the same way and cropping to it fixes both, for the price of a few mi
 used only when the good images do not share one pose (`edge_agent.learn.alignment`): a part that arrives in one
 pose is left as the camera sees it.
 
-How, with no constant fitted to any data set: the part's edges (squared gradient magnitude of a blurred,
-256 px view) are a mass. Its centroid is where the part lies, its principal axis how it lies (modulo a half
-turn), and the sign of its third moment along that axis picks one end, so the same part turned by half a turn
-comes out the same way; where both ends carry the same edge mass that choice is a coin toss, which the
-augmentation's turns cover. The image is turned about the centroid so that the axis lies horizontal, the
-middle of the part's box moves to the middle of a window that is `MARGIN` times the longest and the widest part
-the good images showed. The part is the largest connected blob of strong edges (Otsu's threshold on the log
-edge mass), so dust elsewhere in the frame moves neither the window nor the angle.
+How: the part's edges (squared gradient magnitude of a blurred, 256 px view) are a mass, and the part is their
+largest connected blob (Otsu's threshold on the log mass), so dust elsewhere moves nothing. The blob's
+centroid and principal axis say where and how the part lies (modulo a half turn), and the sign of the mass's
+third moment along the axis picks one end, so the same part turned by half a turn comes out the same way (where
+both ends carry the same edge mass that choice is a coin toss, which the augmentation's turns cover). The image
+is turned so that the axis lies horizontal, the middle of the part's box moves to the middle of a window that
+is `MARGIN` times the longest and the widest part the good images showed, and that window is cut out. Only
+parts with an axis are turned (`MIN_ELONGATION`): a round or square part's axis is noise.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ import numpy as np
 
 #: The window over the longest and widest good part: room for a part a little larger, or a defect sticking out.
 MARGIN = 1.25
+#: A part has an axis to turn it by when its edges spread at least this many times farther along it than across.
+#: On a round or square part the axis is noise, and turning by it only moves the part: such parts stay as seen.
+MIN_ELONGATION = 2.0
 _SIDE = 256  # the part's position and axis, not its texture: a coarse, fixed-size view
 
 
@@ -42,6 +45,7 @@ class PartPose:
     angle: float
     length: float
     width: float
+    elongation: float = 1.0  # the edge mass's spread along the axis over its spread across: 1 for a round part
 
 
 def part_pose(image: np.ndarray) -> PartPose:
@@ -53,7 +57,7 @@ def part_pose(image: np.ndarray) -> PartPose:
     small = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.5)
     gx, gy = cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1)
     mass = cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), 2.0)
-    level = np.log1p(mass)
+    level = cv2.log(mass + 1.0)
     if float(level.max()) <= float(level.min()):  # a flat image has no part to find: leave it where it is
         return PartPose(w / 2, h / 2, 0.0, float(w), float(h))
     scaled = np.round(255 * (level - level.min()) / (level.max() - level.min())).astype(np.uint8)
@@ -62,23 +66,21 @@ def part_pose(image: np.ndarray) -> PartPose:
     if count < 2:
         return PartPose(w / 2, h / 2, 0.0, float(w), float(h))
     part = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # the largest blob: dust is not the part
-    weight = mass.astype(np.float64) * part
-    total = weight.sum()
-    ys, xs = np.mgrid[0:mass.shape[0], 0:mass.shape[1]]
-    cx, cy = (weight * xs).sum() / total, (weight * ys).sum() / total
+    mo = cv2.moments(np.where(part, mass, 0).astype(np.float32))
+    cx, cy = mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]
+    angle = 0.5 * math.atan2(2 * mo["mu11"], mo["mu20"] - mo["mu02"])
+    spread = math.hypot(mo["mu20"] - mo["mu02"], 2 * mo["mu11"])  # the principal spreads' difference
+    elongation = math.sqrt((mo["mu20"] + mo["mu02"] + spread) / max(mo["mu20"] + mo["mu02"] - spread, 1e-12))
+    c, s_ = math.cos(angle), math.sin(angle)
+    skew = c ** 3 * mo["mu30"] + 3 * c * c * s_ * mo["mu21"] + 3 * c * s_ * s_ * mo["mu12"] + s_ ** 3 * mo["mu03"]
+    if skew < 0:  # the third moment of the mass along the axis: which end is the heavy one
+        angle, c, s_ = angle + math.pi, -c, -s_
+    ys, xs = np.nonzero(part)
     dx, dy = xs - cx, ys - cy
-    cxx, cyy, cxy = ((weight * dx * dx).sum() / total, (weight * dy * dy).sum() / total,
-                     (weight * dx * dy).sum() / total)
-    angle = 0.5 * math.atan2(2 * cxy, cxx - cyy)
-    along = dx * math.cos(angle) + dy * math.sin(angle)
-    if (weight * along ** 3).sum() < 0:
-        angle, along = angle + math.pi, -along
-    across = -dx * math.sin(angle) + dy * math.cos(angle)
-    a, b = along[part], across[part]
+    a, b = dx * c + dy * s_, -dx * s_ + dy * c  # along the axis and across it
     mid_a, mid_b = (a.min() + a.max()) / 2, (b.min() + b.max()) / 2  # the middle of the part's box, not its
-    x = cx + mid_a * math.cos(angle) - mid_b * math.sin(angle)   # centroid: a screw's head outweighs its tip
-    y = cy + mid_a * math.sin(angle) + mid_b * math.cos(angle)
-    return PartPose(x / s, y / s, angle, float(np.ptp(a)) / s, float(np.ptp(b)) / s)
+    x, y = cx + mid_a * c - mid_b * s_, cy + mid_a * s_ + mid_b * c  # centroid: a screw's head outweighs its tip
+    return PartPose(x / s, y / s, angle, float(np.ptp(a)) / s, float(np.ptp(b)) / s, elongation)
 
 
 @dataclass(frozen=True)
@@ -87,18 +89,6 @@ class Upright:
 
     length: int
     width: int
-
-    @classmethod
-    def fit(cls, images: Sequence[np.ndarray]) -> Upright:
-        """The window for these good images: `MARGIN` times the longest and the widest part, each at most the
-        frame's longer side."""
-        if not images:
-            raise ValueError("an upright window needs at least one good image")
-        poses = [part_pose(image) for image in images]
-        bound = max(max(image.shape[:2]) for image in images)
-        length, width = (max(1, min(bound, round(MARGIN * max(getattr(p, side) for p in poses))))
-                         for side in ("length", "width"))
-        return cls(length, width)
 
     def transform(self, image: np.ndarray) -> np.ndarray:
         """The 2 x 3 affine map from ``image``'s pixels to the window's."""
@@ -137,3 +127,18 @@ class Upright:
             raise ValueError("detector metadata 'upright' must be {'length': n, 'width': n} with positive whole "
                              f"numbers, got {meta!r}")
         return cls(*sides)
+
+
+def upright_window(images: Sequence[np.ndarray]) -> Upright | None:
+    """The window for these good images: `MARGIN` times the longest and the widest part, each at most the
+    frame's longer side. ``None`` when the parts have no long axis to turn them by (their median elongation
+    below `MIN_ELONGATION`: round or square parts), which leaves them as the camera sees them."""
+    if not images:
+        raise ValueError("an upright window needs at least one good image")
+    poses = [part_pose(image) for image in images]
+    if float(np.median([p.elongation for p in poses])) < MIN_ELONGATION:
+        return None
+    bound = max(max(image.shape[:2]) for image in images)
+    length, width = (max(1, min(bound, round(MARGIN * max(getattr(p, side) for p in poses))))
+                     for side in ("length", "width"))
+    return Upright(length, width)

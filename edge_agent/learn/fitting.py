@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_agent.capture.upright import Upright
+from edge_agent.capture.upright import Upright, upright_window
 from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
@@ -266,14 +266,15 @@ def fit_features(
 def seen_pose(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], Upright | None, dict[str, Any]]:
     """(the good images as the detector will see them, the upright window or None, the pose report).
 
-    Parts that share one pose are left as the camera sees them; parts at any angle are turned upright and
-    cropped (`edge_agent.capture.upright`), and the report's ``aligned`` is then whether that made them share
-    one: what the detector is told (``needs_pose``). The camera's own test stays in ``as_captured``."""
+    Parts that share one pose, and round or square parts, are left as the camera sees them; long parts at any
+    angle are turned upright and cropped (`edge_agent.capture.upright`), and the report's ``aligned`` is then
+    whether that made them share one: what the detector is told (``needs_pose``). The camera's own test stays
+    in ``as_captured``."""
     aligned, alignment = share_one_pose(images)
     as_captured = {"aligned": aligned, "orientation_alignment": round(alignment, 4)}
-    if aligned:
+    upright = None if aligned else upright_window(images)
+    if upright is None:
         return list(images), None, as_captured
-    upright = Upright.fit(images)
     turned = [upright.apply(image)[0] for image in images]
     aligned, alignment = share_one_pose(turned)
     log.info("the good parts lie at any angle (orientation alignment %.2f): turned upright into a %d x %d window, "
