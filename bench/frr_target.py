@@ -63,7 +63,7 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
             replicates: int, factor: int, aug_seed: int = 0) -> dict[str, np.ndarray]:
     """Leave-one-out scores (replicates, n), test scores (replicates, tests) and test labels of one set and
     detector; kept in ``out`` so that a rerun only recomputes thresholds. The pose gate applies as on the camera."""
-    path = out / f"{name}-{detector}-n{n}-x{factor}-s{aug_seed}.npz"
+    path = out / f"{name}-{detector}-n{n}-x{factor}-seed{aug_seed}.npz"  # a protocol seed, not only the copies
     if path.is_file():
         with np.load(path) as z:
             return dict(z)
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--replicates", type=int, default=5)
     parser.add_argument("--factor", type=int, default=10)
-    parser.add_argument("--aug-seeds", default="0,1", help="augmentation seeds: each draw is fitted once per seed")
+    parser.add_argument("--aug-seeds", default="0,1",
+                        help="seeds of evaluate's protocol: each draws the good images and their copies anew")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     extractor = FeatureExtractor(args.model, "cpu", 1)

@@ -1,6 +1,6 @@
 """What turning a part upright costs per frame, beside the embedding of the same frame.
 
-Parts at any angle are turned upright and cropped to before the model sees them (`edge_agent.capture.upright`):
+Parts at any angle are turned upright and cropped to before the model sees them (`edge_agent.learn.upright`):
 finding the part's pose and cutting the window, on every frame. This times that and the embedding of the same
 frames in one run (the machine is shared: compare the two, not figures across runs), and the window's fit on
 the N good images.
@@ -16,7 +16,7 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from edge_agent.capture.images import list_images, read_image  # noqa: E402
-from edge_agent.capture.upright import upright_window  # noqa: E402
+from edge_agent.learn.upright import upright_window  # noqa: E402
 from edge_agent.embed.features import FeatureExtractor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     window = upright_window(frames)
     if window is None:
         raise SystemExit(f"the frames in {args.images} show no long part at any angle: nothing is turned upright")
-    turned = [window.apply(f)[0] for f in frames]
+    turned = [window.apply(f).image for f in frames]
     cycle = iter(range(10 ** 9))
     upright = timeit(lambda: window.apply(frames[next(cycle) % len(frames)]), args.repeat)
     embed = timeit(lambda: ex.embed_one(turned[next(cycle) % len(turned)]), args.repeat)
-    emit({"kind": "upright_cost", "frame": list(frames[0].shape[:2]), "window": [window.length, window.width],
+    emit({"kind": "upright_cost", "frame": list(frames[0].shape[:2]), "window": list(turned[0].shape[1::-1]),
           "fit_window_ms": fit["median_ms"], "upright_ms": upright["median_ms"], "embed_ms": embed["median_ms"],
           "upright_over_embed": round(upright["median_ms"] / embed["median_ms"], 2)})
     return 0

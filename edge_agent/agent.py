@@ -30,7 +30,7 @@ from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource
 from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
 from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
-from edge_agent.capture.upright import Upright
+from edge_agent.learn.upright import judged_view
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import (RETRAINING, RUNNING, UNFITTED, alert_message, event_message, state_message,
                                          verdict_message)
@@ -432,23 +432,23 @@ class Agent:
         if active is None or view is None:
             return None
         t0 = time.perf_counter()
-        upright = Upright.from_metadata(active.metadata.get("upright"))  # checked when the file was loaded
-        seen, to_window = upright.apply(view) if upright else (view, None)
+        seen, turned = judged_view(view, active.metadata)  # its 'upright' was checked when the file was loaded
+        t_seen = time.perf_counter()
         features = self.extractor.embed_one(seen)
         t1 = time.perf_counter()
         batch = {k: v[None] for k, v in features.items()}
         heatmap = None
         if self._wants_heatmap(active):  # one search gives both; the map costs little beside it
             scores, maps = active.detector.score_and_heatmaps(batch)
-            heatmap = maps[0] if upright is None else upright.to_frame(maps[0], to_window, view.shape)
+            heatmap = maps[0]
         else:
             scores = active.detector.score_samples(batch)
         score = float(scores[0])
         t2 = time.perf_counter()
         threshold = float(active.metadata["threshold"])
         anomalous = bool(is_anomalous(score, threshold))
-        latency = {**self.extractor.last_timings, "embed": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3,
-                   "total": (time.perf_counter() - t0) * 1e3}
+        latency = {**self.extractor.last_timings, **({"upright": (t_seen - t0) * 1e3} if turned else {}),
+                   "embed": (t1 - t_seen) * 1e3, "score": (t2 - t1) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
         verdict = verdict_message(self.config.device.id, frame.name, frame.captured_at, score, threshold, anomalous,
                                   self.extractor.manifest.model_id,
                                   self._active_path.name if self._active_path else None, latency, part_id)
@@ -459,6 +459,8 @@ class Agent:
         try:
             self.sink.publish_verdict(verdict)
             if anomalous:
+                if heatmap is not None and turned is not None:  # the map covers the window: lay it over the frame
+                    heatmap = turned.to_source(heatmap)
                 self._alert(frame, verdict, heatmap, score / threshold if threshold > 0 else math.inf)
         except Exception:  # an output that fails (a read-only card under the spool) must not stop inspection
             self.publish_errors += 1

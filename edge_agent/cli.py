@@ -68,6 +68,7 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     from edge_agent.deliver.messages import ANOMALOUS, GOOD
     from edge_agent.learn.store import DetectorStore
     from edge_agent.learn.threshold import is_anomalous
+    from edge_agent.learn.upright import judged_view
 
     extractor = open_extractor(config, args.model)
     loaded = DetectorStore(config.state_dir, config.retrain.keep).load_current(extractor.manifest)
@@ -81,7 +82,8 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     anomalous = 0
     for path in args.images:
         image = read_image(path)
-        score = float(loaded.detector.score_samples(extractor.embed([roi.crop(image) if roi else image]))[0])
+        seen, _ = judged_view(roi.crop(image) if roi else image, loaded.metadata)
+        score = float(loaded.detector.score_samples(extractor.embed([seen]))[0])
         bad = bool(is_anomalous(score, threshold))
         anomalous += bad
         print(json.dumps({"image": str(path), "score": round(score, 4), "threshold": round(threshold, 4),

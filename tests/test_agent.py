@@ -621,7 +621,7 @@ def test_in_trigger_mode_a_failed_source_is_reopened_without_waiting_for_a_trigg
 
 
 def test_parts_at_any_angle_are_judged_upright_and_the_alert_points_at_the_defect_in_the_frame(rig, subscriber):
-    """Good parts lying at any angle: the fit turns them upright (`capture.upright`), every frame is judged
+    """Good parts lying at any angle: the fit turns them upright (`learn.upright`), every frame is judged
     through the same window, and the heat map comes back over the frame where the scratch is."""
     part = part_from(read_image(rig.set.train_good[0]))
     folder = rig.tmp / "turned_parts"

@@ -3,7 +3,12 @@
 import json
 import shutil
 
+import cv2
+import numpy as np
+
+from edge_agent.capture.images import read_image
 from edge_agent.cli import main
+from tests.synthetic import lying, part_from
 
 
 def test_fit_then_score_then_status(tmp_path, real_set, capsys):
@@ -44,3 +49,24 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["--config", str(cfg), "status"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "[mqtt] hots" in err[0] and "did you mean host" in err[0]
+
+
+def test_score_judges_parts_at_any_angle_through_the_window_fit_chose(tmp_path, real_set, capsys):
+    """`fit` turns long parts lying at any angle upright; `score` must judge each image the same way, or every
+    good part laid at a new angle would look like a defect."""
+    part = part_from(read_image(real_set.train_good[0]))
+    scratched = part.copy()
+    cv2.line(scratched, (30, 40), (170, 70), 255, 4)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, degrees in enumerate(np.random.default_rng(2).uniform(0, 360, 8)):
+        cv2.imwrite(str(good / f"p{i}.png"), cv2.cvtColor(lying(part, degrees, (200, 200)), cv2.COLOR_RGB2BGR))
+    new = [tmp_path / "new_good_a.png", tmp_path / "new_good_b.png", tmp_path / "scratched.png"]
+    for path, (piece, degrees) in zip(new, ((part, 70.0), (part, 205.0), (scratched, 130.0))):
+        cv2.imwrite(str(path), cv2.cvtColor(lying(piece, degrees, (210, 190)), cv2.COLOR_RGB2BGR))
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert main(state + ["fit", "--images", str(good)]) == 0
+    capsys.readouterr()
+    assert main(state + ["score", *map(str, new)]) == 0
+    verdicts = [json.loads(line)["verdict"] for line in capsys.readouterr().out.splitlines()]
+    assert verdicts == ["good", "good", "anomalous"], verdicts

@@ -14,6 +14,8 @@ from edge_agent.learn.augment import PRESETS
 from edge_agent.learn.detectors import DETECTOR_NAMES, make_detector
 from edge_agent.learn.detectors.persistence import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
+    UPRIGHT_VERSION,
     MAGIC,
     DetectorFileError,
     load_detector,
@@ -99,10 +101,22 @@ def test_trailing_bytes_and_foreign_file(saved: Path, tmp_path: Path) -> None:
 
 def test_unknown_format_version(saved: Path) -> None:
     data = bytearray(saved.read_bytes())
-    struct.pack_into("<I", data, len(MAGIC), FORMAT_VERSION + 1)
+    unknown = max(READABLE_VERSIONS) + 1
+    struct.pack_into("<I", data, len(MAGIC), unknown)
     saved.write_bytes(bytes(data))
-    with pytest.raises(DetectorFileError, match=f"version {FORMAT_VERSION + 1}"):
+    with pytest.raises(DetectorFileError, match=f"version {unknown}"):
         load_detector(saved)
+
+
+def test_a_detector_that_turns_parts_upright_is_a_version_older_agents_refuse(tmp_path: Path) -> None:
+    """An agent from before the upright step would judge such a file's parts unturned: silently wrong."""
+    detector = make_detector("mahalanobis").fit({"pooled/a": np.random.default_rng(0).normal(size=(12, 4))})
+    plain, turned = tmp_path / "plain.edet", tmp_path / "turned.edet"
+    save_detector(plain, detector, {"upright": None})
+    save_detector(turned, detector, {"upright": {"length": 1.0, "width": 0.55}})
+    version = lambda p: struct.unpack_from("<I", p.read_bytes(), len(MAGIC))[0]  # noqa: E731
+    assert (version(plain), version(turned)) == (FORMAT_VERSION, UPRIGHT_VERSION) == (1, 2)
+    assert load_detector(turned).metadata["upright"] == {"length": 1.0, "width": 0.55}
 
 
 def test_fitted_for_another_model(saved: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_agent.capture.images import read_image
-from edge_agent.capture.upright import MARGIN, MIN_ELONGATION, Upright, part_pose, upright_window
+from edge_agent.learn.upright import MARGIN, MIN_ELONGATION, Upright, judged_view, part_pose, upright_window
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.detectors.persistence import DetectorFileError, load_detector, save_detector
 from edge_agent.learn.detectors import make_detector
@@ -50,9 +50,10 @@ def test_the_pose_of_a_part_is_where_and_how_it_lies(part):
 def test_turned_upright_every_placement_of_the_part_looks_the_same(part):
     images = [lying(part, degrees, centre) for degrees, centre in PLACES]
     upright = upright_window(images)
-    assert upright.length >= MARGIN * part.shape[1] and upright.width >= MARGIN * part.shape[0]
-    windows = [upright.apply(image)[0] for image in images]
-    assert all(win.shape == (upright.width, upright.length, 3) for win in windows)
+    length, width = upright.size(images[0].shape)
+    assert length >= MARGIN * part.shape[1] and width >= MARGIN * part.shape[0]
+    windows = [upright.apply(image).image for image in images]
+    assert all(win.shape == (width, length, 3) for win in windows)
     as_laid = min(corr(images[0], image) for image in images[1:])
     turned = min(corr(windows[0], win) for win in windows[1:])
     assert turned > 0.9 > 0.5 > as_laid  # the heavy end always on the same side: not a mirror image half the time
@@ -74,18 +75,27 @@ def test_a_blank_frame_has_no_part_and_is_left_as_it_is():
 
 def test_the_window_never_outgrows_the_frame(part):
     upright = upright_window([lying(part, 45, (100, 100), side=200)])  # a belt too small to hold it upright
-    assert upright.length <= 200 and upright.width <= 200
+    assert upright.length == 1.0 and upright.size((200, 200)) == (200, round(200 * upright.width))
+
+
+def test_the_window_is_the_same_share_of_a_frame_at_any_resolution(part):
+    """A detector fitted on full frames judges a camera's smaller stream of the same scene alike."""
+    frames = [lying(part, degrees, centre) for degrees, centre in PLACES]
+    upright = upright_window(frames)
+    full = upright.apply(frames[1]).image
+    small = upright.apply(cv2.resize(frames[1], (200, 200), interpolation=cv2.INTER_AREA)).image
+    assert abs(small.shape[1] * 2 - full.shape[1]) <= 2 and abs(small.shape[0] * 2 - full.shape[0]) <= 2
+    assert corr(cv2.resize(full, small.shape[1::-1], interpolation=cv2.INTER_AREA), small) > 0.9
 
 
 def test_a_heat_map_over_the_window_is_laid_back_where_the_part_lies(part):
     """The hot cell at the head's end of the window comes back over the head in the frame, wherever it lies."""
     for degrees, centre in PLACES[:4]:
         frame = lying(part, degrees, centre)
-        upright = upright_window([frame])
-        _, m = upright.apply(frame)
+        turned = upright_window([frame]).apply(frame)
         grid = np.zeros((8, 16), np.float32)
         grid[4, 3] = 1.0  # left of the middle: where the head lies once upright
-        back = upright.to_frame(grid, m, frame.shape)
+        back = turned.to_source(grid)
         y, x = np.unravel_index(int(np.argmax(back)), back.shape)
         head = (centre[0] + 100 * math.cos(math.radians(-degrees)), centre[1] + 100 * math.sin(math.radians(-degrees)))
         assert back.shape == frame.shape[:2]
@@ -93,16 +103,17 @@ def test_a_heat_map_over_the_window_is_laid_back_where_the_part_lies(part):
 
 
 def test_the_window_survives_a_detector_file_and_a_forged_one_is_refused(tmp_path):
-    assert Upright.from_metadata(Upright(336, 168).to_metadata()) == Upright(336, 168)
+    assert Upright.from_metadata(Upright(0.84, 0.42).to_metadata()) == Upright(0.84, 0.42)
     assert Upright.from_metadata(None) is None
-    for bad in ({"length": 0, "width": 5}, {"length": 3.5, "width": 5}, {"length": True, "width": 5}, {"side": 4}, [3, 4]):
+    for bad in ({"length": 0, "width": 0.5}, {"length": 1.5, "width": 0.5}, {"length": True, "width": 0.5},
+                {"length": "1", "width": 0.5}, {"side": 0.4}, [0.3, 0.4]):
         with pytest.raises(ValueError, match="'upright'"):
             Upright.from_metadata(bad)
     rng = np.random.default_rng(0)
     detector = make_detector("mahalanobis").fit({"pooled/a": rng.normal(size=(12, 4)).astype(np.float32)})
-    save_detector(tmp_path / "ok.edet", detector, {"upright": {"length": 336, "width": 168}})
-    assert load_detector(tmp_path / "ok.edet").metadata["upright"] == {"length": 336, "width": 168}
-    save_detector(tmp_path / "forged.edet", detector, {"upright": {"length": -1, "width": 168}})
+    save_detector(tmp_path / "ok.edet", detector, {"upright": {"length": 0.84, "width": 0.42}})
+    assert load_detector(tmp_path / "ok.edet").metadata["upright"] == {"length": 0.84, "width": 0.42}
+    save_detector(tmp_path / "forged.edet", detector, {"upright": {"length": -1, "width": 0.42}})
     with pytest.raises(DetectorFileError, match="forged.edet.*'upright'"):
         load_detector(tmp_path / "forged.edet")
 
@@ -114,7 +125,7 @@ def test_parts_at_any_angle_are_fitted_upright_and_parts_in_one_pose_as_the_came
     one_pose = [lying(part, d, (200, 200)) for d in rng.uniform(-2, 2, 8)]
     turned, upright, pose = seen_pose(any_angle)
     assert upright is not None and not pose["as_captured"]["aligned"] and pose["aligned"]
-    assert turned[0].shape == (upright.width, upright.length, 3)
+    assert turned[0].shape == (*upright.size(any_angle[0].shape)[::-1], 3)
     kept, none, pose_kept = seen_pose(one_pose)
     assert none is None and pose_kept["aligned"] and "as_captured" not in pose_kept
     assert all(a is b for a, b in zip(kept, one_pose))
@@ -123,13 +134,13 @@ def test_parts_at_any_angle_are_fitted_upright_and_parts_in_one_pose_as_the_came
     result = fit_images(extractor.embed, any_angle, settings)
     assert result.upright == upright and result.metadata(settings)["upright"] == upright.to_metadata()
     # The fitted detector judges a new placement of the same part like the ones it learned...
-    fresh = [upright.apply(lying(part, d, (200, 200)))[0] for d in (75, 200)]
+    fresh = [judged_view(lying(part, d, (200, 200)), result.metadata(settings))[0] for d in (75, 200)]
     scores = result.detector.score_samples(extractor.embed(fresh))
     assert np.all(scores < result.threshold), (scores, result.threshold)
     # ...and a scratched part, wherever it lies, not.
     broken = part.copy()
     cv2.line(broken, (30, 40), (170, 70), 255, 4)
-    bad = result.detector.score_samples(extractor.embed([upright.apply(lying(broken, 75, (200, 200)))[0]]))
+    bad = result.detector.score_samples(extractor.embed([upright.apply(lying(broken, 75, (200, 200))).image]))
     assert bad[0] > result.threshold
     assert fit_images(extractor.embed, one_pose, settings).metadata(settings)["upright"] is None
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_agent.capture.upright import Upright, upright_window
+from edge_agent.learn.upright import Upright, upright_window
 from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
@@ -267,7 +267,7 @@ def seen_pose(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], Upright |
     """(the good images as the detector will see them, the upright window or None, the pose report).
 
     Parts that share one pose, and round or square parts, are left as the camera sees them; long parts at any
-    angle are turned upright and cropped (`edge_agent.capture.upright`), and the report's ``aligned`` is then
+    angle are turned upright and cropped (`edge_agent.learn.upright`), and the report's ``aligned`` is then
     whether that made them share one: what the detector is told (``needs_pose``). The camera's own test stays
     in ``as_captured``."""
     aligned, alignment = share_one_pose(images)
@@ -275,10 +275,11 @@ def seen_pose(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], Upright |
     upright = None if aligned else upright_window(images)
     if upright is None:
         return list(images), None, as_captured
-    turned = [upright.apply(image)[0] for image in images]
+    turned = [upright.apply(image).image for image in images]
     aligned, alignment = share_one_pose(turned)
-    log.info("the good parts lie at any angle (orientation alignment %.2f): turned upright into a %d x %d window, "
-             "after which they %s one pose", as_captured["orientation_alignment"], upright.length, upright.width,
+    log.info("the good parts lie at any angle (orientation alignment %.2f): turned upright into a window of "
+             "%.2f x %.2f of the frame's longer side, after which they %s one pose",
+             as_captured["orientation_alignment"], upright.length, upright.width,
              "share" if aligned else "still do not share")
     return turned, upright, {"aligned": aligned, "orientation_alignment": round(alignment, 4),
                              "as_captured": as_captured}

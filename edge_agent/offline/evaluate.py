@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from edge_agent.capture.images import read_image
-from edge_agent.capture.upright import Upright
+from edge_agent.learn.upright import Upright
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.augment import AugmentationPolicy, augment
 from edge_agent.learn.detectors import Detector, make_detector
@@ -84,7 +84,7 @@ class _Embedder:
                  upright: Upright | None = None):
         self.extractor, self.cache, self.policy, self.seed, self.upright = extractor, cache, policy, seed, upright
         self._policy_key = json.dumps(policy.to_dict(), sort_keys=True)
-        self._view = "" if upright is None else f"upright {upright.length}x{upright.width}|"
+        self._view = "" if upright is None else f"upright {json.dumps(upright.to_metadata(), sort_keys=True)}|"
 
     def turned(self, upright: Upright) -> _Embedder:
         """The same embedder for images turned upright into ``upright``'s window first (their own cache keys)."""
@@ -92,7 +92,7 @@ class _Embedder:
 
     def _read(self, path: Path) -> np.ndarray:
         image = read_image(path)
-        return image if self.upright is None else self.upright.apply(image)[0]
+        return image if self.upright is None else self.upright.apply(image).image
 
     def originals(self, paths: list[Path], what: str) -> Features:
         rows = []

@@ -8,7 +8,7 @@ only JSON and plain numeric arrays: loading it never executes code (``allow_pick
 Layout (little-endian)::
 
     offset 0   8 bytes   magic b"EADETECT"
-    offset 8   u32       format version (FORMAT_VERSION)
+    offset 8   u32       format version (1, or 2 when the parts are turned upright first: UPRIGHT_VERSION)
     offset 12  u64       payload length in bytes
     offset 20  32 bytes  sha256 of the payload
     offset 52  payload:  u32 JSON length, JSON header (UTF-8), then an .npz archive of the fitted arrays
@@ -33,13 +33,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.capture.upright import Upright
+from edge_agent.learn.upright import Upright
 from edge_agent.learn.detectors.base import Detector
 from edge_agent.learn.detectors.registry import detector_classes, detector_from_spec, detector_spec
 from edge_agent.system.atomic import write_bytes_atomic
 
 MAGIC = b"EADETECT"
 FORMAT_VERSION = 1
+#: A file whose detector judges parts turned upright (metadata ``upright``, `edge_agent.learn.upright`). Agents
+#: from before that step would read it and judge the parts as the camera sees them, silently wrong; this
+#: version makes them refuse it. Files without the step keep version 1, so older agents still read those.
+UPRIGHT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, UPRIGHT_VERSION)
 #: Metadata keys this module reads; the caller may add any other JSON-able key.
 META_MODEL_SHA256 = "model_sha256"
 META_MODEL_ID = "model_id"
@@ -67,7 +72,8 @@ def _encode(detector: Detector, metadata: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
     payload = _JSON_LEN.pack(len(header_bytes)) + header_bytes + buf.getvalue()
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest()) + payload
+    version = UPRIGHT_VERSION if metadata.get("upright") is not None else FORMAT_VERSION
+    return _PREFIX.pack(MAGIC, version, len(payload), hashlib.sha256(payload).digest()) + payload
 
 
 def save_detector(path: str | os.PathLike[str], detector: Detector, metadata: Mapping[str, Any]) -> Path:
@@ -86,10 +92,9 @@ def _read_payload(path: Path) -> bytes:
     if len(data) < _PREFIX.size:
         raise DetectorFileError(f"{path} is truncated: {len(data)} bytes, shorter than the {_PREFIX.size}-byte header")
     _, version, length, digest = _PREFIX.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise DetectorFileError(
-            f"{path} has detector format version {version}; this agent reads version {FORMAT_VERSION}: refit or upgrade"
-        )
+    if version not in READABLE_VERSIONS:
+        raise DetectorFileError(f"{path} has detector format version {version}; this agent reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}: refit or upgrade")
     payload = data[_PREFIX.size :]
     if len(payload) < length:
         raise DetectorFileError(f"{path} is truncated: payload has {len(payload)} of {length} bytes")

@@ -20,9 +20,9 @@ parts with an axis are turned (`MIN_ELONGATION`): a round or square part's axis 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -83,39 +83,49 @@ def part_pose(image: np.ndarray) -> PartPose:
     return PartPose(x / s, y / s, angle, float(np.ptp(a)) / s, float(np.ptp(b)) / s, elongation)
 
 
-@dataclass(frozen=True)
-class Upright:
-    """The fitted window, in pixels of the frames it was fitted on: along the part's axis and across it."""
+class Turned(NamedTuple):
+    """One image turned upright: the window the model sees, the map that made it, and the image's shape."""
 
-    length: int
-    width: int
+    image: np.ndarray
+    matrix: np.ndarray
+    source_shape: tuple[int, ...]
 
-    def transform(self, image: np.ndarray) -> np.ndarray:
-        """The 2 x 3 affine map from ``image``'s pixels to the window's."""
-        pose = part_pose(image)
-        m = cv2.getRotationMatrix2D((pose.x, pose.y), math.degrees(pose.angle), 1.0)
-        m[0, 2] += self.length / 2 - pose.x
-        m[1, 2] += self.width / 2 - pose.y
-        return m
-
-    def apply(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the part upright in a ``length`` x ``width`` window, the affine map used). Where the window reaches
-        beyond the frame the frame's edge pixels are repeated. The model squeezes the window to its square input,
-        the same way for every part, so its aspect does not matter."""
-        m = self.transform(image)
-        out = cv2.warpAffine(image, m, (self.length, self.width), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
-        return out, m
-
-    def to_frame(self, window_map: np.ndarray, m: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
-        """A map over the window (a heat map, any size) laid back over the frame it was cut from; 0 outside."""
-        full = cv2.resize(window_map.astype(np.float32), (self.length, self.width), interpolation=cv2.INTER_LINEAR)
-        h, w = frame_shape[:2]
-        return cv2.warpAffine(full, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    def to_source(self, window_map: np.ndarray) -> np.ndarray:
+        """A map over the window (a heat map, any size) laid back over the image it was cut from; 0 outside."""
+        wh, ww = self.image.shape[:2]
+        full = cv2.resize(window_map.astype(np.float32), (ww, wh), interpolation=cv2.INTER_LINEAR)
+        h, w = self.source_shape[:2]
+        return cv2.warpAffine(full, self.matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
+
+@dataclass(frozen=True)
+class Upright:
+    """The fitted window: its length (along the part) and width (across it) as fractions of the longer side of
+    the frames it was fitted on, so that the same part at another resolution fills it the same way."""
+
+    length: float
+    width: float
+
+    def size(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(length, width) in pixels of an image of ``shape``."""
+        side = max(shape[:2])
+        return max(1, round(self.length * side)), max(1, round(self.width * side))
+
+    def apply(self, image: np.ndarray) -> Turned:
+        """The part of ``image`` upright in the window. Where the window reaches beyond the image its edge pixels
+        are repeated. The model squeezes the window to its square input, the same way for every part, so its
+        aspect does not matter."""
+        pose = part_pose(image)
+        length, width = self.size(image.shape)
+        m = cv2.getRotationMatrix2D((pose.x, pose.y), math.degrees(pose.angle), 1.0)
+        m[0, 2] += length / 2 - pose.x
+        m[1, 2] += width / 2 - pose.y
+        out = cv2.warpAffine(image, m, (length, width), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return Turned(out, m, image.shape)
+
     def to_metadata(self) -> dict[str, Any]:
-        return {"length": self.length, "width": self.width}
+        return {"length": round(self.length, 6), "width": round(self.width, 6)}
 
     @classmethod
     def from_metadata(cls, meta: Any) -> Upright | None:
@@ -123,10 +133,11 @@ class Upright:
         if meta is None:
             return None
         sides = [meta.get(k) for k in ("length", "width")] if isinstance(meta, dict) else []
-        if len(sides) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides):
-            raise ValueError("detector metadata 'upright' must be {'length': n, 'width': n} with positive whole "
-                             f"numbers, got {meta!r}")
-        return cls(*sides)
+        if len(sides) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                                      for v in sides):
+            raise ValueError("detector metadata 'upright' must be {'length': x, 'width': y}, fractions of the "
+                             f"frame's longer side in (0, 1], got {meta!r}")
+        return cls(float(sides[0]), float(sides[1]))
 
 
 def upright_window(images: Sequence[np.ndarray]) -> Upright | None:
@@ -138,7 +149,18 @@ def upright_window(images: Sequence[np.ndarray]) -> Upright | None:
     poses = [part_pose(image) for image in images]
     if float(np.median([p.elongation for p in poses])) < MIN_ELONGATION:
         return None
-    bound = max(max(image.shape[:2]) for image in images)
-    length, width = (max(1, min(bound, round(MARGIN * max(getattr(p, side) for p in poses))))
+    sides = [max(image.shape[:2]) for image in images]
+    length, width = (min(1.0, MARGIN * max(getattr(p, side) / s for p, s in zip(poses, sides)))
                      for side in ("length", "width"))
     return Upright(length, width)
+
+
+def judged_view(image: np.ndarray, metadata: Mapping[str, Any]) -> tuple[np.ndarray, Turned | None]:
+    """What a detector fitted with ``metadata`` sees of ``image`` (the region of interest): the part turned
+    upright into its window when the fit chose one, else the image itself; and the turn, to lay a heat map back.
+    The one rule for every caller that judges a frame, so that judging sees what fitting saw."""
+    upright = Upright.from_metadata(metadata.get("upright"))
+    if upright is None:
+        return image, None
+    turned = upright.apply(image)
+    return turned.image, turned
