@@ -85,7 +85,7 @@ def collect(name: str, detector: str, extractor: FeatureExtractor, cache_dir: Pa
 
 
 def stack(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Fits of the same set under several augmentation seeds as one run with their replicates one after another."""
+    """Fits of the same set under several protocol seeds as one run with their replicates one after another."""
     return {k: runs[0][k] if k == "labels" else np.concatenate([r[k] for r in runs]) for k in runs[0]}
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge_agent.learn.augment import PRESETS
@@ -18,8 +20,9 @@ from edge_agent.offline.datasets import load_mvtec, write_elpv
 from edge_agent.offline.evaluate import EvalSettings, evaluate
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.fitting import FitSettings
-from edge_agent.capture.images import ImageFolderError, list_images
+from edge_agent.capture.images import ImageFolderError, list_images, read_image
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE
+from tests.synthetic import lying, part_from
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTORS = ["mahalanobis", "knn", "padim"]
@@ -307,3 +310,32 @@ def test_only_the_drawn_training_images_get_copies(tiny_set, shipped_model, tmp_
     summary = evaluate(tiny_set, counting.extractor, tmp_path / "out", tmp_path / "cache", few)
     assert {(s["detector"], s["n"]) for s in summary} == {("mahalanobis", 2), ("combined", 2)}
     assert counting.calls == 8 + 2 + 2 * 2 + 2 * DEFECTS_PER_IMAGE
+
+
+def test_parts_at_any_angle_are_evaluated_upright_and_a_change_to_the_turning_code_reembeds_them(
+        real_set, shipped_model, tmp_path, monkeypatch):
+    """`evaluate` fits as the camera does, turning long parts at any angle upright, and its cache must not hand
+    back windows that older turning code cut (it once did: a screw figure was 0.02 off)."""
+    import edge_agent.offline.evaluate as evaluate_module
+
+    part = part_from(read_image(real_set.train_good[0]))
+    scratched = part.copy()
+    cv2.line(scratched, (30, 40), (170, 70), 255, 4)
+    rng = np.random.default_rng(4)
+    root = tmp_path / "turned_set"
+    for sub, piece, n in (("train/good", part, 6), ("test/good", part, 3), ("test/scratch", scratched, 3)):
+        (root / sub).mkdir(parents=True)
+        for i, degrees in enumerate(rng.uniform(0, 360, n)):
+            cv2.imwrite(str(root / sub / f"{i:03d}.png"), cv2.cvtColor(lying(piece, degrees, (200, 200)),
+                                                                       cv2.COLOR_RGB2BGR))
+    few = EvalSettings(sizes=[6], replicates=1, factors=[1], detectors=["mahalanobis"],
+                       policy=PRESETS["object"], fit=FitSettings(max_folds=3))
+    counting = CountingExtractor(shipped_model, monkeypatch)
+    first = evaluate(root, counting.extractor, tmp_path / "a", tmp_path / "cache", few)
+    assert first[0]["auroc_mean"] == 1.0  # turned upright, the scratch stands out wherever the part lies
+    embedded = counting.calls
+    evaluate(root, counting.extractor, tmp_path / "b", tmp_path / "cache", few)
+    assert counting.calls == embedded  # all from the cache
+    monkeypatch.setattr(evaluate_module, "_UPRIGHT_CODE", "edited")
+    evaluate(root, counting.extractor, tmp_path / "c", tmp_path / "cache", few)
+    assert counting.calls - embedded == 6 + 6 + 6  # the turned test split, training images and copies again

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from edge_agent.capture.images import read_image
+from edge_agent.learn import upright as upright_module
 from edge_agent.learn.upright import Upright
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.augment import AugmentationPolicy, augment
@@ -37,6 +38,11 @@ from edge_agent.offline.datasets import MVTecSet, load_mvtec
 from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
 
 log = logging.getLogger(__name__)
+
+
+#: Turned images' cache keys carry the turning code's own hash: an edit to how parts are found and turned must not
+#: reuse embeddings of windows the old code cut (it once did, and a screw figure was 0.02 off).
+_UPRIGHT_CODE = hashlib.sha1(Path(upright_module.__file__).read_bytes()).hexdigest()[:12]
 
 
 class EmbeddingCache:
@@ -84,7 +90,7 @@ class _Embedder:
                  upright: Upright | None = None):
         self.extractor, self.cache, self.policy, self.seed, self.upright = extractor, cache, policy, seed, upright
         self._policy_key = json.dumps(policy.to_dict(), sort_keys=True)
-        self._view = "" if upright is None else f"upright {json.dumps(upright.to_metadata(), sort_keys=True)}|"
+        self._view = "" if upright is None else f"upright {_UPRIGHT_CODE} {json.dumps(upright.to_metadata(), sort_keys=True)}|"
 
     def turned(self, upright: Upright) -> _Embedder:
         """The same embedder for images turned upright into ``upright``'s window first (their own cache keys)."""
