@@ -30,7 +30,6 @@ from edge_agent.capture import EndOfStream, Frame, FrameSource, ReopeningSource
 from edge_agent.capture.factory import open_source
 from edge_agent.capture.images import read_folder
 from edge_agent.capture.roi import Roi, RoiError, fitted_roi_mismatch
-from edge_agent.learn.upright import judged_view
 from edge_agent.config import Config, fit_settings
 from edge_agent.deliver.messages import (RETRAINING, RUNNING, UNFITTED, alert_message, event_message, state_message,
                                          verdict_message)
@@ -41,6 +40,7 @@ from edge_agent.learn.detectors.persistence import DetectorFileError, LoadedDete
 from edge_agent.learn.fitting import FitError, fit_images, recorded_threshold_settings, rethreshold
 from edge_agent.learn.store import DetectorStore, StoreError
 from edge_agent.learn.threshold import is_anomalous
+from edge_agent.learn.upright import judged_view
 from edge_agent.system.atomic import write_text_atomic
 from edge_agent.system.memory import return_freed_memory
 from edge_agent.system.systemd_notify import Notifier

@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_agent.learn.upright import Upright, upright_window
 from edge_agent.learn.alignment import share_one_pose
 from edge_agent.learn.augment import PRESETS, AugmentationPolicy, augment, group_indices
 from edge_agent.learn.detectors import DEFAULT_DETECTOR, Detector, make_detector
@@ -36,6 +35,7 @@ from edge_agent.learn.threshold import (
     target_from_sensitivity,
     threshold_guarantee,
 )
+from edge_agent.learn.upright import Upright, upright_window
 
 log = logging.getLogger(__name__)
 
