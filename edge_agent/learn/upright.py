@@ -1,11 +1,11 @@
 """Turning a part that lies at any angle upright and cropping to it, before the model sees it.
 
-Why: when the good parts lie at any angle (loose screws, cast parts on a belt), the patch memory compares each
+Why: when the good parts lie at any angle (loose screws, bolts, shafts on a belt), the patch memory compares each
 patch with patches that were somewhere else and turned, and the part, free to lie anywhere, cannot be cropped
 to a fixed region of interest: it covers a small share of the model's 224 px and small defects vanish. Laying
 every part the same way and cropping to it fixes both, for the price of a few milliseconds per frame. It is
-used only when the good images do not share one pose (`edge_agent.learn.alignment`): a part that arrives in one
-pose is left as the camera sees it.
+used only when the good images do not share one pose (`edge_agent.learn.alignment`) and the part is long: a part
+that arrives in one pose, or a round or square one, is left as the camera sees it.
 
 How: the part's edges (squared gradient magnitude of a blurred, 256 px view) are a mass, and the part is their
 largest connected blob (Otsu's threshold on the log mass), so dust elsewhere moves nothing. The blob's
