@@ -34,6 +34,7 @@ from edge_agent.learn.fitting import FitSettings
 from edge_agent.learn.threshold import (DEFAULT_METHOD, DEFAULT_SENSITIVITY, DEFAULT_TARGET_FALSE_REJECT,
                                         LEGACY_MARGIN, LEGACY_QUANTILE, MAX_TARGET_FALSE_REJECT, SENSITIVITY_RANGE,
                                         THRESHOLD_METHODS, legacy_target)
+from edge_agent.learn.upright import UPRIGHT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class TriggerConfig:
 class DetectorConfig:
     name: str = DEFAULT_DETECTOR
     params: dict = field(default_factory=dict)
+    upright: str = UPRIGHT_MODES[0]
 
 
 @dataclass
@@ -344,6 +346,7 @@ _CHOICES = {
     ("source", "kind"): SOURCE_KINDS,
     ("trigger", "mode"): TRIGGER_MODES,
     ("detector", "name"): DETECTOR_NAMES,
+    ("detector", "upright"): UPRIGHT_MODES,
     ("augmentation", "preset"): tuple(PRESETS),
     ("spool", "on_full"): ON_FULL_POLICIES,
     ("threshold", "method"): THRESHOLD_METHODS,
@@ -626,4 +629,5 @@ def fit_settings(config: Config) -> FitSettings:
         policy=config.augmentation.policy(), factor=config.augmentation.factor, seed=config.augmentation.seed,
         target_false_reject=t.target(), sensitivity=t.sensitivity,
         threshold_override=t.override if t.override >= 0 else None, threshold_method=t.method,
+        upright=config.detector.upright,
     )

@@ -317,6 +317,7 @@ def test_range_bounds_are_inclusive():
         ("trigger", "mode", "gpio", "continuous, mqtt"),
         ("detector", "name", "svm", "mahalanobis, mahalanobis-empirical, knn, padim, patch-knn, combined"),
         ("spool", "on_full", "block", "drop-oldest, drop-newest"),
+        ("detector", "upright", "sideways", "auto, off"),
     ],
 )
 def test_invalid_choice_lists_the_valid_ones(section, key, value, choices):
@@ -325,6 +326,11 @@ def test_invalid_choice_lists_the_valid_ones(section, key, value, choices):
     msg = str(err.value)
     assert f"[{section}] {key} is {value!r}" in msg
     assert f"choose one of: {choices}" in msg
+
+
+def test_upright_off_reaches_the_fit():
+    assert fit_settings(config_from_dict(minimal(detector={"upright": "off"}))).upright == "off"
+    assert fit_settings(config_from_dict(minimal())).upright == "auto"
 
 
 def test_invalid_preset_lists_the_presets():

@@ -4,6 +4,7 @@ belt at known angles and places; through a fit, a saved detector file and the he
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -126,6 +127,10 @@ def test_parts_at_any_angle_are_fitted_upright_and_parts_in_one_pose_as_the_came
     turned, upright, pose = seen_pose(any_angle)
     assert upright is not None and not pose["as_captured"]["aligned"] and pose["aligned"]
     assert turned[0].shape == (*upright.size(any_angle[0].shape)[::-1], 3)
+    as_seen, off, pose_off = seen_pose(any_angle, "off")  # `[detector] upright = "off"`: the line's choice
+    assert off is None and not pose_off["aligned"] and all(a is b for a, b in zip(as_seen, any_angle))
+    with pytest.raises(ValueError, match="upright must be one of auto, off, got 'sideways'"):
+        seen_pose(any_angle, "sideways")
     kept, none, pose_kept = seen_pose(one_pose)
     assert none is None and pose_kept["aligned"] and "as_captured" not in pose_kept
     assert all(a is b for a, b in zip(kept, one_pose))
@@ -143,6 +148,8 @@ def test_parts_at_any_angle_are_fitted_upright_and_parts_in_one_pose_as_the_came
     bad = result.detector.score_samples(extractor.embed([upright.apply(lying(broken, 75, (200, 200))).image]))
     assert bad[0] > result.threshold
     assert fit_images(extractor.embed, one_pose, settings).metadata(settings)["upright"] is None
+    off = replace(settings, upright="off")
+    assert fit_images(extractor.embed, any_angle, off).metadata(off)["upright"] is None
 
 
 def test_round_parts_have_no_axis_to_turn_by_and_stay_as_the_camera_sees_them(part):

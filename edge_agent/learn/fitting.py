@@ -35,7 +35,7 @@ from edge_agent.learn.threshold import (
     target_from_sensitivity,
     threshold_guarantee,
 )
-from edge_agent.learn.upright import Upright, upright_window
+from edge_agent.learn.upright import UPRIGHT_MODES, Upright, upright_window
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class FitSettings:
     threshold_override: float | None = None
     threshold_method: str = DEFAULT_METHOD
     max_folds: int | None = DEFAULT_MAX_FOLDS
+    upright: str = UPRIGHT_MODES[0]  # whether long parts at any angle may be turned upright (`seen_pose`)
 
     def threshold_settings(self) -> dict[str, Any]:
         """The settings the threshold follows, as saved with a detector (see `rethreshold`)."""
@@ -263,16 +264,19 @@ def fit_features(
                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def seen_pose(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], Upright | None, dict[str, Any]]:
+def seen_pose(images: Sequence[np.ndarray], mode: str = UPRIGHT_MODES[0]
+              ) -> tuple[list[np.ndarray], Upright | None, dict[str, Any]]:
     """(the good images as the detector will see them, the upright window or None, the pose report).
 
     Parts that share one pose, and round or square parts, are left as the camera sees them; long parts at any
     angle are turned upright and cropped (`edge_agent.learn.upright`), and the report's ``aligned`` is then
     whether that made them share one: what the detector is told (``needs_pose``). The camera's own test stays
-    in ``as_captured``."""
+    in ``as_captured``. ``mode`` "off" (`UPRIGHT_MODES`) leaves every part as the camera sees it."""
+    if mode not in UPRIGHT_MODES:
+        raise ValueError(f"upright must be one of {', '.join(UPRIGHT_MODES)}, got {mode!r}")
     aligned, alignment = share_one_pose(images)
     as_captured = {"aligned": aligned, "orientation_alignment": round(alignment, 4)}
-    upright = None if aligned else upright_window(images)
+    upright = None if aligned or mode == "off" else upright_window(images)
     if upright is None:
         return list(images), None, as_captured
     turned = [upright.apply(image).image for image in images]
@@ -290,7 +294,7 @@ def fit_images(
 ) -> FitResult:
     """The whole few-shot fit from good RGB images."""
     parts = check_good_images(images)
-    images, upright, pose = seen_pose(images)
+    images, upright, pose = seen_pose(images, settings.upright)
     t0 = time.perf_counter()
     features = augmented_features(embed, images, settings.policy, settings.factor, settings.seed)
     timings = {"augment_embed": round(time.perf_counter() - t0, 4)}

@@ -32,6 +32,9 @@ MARGIN = 1.25
 #: A part has an axis to turn it by when its edges spread at least this many times farther along it than across.
 #: On a round or square part the axis is noise, and turning by it only moves the part: such parts stay as seen.
 MIN_ELONGATION = 2.0
+#: ``[detector] upright``: "auto" turns long parts at any angle upright (`upright_window` decides at each fit);
+#: "off" judges every part as the camera sees it, for a line where that decision should not be the agent's.
+UPRIGHT_MODES = ("auto", "off")
 _SIDE = 256  # the part's position and axis, not its texture: a coarse, fixed-size view
 
 

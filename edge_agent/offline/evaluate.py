@@ -255,7 +255,7 @@ def replicate_fits(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Pa
     plan = {}
     for factor, fits in draws.items():
         for n, rep, idx in fits:
-            _, upright, pose = seen_pose([read_image(dataset.train[i]) for i in idx])
+            _, upright, pose = seen_pose([read_image(dataset.train[i]) for i in idx], settings.fit.upright)
             plan[(factor, n, rep)] = (idx, upright, pose["aligned"])
     views: dict[Upright | None, _View] = {}
     for upright in dict.fromkeys(u for _, u, _ in plan.values()):
