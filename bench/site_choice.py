@@ -64,7 +64,7 @@ def collect(folder: Path, preset: str, extractor: FeatureExtractor, cache: Path)
     ds = load_mvtec(folder)
     emb = _Embedder(extractor, EmbeddingCache(cache, extractor.manifest.model_id), policy_of(preset), SEED)
     draws = [_draw(SEED, N, rep, len(ds.train)) for rep in range(REPLICATES)]
-    view = _View(emb, ds, (FACTOR,), {int(i) for idx in draws for i in idx}, damage=True)  # as captured
+    view = _View(emb, ds, {FACTOR: {int(i) for idx in draws for i in idx}}, damage=True)  # as captured
     test, damaged = view.test, view.damaged
     out: dict[str, list] = {f"{k}/{p}": [] for k in ("test", "orig", "copies", "damage") for p in PARTS}
     for rep, idx in enumerate(draws):

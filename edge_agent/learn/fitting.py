@@ -35,7 +35,7 @@ from edge_agent.learn.threshold import (
     target_from_sensitivity,
     threshold_guarantee,
 )
-from edge_agent.learn.upright import UPRIGHT_MODES, Upright, upright_window
+from edge_agent.learn.upright import METADATA_KEY, UPRIGHT_MODES, Upright, upright_window
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class FitResult:
             "threshold_settings": settings.threshold_settings(),
             "loo_scores": [float(f"{s:.7g}") for s in self.loo_scores], "timings_s": self.timings,
             "detector_summary": self.detector.describe(), "distinct_parts": self.distinct_parts,
-            "pose": self.pose, "upright": self.upright.to_metadata() if self.upright else None,
+            "pose": self.pose, METADATA_KEY: self.upright.to_metadata() if self.upright else None,
         }
         meta = set_threshold(meta, settings.target_false_reject, settings.sensitivity, settings.threshold_method,
                              settings.threshold_override)

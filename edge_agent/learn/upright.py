@@ -35,6 +35,8 @@ MIN_ELONGATION = 2.0
 #: ``[detector] upright``: "auto" turns long parts at any angle upright (`upright_window` decides at each fit);
 #: "off" judges every part as the camera sees it, for a line where that decision should not be the agent's.
 UPRIGHT_MODES = ("auto", "off")
+#: The detector metadata key that holds the fitted window (`Upright.to_metadata`); absent or null: no turning.
+METADATA_KEY = "upright"
 _SIDE = 256  # the part's position and axis, not its texture: a coarse, fixed-size view
 
 
@@ -61,13 +63,14 @@ def part_pose(image: np.ndarray) -> PartPose:
     gx, gy = cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1)
     mass = cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), 2.0)
     level = cv2.log(mass + 1.0)
-    if float(level.max()) <= float(level.min()):  # a flat image has no part to find: leave it where it is
-        return PartPose(w / 2, h / 2, 0.0, float(w), float(h))
+    whole = PartPose(w / 2, h / 2, 0.0, float(w), float(h))  # no part to find: leave the image where it is
+    if float(level.max()) <= float(level.min()):  # a flat image
+        return whole
     scaled = np.round(255 * (level - level.min()) / (level.max() - level.min())).astype(np.uint8)
     _, edges = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
     if count < 2:
-        return PartPose(w / 2, h / 2, 0.0, float(w), float(h))
+        return whole
     part = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # the largest blob: dust is not the part
     mo = cv2.moments(np.where(part, mass, 0).astype(np.float32))
     cx, cy = mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]
@@ -162,7 +165,7 @@ def judged_view(image: np.ndarray, metadata: Mapping[str, Any]) -> tuple[np.ndar
     """What a detector fitted with ``metadata`` sees of ``image`` (the region of interest): the part turned
     upright into its window when the fit chose one, else the image itself; and the turn, to lay a heat map back.
     The one rule for every caller that judges a frame, so that judging sees what fitting saw."""
-    upright = Upright.from_metadata(metadata.get("upright"))
+    upright = Upright.from_metadata(metadata.get(METADATA_KEY))
     if upright is None:
         return image, None
     turned = upright.apply(image)

@@ -20,13 +20,11 @@ import time
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edge_agent.capture.images import read_image
-from edge_agent.learn import upright as upright_module
-from edge_agent.learn.upright import Upright
 from edge_agent.embed.features import FeatureExtractor
 from edge_agent.learn.augment import AugmentationPolicy, augment
 from edge_agent.learn.detectors import Detector, make_detector
@@ -34,6 +32,8 @@ from edge_agent.learn.fitting import FitError, FitResult, FitSettings, check_fol
 from edge_agent.embed.manifest import Features
 from edge_agent.learn.pseudo_defects import DEFECTS_PER_IMAGE, pseudo_defects
 from edge_agent.learn.threshold import is_anomalous
+from edge_agent.learn import upright as upright_module
+from edge_agent.learn.upright import Upright
 from edge_agent.offline.datasets import MVTecSet, load_mvtec
 from edge_agent.offline.metrics import area_under_auc_percent, roc_auc
 
@@ -90,7 +90,8 @@ class _Embedder:
                  upright: Upright | None = None):
         self.extractor, self.cache, self.policy, self.seed, self.upright = extractor, cache, policy, seed, upright
         self._policy_key = json.dumps(policy.to_dict(), sort_keys=True)
-        self._view = "" if upright is None else f"upright {_UPRIGHT_CODE} {json.dumps(upright.to_metadata(), sort_keys=True)}|"
+        window = "" if upright is None else json.dumps(upright.to_metadata(), sort_keys=True)
+        self._view = "" if upright is None else f"upright {_UPRIGHT_CODE} {window}|"
 
     def turned(self, upright: Upright) -> _Embedder:
         """The same embedder for images turned upright into ``upright``'s window first (their own cache keys)."""
@@ -214,16 +215,16 @@ class ReplicateFit:
 
 class _View:
     """What the fits of one view of a set (as captured, or turned upright into one window) share: the test
-    split's features, and the originals, copies (per factor) and damaged copies of the training images some fit
-    in this view draws."""
+    split's features, and the originals and damaged copies of the training images some fit in this view draws,
+    with the copies of each factor only of the images its own fits draw (``drawn``: factor -> training indices)."""
 
-    def __init__(self, embedder: _Embedder, dataset: MVTecSet, factors: Sequence[int], drawn: set[int],
-                 damage: bool) -> None:
+    def __init__(self, embedder: _Embedder, dataset: MVTecSet, drawn: Mapping[int, set[int]], damage: bool) -> None:
         self.test = embedder.originals(dataset.test, "test split")
-        self._drawn = sorted(drawn)
+        every = set().union(*drawn.values())
+        self._drawn = sorted(every)
         self._train = embedder.originals([dataset.train[i] for i in self._drawn], "drawn training images")
-        self.copies = {f: embedder.copies(dataset.train, f, drawn) if f > 0 else None for f in factors}
-        self.damaged = embedder.defects(dataset.train, drawn) if damage else None
+        self.copies = {f: embedder.copies(dataset.train, f, idx) if f > 0 else None for f, idx in drawn.items()}
+        self.damaged = embedder.defects(dataset.train, every) if damage else None
 
     def train_features(self, idx: np.ndarray, factor: int) -> Features:
         """Originals then each one's copies: the layout `augment` produces and the threshold relies on."""
@@ -259,9 +260,11 @@ def replicate_fits(dataset: MVTecSet, extractor: FeatureExtractor, cache_dir: Pa
             plan[(factor, n, rep)] = (idx, upright, pose["aligned"])
     views: dict[Upright | None, _View] = {}
     for upright in dict.fromkeys(u for _, u, _ in plan.values()):
-        drawn = {int(i) for idx, u, _ in plan.values() if u == upright for i in idx}
-        views[upright] = _View(embedder if upright is None else embedder.turned(upright), dataset,
-                               settings.factors, drawn, damage)
+        drawn: dict[int, set[int]] = {factor: set() for factor in settings.factors}
+        for (factor, _, _), (idx, u, _) in plan.items():
+            if u == upright:
+                drawn[factor].update(int(i) for i in idx)
+        views[upright] = _View(embedder if upright is None else embedder.turned(upright), dataset, drawn, damage)
     for (factor, n, rep), (idx, upright, aligned) in plan.items():
         view = views[upright]
         feats = view.train_features(idx, factor)

@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.learn.upright import Upright
 from edge_agent.learn.detectors.base import Detector
 from edge_agent.learn.detectors.registry import detector_classes, detector_from_spec, detector_spec
+from edge_agent.learn.upright import METADATA_KEY as META_UPRIGHT, Upright
 from edge_agent.system.atomic import write_bytes_atomic
 
 MAGIC = b"EADETECT"
@@ -72,7 +72,7 @@ def _encode(detector: Detector, metadata: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
     payload = _JSON_LEN.pack(len(header_bytes)) + header_bytes + buf.getvalue()
-    version = UPRIGHT_VERSION if metadata.get("upright") is not None else FORMAT_VERSION
+    version = UPRIGHT_VERSION if metadata.get(META_UPRIGHT) is not None else FORMAT_VERSION
     return _PREFIX.pack(MAGIC, version, len(payload), hashlib.sha256(payload).digest()) + payload
 
 
@@ -140,7 +140,7 @@ def load_detector(
             loaded = f"model {expected_model_id or '<unnamed>'} (sha256 {expected_model_sha256})"
             raise DetectorFileError(f"{path} was fitted for {fitted}, but the loaded feature model is {loaded}: refit")
     try:
-        Upright.from_metadata(metadata.get("upright"))
+        Upright.from_metadata(metadata.get(META_UPRIGHT))
     except ValueError as exc:
         raise DetectorFileError(f"{path}: {exc}") from exc
     spec = header.get("detector", {})
